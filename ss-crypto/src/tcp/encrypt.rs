@@ -1,0 +1,178 @@
+//! The sending half of a stream: turns payload into sealed records.
+
+use super::{MAX_PADDING_LEN, TYPE_REQUEST, TYPE_RESPONSE};
+use crate::cipher::{NonceExhausted, SessionCipher};
+use crate::key::{Key, Salt};
+use crate::method::{Generation, Method, TAG_LEN};
+use crate::Address;
+
+/// Seals one direction of a TCP stream.
+///
+/// The first call to [`Encryptor::encrypt`] that has something to send also emits the salt and the
+/// header, so salt, header and first payload leave in one write (shadowsocks-rust's 2022 server needs
+/// them in its first read). A zero-length chunk is never produced: libev aborts on one.
+pub struct Encryptor {
+    method: Method,
+    salt: Salt,
+    cipher: SessionCipher,
+    pending: Option<FirstFlight>,
+}
+
+/// What the first record(s) carry besides payload.
+enum FirstFlight {
+    /// A client stream: the plaintext that precedes the first payload (classic: the address;
+    /// 2022: address, padding length and padding). 2022 adds the fixed header in front.
+    /// `padded` says whether a 2022 prefix ends in non-empty padding.
+    Request { prefix: Vec<u8>, padded: bool },
+    /// A server stream: classic has no header at all; 2022 echoes the request salt.
+    Response { request_salt: Salt },
+}
+
+impl Encryptor {
+    /// The client-to-server direction: `target` goes in front of the first payload.
+    ///
+    /// `padding` is used by 2022 methods only (at most 900 bytes are taken). SIP022 requires padding
+    /// when the first write carries no payload; if the caller gave none, one byte is used.
+    pub fn request(method: Method, key: &Key, salt: Salt, target: &Address, padding: &[u8]) -> Encryptor {
+        let mut prefix = Vec::with_capacity(target.encoded_len() + 2 + padding.len());
+        target.write_to(&mut prefix);
+        let padding = &padding[..padding.len().min(MAX_PADDING_LEN)];
+        if method.generation() == Generation::Aead2022 {
+            prefix.extend_from_slice(&(padding.len() as u16).to_be_bytes());
+            prefix.extend_from_slice(padding);
+        }
+        let padded = !padding.is_empty();
+        Encryptor::new(method, key, salt, FirstFlight::Request { prefix, padded })
+    }
+
+    /// The server-to-client direction. `request_salt` is the salt of the client's stream, which 2022
+    /// responses echo (classic ignores it).
+    pub fn response(method: Method, key: &Key, salt: Salt, request_salt: Salt) -> Encryptor {
+        Encryptor::new(method, key, salt, FirstFlight::Response { request_salt })
+    }
+
+    fn new(method: Method, key: &Key, salt: Salt, pending: FirstFlight) -> Encryptor {
+        let subkey = key.session_subkey(method, salt.as_bytes());
+        let cipher = SessionCipher::new(method.algorithm(), subkey.as_bytes());
+        Encryptor { method, salt, cipher, pending: Some(pending) }
+    }
+
+    /// This stream's salt (the server remembers its own salts to refuse them if replayed back).
+    pub fn salt(&self) -> Salt {
+        self.salt
+    }
+
+    /// Whether the salt and header have been emitted.
+    pub fn header_sent(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// The most bytes [`Encryptor::encrypt`] appends for `payload_len` bytes of payload.
+    pub fn max_output_len(&self, payload_len: usize) -> usize {
+        let chunks = payload_len / self.method.max_chunk_payload() + 2;
+        let header = self.method.salt_len() + 512 + MAX_PADDING_LEN + 2 * TAG_LEN;
+        payload_len + chunks * (2 + 2 * TAG_LEN) + header
+    }
+
+    /// Seals `payload` and appends the records to `out`. `now` (Unix seconds) is only read for the
+    /// timestamp of a 2022 header.
+    ///
+    /// An empty `payload` emits nothing, except on a request that has not sent its header yet: then the
+    /// header goes out alone (an address-only first chunk, as shadowsocks-libev's client sends).
+    pub fn encrypt(&mut self, payload: &[u8], now: u64, out: &mut Vec<u8>) -> Result<(), NonceExhausted> {
+        let rest = match self.pending.take() {
+            Some(first) => match self.encrypt_first(first, payload, now, out)? {
+                Some(consumed) => &payload[consumed..],
+                None => return Ok(()),
+            },
+            None => payload,
+        };
+        for piece in rest.chunks(self.method.max_chunk_payload()) {
+            self.seal_chunk(&[piece], out)?;
+        }
+        Ok(())
+    }
+
+    /// Emits salt, header and as much payload as fits the first record; returns how much payload it
+    /// took, or `None` (header kept pending) for a response with nothing to send yet.
+    fn encrypt_first(
+        &mut self,
+        first: FirstFlight,
+        payload: &[u8],
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<usize>, NonceExhausted> {
+        let max = self.method.max_chunk_payload();
+        match (first, self.method.generation()) {
+            (FirstFlight::Response { request_salt }, _) if payload.is_empty() => {
+                self.pending = Some(FirstFlight::Response { request_salt });
+                Ok(None)
+            }
+            (FirstFlight::Response { .. }, Generation::Classic) => {
+                out.extend_from_slice(self.salt.as_bytes());
+                Ok(Some(0))
+            }
+            (FirstFlight::Request { prefix, .. }, Generation::Classic) => {
+                out.extend_from_slice(self.salt.as_bytes());
+                let taken = payload.len().min(max - prefix.len());
+                self.seal_chunk(&[&prefix, &payload[..taken]], out)?;
+                Ok(Some(taken))
+            }
+            (FirstFlight::Request { mut prefix, padded }, Generation::Aead2022) => {
+                if payload.is_empty() && !padded {
+                    // The unpadded prefix ends in padding_len 0: make it 1 and add one byte.
+                    let at = prefix.len() - 2;
+                    prefix[at..].copy_from_slice(&1u16.to_be_bytes());
+                    prefix.push(0);
+                }
+                let taken = payload.len().min(max - prefix.len());
+                let header_len = (prefix.len() + taken) as u16;
+                out.extend_from_slice(self.salt.as_bytes());
+                let timestamp = now.to_be_bytes();
+                self.seal_record(&[&[TYPE_REQUEST], &timestamp, &header_len.to_be_bytes()], out)?;
+                self.seal_record(&[&prefix, &payload[..taken]], out)?;
+                Ok(Some(taken))
+            }
+            (FirstFlight::Response { request_salt }, Generation::Aead2022) => {
+                let taken = payload.len().min(max);
+                let len = (taken as u16).to_be_bytes();
+                out.extend_from_slice(self.salt.as_bytes());
+                let timestamp = now.to_be_bytes();
+                self.seal_record(&[&[TYPE_RESPONSE], &timestamp, request_salt.as_bytes(), &len], out)?;
+                self.seal_record(&[&payload[..taken]], out)?;
+                Ok(Some(taken))
+            }
+        }
+    }
+
+    /// A length record followed by a payload record.
+    fn seal_chunk(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), NonceExhausted> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        self.seal_record(&[&(len as u16).to_be_bytes()], out)?;
+        self.seal_record(parts, out)
+    }
+
+    /// Appends `parts` and a tag to `out`, then seals them in place.
+    fn seal_record(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), NonceExhausted> {
+        let start = out.len();
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(&[0; TAG_LEN]);
+        let sealed = self.cipher.seal(&mut out[start..]);
+        if sealed.is_err() {
+            out.truncate(start);
+        }
+        sealed
+    }
+}
+
+impl std::fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encryptor")
+            .field("method", &self.method)
+            .field("salt", &self.salt)
+            .field("header_sent", &self.header_sent())
+            .finish_non_exhaustive()
+    }
+}
