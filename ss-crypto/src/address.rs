@@ -149,9 +149,7 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 fn take<const N: usize>(buf: &[u8], at: usize) -> Result<[u8; N], AddressError> {
-    buf.get(at..at + N)
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or(AddressError::Incomplete)
+    buf.get(at..at + N).and_then(|bytes| bytes.try_into().ok()).ok_or(AddressError::Incomplete)
 }
 
 fn port_at(buf: &[u8], at: usize) -> Result<u16, AddressError> {
@@ -215,7 +213,8 @@ mod tests {
 
     fn any_address() -> impl Strategy<Value = Address> {
         prop_oneof![
-            any::<(u32, u16)>().prop_map(|(ip, port)| Address::Ip(SocketAddr::new(Ipv4Addr::from(ip).into(), port))),
+            any::<(u32, u16)>()
+                .prop_map(|(ip, port)| Address::Ip(SocketAddr::new(Ipv4Addr::from(ip).into(), port))),
             any::<(u128, u16)>()
                 .prop_filter("mapped addresses encode as IPv4", |(ip, _)| Ipv6Addr::from(*ip)
                     .to_ipv4_mapped()

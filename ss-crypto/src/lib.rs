@@ -28,6 +28,8 @@ mod address;
 mod cipher;
 mod key;
 mod method;
+#[cfg(feature = "tokio")]
+pub mod stream;
 pub mod tcp;
 pub mod udp;
 
@@ -35,4 +37,4 @@ pub use address::{Address, AddressError, MAX_ADDRESS_LEN};
 pub use cipher::{NonceCounter, NonceExhausted, BACKEND, NONCE_LEN};
 pub use key::{is_weak_password, Key, KeyError, Salt};
 pub use method::{Algorithm, Generation, Method, MethodError, MAX_KEY_LEN, MAX_SALT_LEN, TAG_LEN};
-pub use tcp::{DecryptError, Decoded, Decryptor, Encryptor};
+pub use tcp::{Decoded, DecryptError, Decryptor, Encryptor};

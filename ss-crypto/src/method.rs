@@ -84,9 +84,7 @@ impl Method {
     /// Which protocol generation the method belongs to.
     pub fn generation(self) -> Generation {
         match self {
-            Method::Aes128Gcm | Method::Aes256Gcm | Method::ChaCha20IetfPoly1305 => {
-                Generation::Classic
-            }
+            Method::Aes128Gcm | Method::Aes256Gcm | Method::ChaCha20IetfPoly1305 => Generation::Classic,
             Method::Blake3Aes128Gcm | Method::Blake3Aes256Gcm | Method::Blake3ChaCha20Poly1305 => {
                 Generation::Aead2022
             }
@@ -103,9 +101,7 @@ impl Method {
         match self {
             Method::Aes128Gcm | Method::Blake3Aes128Gcm => Algorithm::Aes128Gcm,
             Method::Aes256Gcm | Method::Blake3Aes256Gcm => Algorithm::Aes256Gcm,
-            Method::ChaCha20IetfPoly1305 | Method::Blake3ChaCha20Poly1305 => {
-                Algorithm::ChaCha20Poly1305
-            }
+            Method::ChaCha20IetfPoly1305 | Method::Blake3ChaCha20Poly1305 => Algorithm::ChaCha20Poly1305,
         }
     }
 
@@ -253,10 +249,7 @@ mod tests {
 
     #[test]
     fn sizes_match_the_specs() {
-        let sizes: Vec<_> = Method::ALL
-            .iter()
-            .map(|m| (m.key_len(), m.salt_len(), m.tag_len()))
-            .collect();
+        let sizes: Vec<_> = Method::ALL.iter().map(|m| (m.key_len(), m.salt_len(), m.tag_len())).collect();
         assert_eq!(
             sizes,
             [(16, 16, 16), (32, 32, 16), (32, 32, 16), (16, 16, 16), (32, 32, 16), (32, 32, 16)]

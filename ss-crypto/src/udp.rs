@@ -115,7 +115,14 @@ pub struct Opened2022 {
 }
 
 /// Seals a classic datagram: `salt | seal(address | payload)`, appended to `out`.
-pub fn seal_classic(method: Method, key: &Key, salt: Salt, address: &Address, payload: &[u8], out: &mut Vec<u8>) {
+pub fn seal_classic(
+    method: Method,
+    key: &Key,
+    salt: Salt,
+    address: &Address,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(salt.as_bytes());
     let start = out.len();
     address.write_to(out);
@@ -126,7 +133,11 @@ pub fn seal_classic(method: Method, key: &Key, salt: Salt, address: &Address, pa
 }
 
 /// Opens a classic datagram in place; returns the address and the payload's range in `packet`.
-pub fn open_classic(method: Method, key: &Key, packet: &mut [u8]) -> Result<(Address, Range<usize>), UdpError> {
+pub fn open_classic(
+    method: Method,
+    key: &Key,
+    packet: &mut [u8],
+) -> Result<(Address, Range<usize>), UdpError> {
     if method.generation() != Generation::Classic {
         return Err(UdpError::WrongGeneration);
     }
@@ -165,7 +176,9 @@ impl Udp2022 {
         let block = match method {
             Method::Blake3Aes128Gcm => Block::Aes128(Box::new(aes::Aes128::new_from_slice(psk).ok()?)),
             Method::Blake3Aes256Gcm => Block::Aes256(Box::new(aes::Aes256::new_from_slice(psk).ok()?)),
-            Method::Blake3ChaCha20Poly1305 => Block::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(psk).ok()?)),
+            Method::Blake3ChaCha20Poly1305 => {
+                Block::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(psk).ok()?))
+            }
             Method::Aes128Gcm | Method::Aes256Gcm | Method::ChaCha20IetfPoly1305 => return None,
         };
         Some(Udp2022 { method, key: key.clone(), block })
@@ -270,7 +283,12 @@ impl Udp2022 {
                 self.decrypt_block(&mut separate);
                 let subkey = self.key.blake3_subkey(&separate[..8]);
                 let nonce = nonce_of(&separate);
-                if !open_with_nonce(self.method.algorithm(), subkey.as_bytes(), &nonce, &mut packet[SEPARATE_HEADER_LEN..]) {
+                if !open_with_nonce(
+                    self.method.algorithm(),
+                    subkey.as_bytes(),
+                    &nonce,
+                    &mut packet[SEPARATE_HEADER_LEN..],
+                ) {
                     return Err(UdpError::AuthFailure);
                 }
                 (u64_at(&separate, 0), u64_at(&separate, 8), SEPARATE_HEADER_LEN)
@@ -328,7 +346,8 @@ fn parse_body_header(
     if timestamp.abs_diff(now) > MAX_TIME_SKEW {
         return Err(UdpError::BadTimestamp);
     }
-    let sender = if from_server { Sender::Server { client_session_id: u64_at(body, 9) } } else { Sender::Client };
+    let sender =
+        if from_server { Sender::Server { client_session_id: u64_at(body, 9) } } else { Sender::Client };
     let padding_len = usize::from(u16::from_be_bytes([body[fixed - 2], body[fixed - 1]]));
     if padding_len > MAX_PADDING_LEN || fixed + padding_len > body.len() {
         return Err(UdpError::BadPadding);
@@ -346,4 +365,101 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut value = [0u8; 8];
     value.copy_from_slice(&bytes[at..at + 8]);
     u64::from_be_bytes(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_704_164_645;
+
+    fn key(method: Method) -> Key {
+        Key::from_bytes(method, &[9; 32][..method.key_len()]).unwrap()
+    }
+
+    fn target() -> Address {
+        Address::Ip("[::1]:53".parse().unwrap())
+    }
+
+    fn seal(method: Method, sender: Sender, payload: &[u8]) -> Vec<u8> {
+        let mut packet = Vec::new();
+        match Udp2022::new(method, &key(method)) {
+            Some(udp) => {
+                let header = Header2022 { session_id: 7, packet_id: 1, sender, timestamp: NOW };
+                udp.seal(&header, &[1, 2, 3], &target(), payload, &[4; XNONCE_LEN], &mut packet);
+            }
+            None => {
+                let salt = Salt::from_slice(method, &[5; 32][..method.salt_len()]).unwrap();
+                seal_classic(method, &key(method), salt, &target(), payload, &mut packet);
+            }
+        }
+        packet
+    }
+
+    fn open(method: Method, packet: &mut [u8], origin: Origin) -> Result<(Address, Vec<u8>), UdpError> {
+        match Udp2022::new(method, &key(method)) {
+            Some(udp) => {
+                udp.open(packet, NOW, origin).map(|opened| (opened.address, packet[opened.payload].to_vec()))
+            }
+            None => open_classic(method, &key(method), packet)
+                .map(|(address, range)| (address, packet[range].to_vec())),
+        }
+    }
+
+    #[test]
+    fn every_method_round_trips_and_rejects_every_flipped_byte() {
+        for method in Method::ALL {
+            let payload = b"a DNS query, say";
+            let packet = seal(method, Sender::Client, payload);
+            assert_eq!(open(method, &mut packet.clone(), Origin::Client), Ok((target(), payload.to_vec())));
+            for at in 0..packet.len() {
+                let mut flipped = packet.clone();
+                flipped[at] ^= 0x10;
+                assert!(open(method, &mut flipped, Origin::Client).is_err(), "{method} byte {at}");
+            }
+            for len in 0..packet.len() {
+                assert!(
+                    open(method, &mut packet[..len].to_vec(), Origin::Client).is_err(),
+                    "{method} cut {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn server_replies_carry_the_client_session() {
+        for method in Method::ALL.into_iter().filter(|m| m.is_2022()) {
+            let udp = Udp2022::new(method, &key(method)).unwrap();
+            let mut reply = seal(method, Sender::Server { client_session_id: 99 }, b"answer");
+            let opened = udp.open(&mut reply.clone(), NOW, Origin::Server).unwrap();
+            assert_eq!(opened.header.sender, Sender::Server { client_session_id: 99 });
+            assert_eq!(udp.open(&mut reply, NOW, Origin::Client), Err(UdpError::BadType));
+        }
+    }
+
+    #[test]
+    fn classic_and_2022_do_not_mix() {
+        assert!(Udp2022::new(Method::Aes128Gcm, &key(Method::Aes128Gcm)).is_none());
+        let mut packet = vec![0; 64];
+        let method = Method::Blake3Aes128Gcm;
+        assert_eq!(open_classic(method, &key(method), &mut packet), Err(UdpError::WrongGeneration));
+    }
+
+    #[test]
+    fn the_largest_datagram_round_trips() {
+        for method in Method::ALL {
+            let payload = vec![0xEE; 65_507 - 200];
+            let mut packet = seal(method, Sender::Client, &payload);
+            assert_eq!(open(method, &mut packet, Origin::Client).unwrap().1, payload);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_datagrams_never_open(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
+            for method in Method::ALL {
+                proptest::prop_assert!(open(method, &mut bytes.clone(), Origin::Client).is_err());
+            }
+        }
+    }
 }

@@ -53,7 +53,7 @@ impl SessionCipher {
 
     /// Seals `buf[..buf.len() - TAG_LEN]` in place and writes the tag into the last `TAG_LEN` bytes.
     pub(crate) fn seal(&mut self, buf: &mut [u8]) -> Result<(), NonceExhausted> {
-        let nonce = self.nonce.next()?;
+        let nonce = self.nonce.advance()?;
         let (plaintext, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
         self.key.seal(&nonce, plaintext, tag);
         Ok(())
@@ -65,7 +65,7 @@ impl SessionCipher {
         if buf.len() < TAG_LEN {
             return Err(OpenError::Auth);
         }
-        let nonce = self.nonce.next().map_err(|_| OpenError::Exhausted)?;
+        let nonce = self.nonce.advance().map_err(|_| OpenError::Exhausted)?;
         let (ciphertext, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
         if self.key.open(&nonce, ciphertext, tag) {
             Ok(())
@@ -82,7 +82,12 @@ pub(crate) fn seal_with_nonce(algorithm: Algorithm, key: &[u8], nonce: &[u8; NON
 }
 
 /// One-shot open with an explicit nonce (UDP datagrams). `buf` is `ciphertext || tag`.
-pub(crate) fn open_with_nonce(algorithm: Algorithm, key: &[u8], nonce: &[u8; NONCE_LEN], buf: &mut [u8]) -> bool {
+pub(crate) fn open_with_nonce(
+    algorithm: Algorithm,
+    key: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    buf: &mut [u8],
+) -> bool {
     if buf.len() < TAG_LEN {
         return false;
     }
@@ -105,7 +110,7 @@ impl NonceCounter {
     }
 
     /// The current nonce, then advances; errors once all 2^96 nonces have been used.
-    pub fn next(&mut self) -> Result<[u8; NONCE_LEN], NonceExhausted> {
+    pub fn advance(&mut self) -> Result<[u8; NONCE_LEN], NonceExhausted> {
         if self.value >= Self::LIMIT {
             return Err(NonceExhausted);
         }
@@ -123,19 +128,19 @@ mod tests {
     #[test]
     fn counter_is_little_endian_and_carries() {
         let mut counter = NonceCounter::default();
-        assert_eq!(counter.next().unwrap(), [0; 12]);
-        assert_eq!(counter.next().unwrap()[0], 1);
+        assert_eq!(counter.advance().unwrap(), [0; 12]);
+        assert_eq!(counter.advance().unwrap()[0], 1);
         let mut counter = NonceCounter::at(u64::MAX as u128);
-        assert_eq!(counter.next().unwrap(), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
-        assert_eq!(counter.next().unwrap(), [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(counter.advance().unwrap(), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        assert_eq!(counter.advance().unwrap(), [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]
     fn counter_refuses_to_wrap() {
         let mut counter = NonceCounter::at((1 << 96) - 1);
-        assert_eq!(counter.next().unwrap(), [0xff; 12]);
-        assert_eq!(counter.next(), Err(NonceExhausted));
-        assert_eq!(counter.next(), Err(NonceExhausted));
+        assert_eq!(counter.advance().unwrap(), [0xff; 12]);
+        assert_eq!(counter.advance(), Err(NonceExhausted));
+        assert_eq!(counter.advance(), Err(NonceExhausted));
     }
 
     #[test]

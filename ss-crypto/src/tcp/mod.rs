@@ -27,7 +27,7 @@
 mod decrypt;
 mod encrypt;
 
-pub use decrypt::{DecryptError, Decoded, Decryptor};
+pub use decrypt::{Decoded, DecryptError, Decryptor};
 pub use encrypt::Encryptor;
 
 /// Type byte of a 2022 request header.

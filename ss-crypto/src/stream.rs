@@ -1,0 +1,359 @@
+//! The async adapter: [`DecryptReader`] and [`EncryptWriter`] put the state machines of [`crate::tcp`]
+//! between tokio's `AsyncRead` / `AsyncWrite` and a socket half. Their poll functions only move bytes;
+//! every protocol decision is made by [`Decryptor`] and [`Encryptor`].
+//!
+//! Ciphertext is read into one buffer per reader and opened there in place; sealed records are built in
+//! one reused buffer per writer. Nothing is allocated per chunk.
+//!
+//! A decryption failure surfaces as an `io::Error` of kind `InvalidData` whose inner error is the
+//! [`DecryptError`] (`err.get_ref()` and `downcast_ref`).
+
+use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::tcp::{max_record_len, DecryptError, Decryptor, Encryptor};
+use crate::{Address, Method, Salt};
+
+/// The system clock in Unix seconds, the default clock of both adapters.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Most plaintext one `poll_write` seals before it hands the records to the socket.
+const MAX_WRITE: usize = 0xFFFF;
+
+/// Reads ciphertext from `R` and yields the plaintext.
+pub struct DecryptReader<R> {
+    inner: R,
+    decryptor: Decryptor,
+    buf: Box<[u8]>,
+    /// Unconsumed ciphertext.
+    pending: Range<usize>,
+    /// Opened plaintext not yet handed to the caller.
+    plain: Range<usize>,
+    target: Option<Address>,
+    eof: bool,
+    clock: fn() -> u64,
+}
+
+impl<R: AsyncRead + Unpin> DecryptReader<R> {
+    /// A reader for `method` that opens records with `decryptor`.
+    pub fn new(inner: R, method: Method, decryptor: Decryptor) -> DecryptReader<R> {
+        let capacity = method.salt_len() + max_record_len(method);
+        DecryptReader {
+            inner,
+            decryptor,
+            buf: vec![0; capacity].into_boxed_slice(),
+            pending: 0..0,
+            plain: 0..0,
+            target: None,
+            eof: false,
+            clock: unix_now,
+        }
+    }
+
+    /// Replaces the clock used to check 2022 timestamps (tests).
+    pub fn with_clock(mut self, clock: fn() -> u64) -> DecryptReader<R> {
+        self.clock = clock;
+        self
+    }
+
+    /// Reads until the request's target address has arrived (server side). Payload that came with it
+    /// stays buffered for the next reads. Errors with `UnexpectedEof` if the stream ends first.
+    pub async fn read_target(&mut self) -> io::Result<Address> {
+        poll_fn(|cx| self.poll_target(cx)).await
+    }
+
+    /// The peer's salt once authenticated; see [`Decryptor::authenticated_salt`].
+    pub fn authenticated_salt(&self) -> Option<Salt> {
+        self.decryptor.authenticated_salt()
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Unwraps the reader; buffered bytes are lost.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn poll_target(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Address>> {
+        loop {
+            if let Some(target) = self.target.take() {
+                return Poll::Ready(Ok(target));
+            }
+            if !self.plain.is_empty() {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "payload before target")));
+            }
+            if !ready!(self.poll_fill_plain(cx))? {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Makes plaintext available in `self.plain` (or a target in `self.target`); `false` at a clean EOF.
+    fn poll_fill_plain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            let input = &mut self.buf[self.pending.clone()];
+            let decoded = self.decryptor.decrypt(input, (self.clock)()).map_err(invalid_data)?;
+            let base = self.pending.start;
+            self.pending.start += decoded.consumed;
+            self.plain = base + decoded.payload.start..base + decoded.payload.end;
+            if decoded.target.is_some() {
+                self.target = decoded.target;
+                return Poll::Ready(Ok(true));
+            }
+            if !self.plain.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+            if self.eof {
+                self.decryptor.finish(self.pending.len()).map_err(invalid_data)?;
+                return Poll::Ready(Ok(false));
+            }
+            ready!(self.poll_read_ciphertext(cx))?;
+        }
+    }
+
+    /// Moves unconsumed ciphertext to the front and reads more after it.
+    fn poll_read_ciphertext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending.start > 0 {
+            self.buf.copy_within(self.pending.clone(), 0);
+            self.pending = 0..self.pending.len();
+        }
+        let mut read_buf = ReadBuf::new(&mut self.buf[self.pending.end..]);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read_buf))?;
+        let read = read_buf.filled().len();
+        if read == 0 {
+            self.eof = true;
+        }
+        self.pending.end += read;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for DecryptReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // A target nobody asked for (a client reading a response never gets one) is simply dropped.
+        this.target = None;
+        if this.plain.is_empty() && !ready!(this.poll_fill_plain(cx))? {
+            return Poll::Ready(Ok(()));
+        }
+        let take = this.plain.len().min(out.remaining());
+        out.put_slice(&this.buf[this.plain.start..this.plain.start + take]);
+        this.plain.start += take;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<R> std::fmt::Debug for DecryptReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptReader").field("decryptor", &self.decryptor).finish_non_exhaustive()
+    }
+}
+
+/// Seals what is written to it and writes the records to `W`.
+pub struct EncryptWriter<W> {
+    inner: W,
+    encryptor: Encryptor,
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    written: usize,
+    clock: fn() -> u64,
+}
+
+impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
+    /// A writer that seals with `encryptor`.
+    pub fn new(inner: W, encryptor: Encryptor) -> EncryptWriter<W> {
+        EncryptWriter { inner, encryptor, out: Vec::new(), written: 0, clock: unix_now }
+    }
+
+    /// Replaces the clock used for 2022 header timestamps (tests).
+    pub fn with_clock(mut self, clock: fn() -> u64) -> EncryptWriter<W> {
+        self.clock = clock;
+        self
+    }
+
+    /// This stream's salt.
+    pub fn salt(&self) -> Salt {
+        self.encryptor.salt()
+    }
+
+    /// The wrapped writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// Writes out every sealed byte still buffered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.out.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Seals `payload` into the (drained) output buffer.
+    fn seal(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.encryptor.encrypt(payload, (self.clock)(), &mut self.out).map_err(io::Error::other)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for EncryptWriter<W> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, payload: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        let take = payload.len().min(MAX_WRITE);
+        this.seal(&payload[..take])?;
+        // The bytes are accepted once sealed; if the socket is full they go out on the next call.
+        if let Poll::Ready(Err(error)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    /// Also sends a request's header if no payload has been written yet (an address-only first chunk).
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if !this.encryptor.header_sent() {
+            this.seal(&[])?;
+            ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<W> std::fmt::Debug for EncryptWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptWriter").field("encryptor", &self.encryptor).finish_non_exhaustive()
+    }
+}
+
+fn invalid_data(error: DecryptError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::Key;
+
+    const NOW: u64 = 1_704_164_645;
+
+    fn fixed_clock() -> u64 {
+        NOW
+    }
+
+    fn pair(method: Method) -> (Key, Salt, Salt) {
+        let key = Key::from_bytes(method, &[3; 32][..method.key_len()]).unwrap();
+        let client_salt = Salt::from_slice(method, &[1; 32][..method.salt_len()]).unwrap();
+        let server_salt = Salt::from_slice(method, &[2; 32][..method.salt_len()]).unwrap();
+        (key, client_salt, server_salt)
+    }
+
+    #[tokio::test]
+    async fn request_and_response_flow_through_a_socket_pair() {
+        for method in Method::ALL {
+            let (key, client_salt, server_salt) = pair(method);
+            let (client, server) = tokio::io::duplex(1000);
+            let (client_read, client_write) = tokio::io::split(client);
+            let (server_read, server_write) = tokio::io::split(server);
+            let target = Address::domain("localhost", 8080).unwrap();
+            let big: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+
+            let mut up =
+                EncryptWriter::new(client_write, Encryptor::request(method, &key, client_salt, &target, &[]))
+                    .with_clock(fixed_clock);
+            let sender = {
+                let big = big.clone();
+                tokio::spawn(async move {
+                    up.write_all(&big).await.unwrap();
+                    up.shutdown().await.unwrap();
+                })
+            };
+            let mut server_reader = DecryptReader::new(server_read, method, Decryptor::request(method, &key))
+                .with_clock(fixed_clock);
+            assert_eq!(server_reader.read_target().await.unwrap(), target);
+            let request_salt = server_reader.authenticated_salt().unwrap();
+            assert_eq!(request_salt, client_salt);
+            let mut received = Vec::new();
+            server_reader.read_to_end(&mut received).await.unwrap();
+            assert!(received == big, "{method}");
+            sender.await.unwrap();
+
+            let mut down = EncryptWriter::new(
+                server_write,
+                Encryptor::response(method, &key, server_salt, request_salt),
+            )
+            .with_clock(fixed_clock);
+            down.write_all(b"reply").await.unwrap();
+            down.shutdown().await.unwrap();
+            let mut client_reader =
+                DecryptReader::new(client_read, method, Decryptor::response(method, &key, client_salt))
+                    .with_clock(fixed_clock);
+            let mut reply = Vec::new();
+            client_reader.read_to_end(&mut reply).await.unwrap();
+            assert_eq!(reply, b"reply");
+        }
+    }
+
+    #[tokio::test]
+    async fn flush_sends_an_address_only_request() {
+        for method in Method::ALL {
+            let (key, client_salt, _) = pair(method);
+            let (client, server) = tokio::io::duplex(4096);
+            let target = Address::Ip("127.0.0.1:80".parse().unwrap());
+            let mut up =
+                EncryptWriter::new(client, Encryptor::request(method, &key, client_salt, &target, &[]))
+                    .with_clock(fixed_clock);
+            up.flush().await.unwrap();
+            let mut reader =
+                DecryptReader::new(server, method, Decryptor::request(method, &key)).with_clock(fixed_clock);
+            assert_eq!(reader.read_target().await.unwrap(), target, "{method}");
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_is_invalid_data_and_truncation_is_an_error() {
+        for method in Method::ALL {
+            let (key, ..) = pair(method);
+            let garbage = [0x5a; 200];
+            let mut reader = DecryptReader::new(&garbage[..], method, Decryptor::request(method, &key));
+            let error = reader.read_target().await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+            let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
+            assert_eq!(inner, Some(&DecryptError::AuthFailure));
+
+            let short = vec![0x5a; method.salt_len() - 1];
+            let mut reader = DecryptReader::new(&short[..], method, Decryptor::request(method, &key));
+            let error = reader.read_target().await.unwrap_err();
+            let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
+            assert_eq!(inner, Some(&DecryptError::Truncated), "{method}");
+
+            let mut reader = DecryptReader::new(&[][..], method, Decryptor::request(method, &key));
+            assert_eq!(reader.read_target().await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        }
+    }
+}
