@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::tcp::{max_record_len, DecryptError, Decryptor, Encryptor};
 use crate::{Address, Method, Salt};
@@ -151,6 +151,24 @@ impl<R: AsyncRead + Unpin> AsyncRead for DecryptReader<R> {
         out.put_slice(&this.buf[this.plain.start..this.plain.start + take]);
         this.plain.start += take;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Lends the opened plaintext straight out of the read buffer: relaying with `fill_buf` / `consume`
+/// copies each byte once, from this buffer to the next socket.
+impl<R: AsyncRead + Unpin> AsyncBufRead for DecryptReader<R> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        this.target = None;
+        if this.plain.is_empty() && !ready!(this.poll_fill_plain(cx))? {
+            return Poll::Ready(Ok(&[]));
+        }
+        Poll::Ready(Ok(&this.buf[this.plain.clone()]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amount: usize) {
+        let this = self.get_mut();
+        this.plain.start = (this.plain.start + amount).min(this.plain.end);
     }
 }
 

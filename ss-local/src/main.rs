@@ -1,1 +1,94 @@
-fn main() {}
+//! `ss-local`: command line and config file in, [`ss_local::run`] out.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ss_config::{CliArgs, Config};
+use ss_local::{Server, Settings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Shadowsocks local: a SOCKS5 proxy that relays through a Shadowsocks server (shadowsocks-libev
+/// compatible flags and config keys).
+#[derive(Debug, Parser)]
+#[command(name = "ss-local", version)]
+struct Args {
+    #[command(flatten)]
+    common: CliArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match ss_config::load(&args.common) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ss-local: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(local_port) = config.local_port else {
+        eprintln!("ss-local: local_port: missing (set \"local_port\" in the config or -l)");
+        return ExitCode::from(2);
+    };
+    ss_net::process::init_logging(config.effective_log_level().as_str());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ss-local: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, local_port)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
+    if config.plugin.is_some() {
+        anyhow::bail!("plugin: SIP003 plugins are not supported yet");
+    }
+    if config.mode.udp() {
+        if !config.mode.tcp() {
+            anyhow::bail!("mode: udp_only is not supported yet (UDP ASSOCIATE is not built)");
+        }
+        tracing::warn!("mode: tcp_and_udp requested, but UDP ASSOCIATE is not built yet; serving TCP only");
+    }
+    for entry in config.servers.iter().filter(|entry| entry.password_is_weak) {
+        tracing::warn!(
+            "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
+             use a random key (ss-server --generate-key -m {})",
+            entry.host,
+            entry.port,
+            entry.method
+        );
+    }
+    let servers = config
+        .servers
+        .iter()
+        .map(|entry| Server {
+            host: entry.host.clone(),
+            port: entry.port,
+            method: entry.method,
+            key: entry.key.clone(),
+        })
+        .collect();
+    let mut settings = Settings::new(servers);
+    settings.handshake_timeout = config.handshake_timeout;
+    settings.connect_timeout = config.connect_timeout;
+    settings.idle_timeout = config.timeout;
+    settings.max_connections = config.max_connections;
+
+    let bind = (config.local_address.as_str(), local_port);
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
+    let shutdown = CancellationToken::new();
+    ss_net::process::cancel_on_signal(shutdown.clone());
+    ss_local::run(settings, vec![listener], shutdown).await;
+    Ok(())
+}

@@ -1,1 +1,124 @@
-fn main() {}
+//! `ss-server`: command line and config file in, [`ss_server::run`] out.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ss_config::{CliArgs, Config, ServerEntry};
+use ss_crypto::{Key, Method};
+use ss_server::{Settings, TargetPolicy};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
+#[derive(Debug, Parser)]
+#[command(name = "ss-server", version)]
+struct Args {
+    #[command(flatten)]
+    common: CliArgs,
+    /// Print a fresh random key for the method given with -m (base64) and exit.
+    #[arg(long = "generate-key")]
+    generate_key: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.generate_key {
+        return generate_key(args.common.method.as_deref().unwrap_or("2022-blake3-aes-256-gcm"));
+    }
+    let config = match ss_config::load(&args.common) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ss-server: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    ss_net::process::init_logging(config.effective_log_level().as_str());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ss-server: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate_key(method: &str) -> ExitCode {
+    match method.parse::<Method>() {
+        Ok(method) => {
+            println!("{}", Key::generate(method, &mut rand_core::OsRng).to_base64());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ss-server: method: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    warn_about_unsupported(&config)?;
+    let shutdown = CancellationToken::new();
+    ss_net::process::cancel_on_signal(shutdown.clone());
+    let mut servers = tokio::task::JoinSet::new();
+    for entry in &config.servers {
+        let listener = TcpListener::bind((entry.host.as_str(), entry.port))
+            .await
+            .with_context(|| format!("binding {}:{}", entry.host, entry.port))?;
+        servers.spawn(ss_server::run(settings(&config, entry), vec![listener], shutdown.clone()));
+    }
+    while servers.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn settings(config: &Config, entry: &ServerEntry) -> Settings {
+    if entry.password_is_weak {
+        tracing::warn!(
+            "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
+             use a random key (ss-server --generate-key -m {}) or a long random password",
+            entry.host,
+            entry.port,
+            entry.method
+        );
+    }
+    let mut settings = Settings::new(entry.method, entry.key.clone());
+    settings.policy =
+        if config.allow_private_targets { TargetPolicy::AllowAll } else { TargetPolicy::PublicOnly };
+    settings.handshake_timeout = config.handshake_timeout;
+    settings.connect_timeout = config.connect_timeout;
+    settings.idle_timeout = config.timeout;
+    settings.max_connections = config.max_connections;
+    settings
+}
+
+/// Refuses what would silently change behaviour if ignored; warns about tuning knobs we do not act on.
+fn warn_about_unsupported(config: &Config) -> anyhow::Result<()> {
+    if config.plugin.is_some() {
+        anyhow::bail!("plugin: SIP003 plugins are not supported yet");
+    }
+    if config.mode.udp() {
+        if !config.mode.tcp() {
+            anyhow::bail!("mode: udp_only is not supported yet (the UDP relay is not built)");
+        }
+        tracing::warn!("mode: tcp_and_udp requested, but the UDP relay is not built yet; serving TCP only");
+    }
+    for (set, name) in [
+        (config.fast_open, "fast_open"),
+        (config.reuse_port, "reuse_port"),
+        (config.acl.is_some(), "acl"),
+        (config.nameserver.is_some(), "nameserver"),
+        (config.nofile.is_some(), "nofile"),
+    ] {
+        if set {
+            tracing::warn!("{name} is not supported yet and is ignored");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Throughput of ss-crypto's wire protocol next to the bare AEAD primitives underneath it.
+//!
+//! Criterion ids are `group/function/method`, for every method in [`Method::ALL`]:
+//!
+//! - `tcp-16KiB/framing/<method>`: one 16 KiB payload through a stream in its steady state. The
+//!   `Encryptor` and `Decryptor` are created and the salt and header delivered before measuring; each
+//!   iteration then clears one reused `Vec`, has `Encryptor::encrypt` append the records to it, and
+//!   calls `Decryptor::decrypt` over it until the payload is out. Classic methods cut 16 KiB into two
+//!   chunks (0x3FFF + 1 bytes, so four AEAD records with the length records), 2022 methods into one.
+//!   Included: the encryptor's copy of the payload into its output (its API appends, then seals in
+//!   place), length records, tags, nonce counters and the decryptor's state machine. Not included: a
+//!   receive-side copy of the ciphertext into a socket buffer. The decryptor opens the encryptor's output
+//!   where it lies (it is overwritten by the next iteration anyway); socket copies are I/O, not framing.
+//!   The framing uses ss-crypto's default backend, ring (see `ss_crypto::BACKEND`).
+//! - `tcp-16KiB/raw-ring/<method>` and `tcp-16KiB/raw-rustcrypto/<method>`: seal 16 KiB in place with a
+//!   12-byte nonce and open it again, straight through `ring::aead::LessSafeKey` or the `aes-gcm` /
+//!   `chacha20poly1305` crates: the floor that the framing adds to. It depends only on the method's
+//!   algorithm, so the classic and 2022 method of one algorithm measure the same thing twice.
+//! - `udp-1200B/seal+open/<method>`: one datagram with 1200 bytes of payload sealed and opened,
+//!   including the per-packet subkey derivation the protocol requires.
+//!
+//! All throughputs count payload bytes. Every round trip is checked for the right plaintext once before
+//! it is measured.
+
+// A failure here is a bug in the code under test, found before any measurement; panicking is the report.
+#![allow(clippy::expect_used, reason = "benchmark set-up and checks")]
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
+use ss_crypto::{Address, Algorithm, Decryptor, Encryptor, Generation, Key, Method, Salt, NONCE_LEN};
+
+/// Payload per TCP iteration: one typical socket read.
+const TCP_PAYLOAD: usize = 16 * 1024;
+/// Payload per datagram: a QUIC-sized packet.
+const UDP_PAYLOAD: usize = 1200;
+/// The clock both ends read (Unix seconds); only 2022 headers look at it.
+const NOW: u64 = 1_700_000_000;
+/// Fixed inputs: nothing random is needed to measure speed.
+const KEY: [u8; 32] = [0x42; 32];
+const SALT: [u8; 32] = [0x5a; 32];
+const NONCE: [u8; NONCE_LEN] = [7; NONCE_LEN];
+const XNONCE: [u8; XNONCE_LEN] = [9; XNONCE_LEN];
+
+fn tcp(c: &mut Criterion) {
+    let payload = test_payload(TCP_PAYLOAD);
+    let mut group = c.benchmark_group("tcp-16KiB");
+    group.throughput(Throughput::Bytes(TCP_PAYLOAD as u64));
+    for method in Method::ALL {
+        let mut stream = Stream::new(method);
+        let mut received = Vec::with_capacity(TCP_PAYLOAD);
+        stream.send(&payload, |piece| received.extend_from_slice(piece));
+        assert!(received == payload, "{method}: framing round trip changed the payload");
+        group.bench_function(BenchmarkId::new("framing", method), |b| {
+            b.iter(|| {
+                stream.send(black_box(&payload), |piece| {
+                    black_box(piece);
+                })
+            })
+        });
+
+        let raw: [(&str, RoundTrip); 2] = [
+            ("raw-ring", raw_ring(method.algorithm())),
+            ("raw-rustcrypto", raw_rustcrypto(method.algorithm())),
+        ];
+        for (name, round_trip) in raw {
+            let mut buf = payload.clone();
+            assert!(round_trip(&mut buf) && buf == payload, "{method}: {name} round trip failed");
+            group.bench_function(BenchmarkId::new(name, method), |b| {
+                b.iter(|| round_trip(black_box(&mut buf)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn udp(c: &mut Criterion) {
+    let payload = test_payload(UDP_PAYLOAD);
+    let mut group = c.benchmark_group("udp-1200B");
+    group.throughput(Throughput::Bytes(UDP_PAYLOAD as u64));
+    for method in Method::ALL {
+        let mut datagram = Datagram::new(method);
+        assert!(
+            datagram.round_trip(&payload) == payload,
+            "{method}: datagram round trip changed the payload"
+        );
+        group.bench_function(BenchmarkId::new("seal+open", method), |b| {
+            b.iter(|| datagram.round_trip(black_box(&payload)).len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tcp, udp);
+criterion_main!(benches);
+
+/// One direction of a TCP stream whose salt and header have already gone through.
+struct Stream {
+    encryptor: Encryptor,
+    decryptor: Decryptor,
+    /// The records of one `send`, reused so the steady state allocates nothing.
+    wire: Vec<u8>,
+}
+
+impl Stream {
+    fn new(method: Method) -> Stream {
+        let key = test_key(method);
+        let salt = Salt::from_slice(method, &SALT[..method.salt_len()]).expect("salt of the method's length");
+        let encryptor = Encryptor::request(method, &key, salt, &test_address(), &[]);
+        let wire = Vec::with_capacity(encryptor.max_output_len(TCP_PAYLOAD));
+        let mut stream = Stream { encryptor, decryptor: Decryptor::request(method, &key), wire };
+        // An empty first payload sends the salt and header alone.
+        let delivered = stream.send(&[], |_| {});
+        assert!(delivered == 0 && stream.encryptor.header_sent(), "{method}: header did not go through");
+        stream
+    }
+
+    /// Seals `payload`, opens the records in place and hands each plaintext piece to `sink`; returns
+    /// the number of payload bytes delivered.
+    fn send(&mut self, payload: &[u8], mut sink: impl FnMut(&[u8])) -> usize {
+        self.wire.clear();
+        self.encryptor.encrypt(payload, NOW, &mut self.wire).expect("nonces left");
+        let mut at = 0;
+        let mut delivered = 0;
+        while at < self.wire.len() {
+            let input = &mut self.wire[at..];
+            let decoded = self.decryptor.decrypt(input, NOW).expect("records just sealed open");
+            assert!(decoded.consumed > 0, "decryptor stalled on whole records");
+            sink(&input[decoded.payload.clone()]);
+            delivered += decoded.payload.len();
+            at += decoded.consumed;
+        }
+        delivered
+    }
+}
+
+/// Seals a buffer in place and opens it again; false if the tag did not verify.
+type RoundTrip = Box<dyn Fn(&mut [u8]) -> bool>;
+
+fn raw_ring(algorithm: Algorithm) -> RoundTrip {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+
+    let algorithm = match algorithm {
+        Algorithm::Aes128Gcm => &AES_128_GCM,
+        Algorithm::Aes256Gcm => &AES_256_GCM,
+        Algorithm::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+    };
+    let key = UnboundKey::new(algorithm, &KEY[..algorithm.key_len()]).expect("key of the algorithm's length");
+    let key = LessSafeKey::new(key);
+    Box::new(move |buf| {
+        let nonce = || Nonce::assume_unique_for_key(NONCE);
+        let Ok(tag) = key.seal_in_place_separate_tag(nonce(), Aad::empty(), buf) else {
+            return false;
+        };
+        key.open_in_place_separate_tag(nonce(), Aad::empty(), tag, buf, 0..).is_ok()
+    })
+}
+
+fn raw_rustcrypto(algorithm: Algorithm) -> RoundTrip {
+    match algorithm {
+        Algorithm::Aes128Gcm => rustcrypto::<aes_gcm::Aes128Gcm>(),
+        Algorithm::Aes256Gcm => rustcrypto::<aes_gcm::Aes256Gcm>(),
+        Algorithm::ChaCha20Poly1305 => rustcrypto::<chacha20poly1305::ChaCha20Poly1305>(),
+    }
+}
+
+fn rustcrypto<A>() -> RoundTrip
+where
+    A: aes_gcm::aead::AeadInPlace + aes_gcm::aead::KeyInit + 'static,
+{
+    let key = A::new_from_slice(&KEY[..A::key_size()]).expect("key of the algorithm's length");
+    Box::new(move |buf| {
+        let nonce = aes_gcm::aead::Nonce::<A>::from_slice(&NONCE);
+        let Ok(tag) = key.encrypt_in_place_detached(nonce, b"", buf) else {
+            return false;
+        };
+        key.decrypt_in_place_detached(nonce, b"", buf, &tag).is_ok()
+    })
+}
+
+/// Seals and opens client datagrams of one method, reusing one packet buffer.
+struct Datagram {
+    codec: DatagramCodec,
+    packet: Vec<u8>,
+}
+
+enum DatagramCodec {
+    /// Classic: a fresh subkey from each datagram's salt (fixed here: the cost is the same).
+    Classic { method: Method, key: Key, salt: Salt },
+    /// 2022: AES encrypts a separate header and derives the body key from the session id each packet;
+    /// ChaCha seals the whole packet with XChaCha20-Poly1305 under the PSK.
+    Aead2022(Udp2022),
+}
+
+impl Datagram {
+    fn new(method: Method) -> Datagram {
+        let key = test_key(method);
+        let codec = match method.generation() {
+            Generation::Classic => {
+                let salt = Salt::from_slice(method, &SALT[..method.salt_len()])
+                    .expect("salt of the method's length");
+                DatagramCodec::Classic { method, key, salt }
+            }
+            Generation::Aead2022 => {
+                DatagramCodec::Aead2022(Udp2022::new(method, &key).expect("a 2022 method"))
+            }
+        };
+        Datagram { codec, packet: Vec::with_capacity(UDP_PAYLOAD + 128) }
+    }
+
+    /// Seals `payload` into one datagram, opens it and returns the payload as opened.
+    fn round_trip(&mut self, payload: &[u8]) -> &[u8] {
+        self.packet.clear();
+        let address = test_address();
+        let opened = match &self.codec {
+            DatagramCodec::Classic { method, key, salt } => {
+                udp::seal_classic(*method, key, *salt, &address, payload, &mut self.packet);
+                udp::open_classic(*method, key, &mut self.packet).expect("datagram just sealed opens").1
+            }
+            DatagramCodec::Aead2022(codec) => {
+                let header =
+                    Header2022 { session_id: 1, packet_id: 1, sender: Sender::Client, timestamp: NOW };
+                codec.seal(&header, &[], &address, payload, &XNONCE, &mut self.packet);
+                codec.open(&mut self.packet, NOW, Origin::Client).expect("datagram just sealed opens").payload
+            }
+        };
+        &self.packet[opened]
+    }
+}
+
+fn test_key(method: Method) -> Key {
+    Key::from_bytes(method, &KEY[..method.key_len()]).expect("key of the method's length")
+}
+
+fn test_address() -> Address {
+    Address::Ip(SocketAddr::from(([192, 0, 2, 1], 443)))
+}
+
+/// Payload bytes that are not all alike, so a misplaced byte shows in the checks.
+fn test_payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}

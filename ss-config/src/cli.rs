@@ -1,0 +1,245 @@
+//! The command line both binaries share, with shadowsocks-libev's flags and meanings.
+//!
+//! Each binary flattens [`CliArgs`] into its own parser (`#[command(flatten)]`) and adds its own flags.
+//! Taken here: `-c -s -p -l -b -k -m -t -u -U -v -6` and the long names below. clap keeps `-h/--help`
+//! (libev's `-h` too); the binary's `#[command(version)]` adds `-V/--version`. Values given here win
+//! over the config file.
+
+use std::path::PathBuf;
+
+use clap::ArgAction;
+
+use crate::raw::MAX_SECONDS;
+
+/// Command-line flags shared by `ss-local` and `ss-server`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct CliArgs {
+    /// Config file (shadowsocks-libev JSON)
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Server host or IP (repeatable): where ss-local connects, where ss-server listens
+    #[arg(short = 's', long = "server", value_name = "HOST")]
+    pub server: Vec<String>,
+    /// Server port
+    #[arg(short = 'p', long = "server-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub server_port: Option<u16>,
+    /// Local port (ss-local's SOCKS5 listener)
+    #[arg(short = 'l', long = "local-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub local_port: Option<u16>,
+    /// Local address (ss-local's SOCKS5 listener)
+    #[arg(short = 'b', long = "local-address", value_name = "ADDR")]
+    pub local_address: Option<String>,
+    /// Password (classic methods) or base64 key (2022 methods); visible in `ps`, prefer the config file
+    #[arg(short = 'k', long = "password", value_name = "PASSWORD")]
+    pub password: Option<String>,
+    /// Key in base64; wins over the password
+    #[arg(long = "key", value_name = "BASE64")]
+    pub key: Option<String>,
+    /// Encryption method, e.g. 2022-blake3-aes-256-gcm or chacha20-ietf-poly1305
+    #[arg(short = 'm', long = "method", value_name = "METHOD")]
+    pub method: Option<String>,
+    /// Idle timeout in seconds [default: 60]
+    #[arg(short = 't', long = "timeout", value_name = "SECONDS", value_parser = seconds_parser())]
+    pub timeout: Option<u64>,
+    /// Relay TCP and UDP
+    #[arg(short = 'u', conflicts_with = "udp_only")]
+    pub tcp_and_udp: bool,
+    /// Relay UDP only
+    #[arg(short = 'U')]
+    pub udp_only: bool,
+    /// More logging (-v debug, -vv trace)
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// SIP003 plugin command
+    #[arg(long = "plugin", value_name = "COMMAND")]
+    pub plugin: Option<String>,
+    /// SIP003 plugin options (SS_PLUGIN_OPTIONS)
+    #[arg(long = "plugin-opts", value_name = "OPTIONS")]
+    pub plugin_opts: Option<String>,
+    /// Enable TCP Fast Open
+    #[arg(long = "fast-open")]
+    pub fast_open: bool,
+    /// Set TCP_NODELAY on relayed sockets
+    #[arg(long = "no-delay")]
+    pub no_delay: bool,
+    /// Set SO_REUSEPORT on listeners
+    #[arg(long = "reuse-port")]
+    pub reuse_port: bool,
+    /// Access control list file
+    #[arg(long = "acl", value_name = "FILE")]
+    pub acl: Option<PathBuf>,
+    /// Prefer IPv6 addresses when resolving
+    #[arg(short = '6')]
+    pub ipv6_first: bool,
+    /// Let ss-server connect to loopback and private addresses
+    #[arg(long = "allow-private-targets")]
+    pub allow_private_targets: bool,
+    /// Seconds allowed for a client's first request [default: 10]
+    #[arg(long = "handshake-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
+    pub handshake_timeout: Option<u64>,
+    /// Seconds allowed to connect to a target or server [default: 10]
+    #[arg(long = "connect-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
+    pub connect_timeout: Option<u64>,
+    /// Concurrent connection cap [default: 10000]
+    #[arg(long = "max-connections", value_name = "N", value_parser = positive_count)]
+    pub max_connections: Option<usize>,
+    /// UDP association idle timeout in seconds [default: 300]
+    #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
+    pub udp_timeout: Option<u64>,
+}
+
+fn seconds_parser() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=MAX_SECONDS)
+}
+
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::{Config, LogLevel, Mode, Plugin, RawConfig};
+
+    /// How a binary uses `CliArgs`.
+    #[derive(Debug, Parser)]
+    #[command(name = "ss-test", version)]
+    struct Cli {
+        #[command(flatten)]
+        args: CliArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<CliArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ss-test").chain(argv.iter().copied())).map(|cli| cli.args)
+    }
+
+    const FILE: &str = r#"{
+        "server": ["file-a", "file-b"], "server_port": 1111, "local_address": "127.0.0.2", "local_port": 2222,
+        "password": "file password that is long", "method": "aes-128-gcm", "timeout": 11, "udp_timeout": 12,
+        "mode": "tcp_only", "plugin": "file-plugin", "plugin_opts": "file-opts", "acl": "/file.acl",
+        "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn"
+    }"#;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_overrides_the_file() {
+        let args = parse(&[
+            "-s",
+            "cli-a",
+            "-s",
+            "[::1]",
+            "-p",
+            "3333",
+            "-l",
+            "4444",
+            "-b",
+            "::",
+            "-k",
+            "cli password",
+            "-m",
+            "chacha20-ietf-poly1305",
+            "-t",
+            "21",
+            "-u",
+            "-vv",
+            "--plugin",
+            "cli-plugin",
+            "--plugin-opts",
+            "cli-opts",
+            "--fast-open",
+            "--no-delay",
+            "--reuse-port",
+            "--acl",
+            "/cli.acl",
+            "-6",
+            "--allow-private-targets",
+            "--handshake-timeout",
+            "23",
+            "--connect-timeout",
+            "24",
+            "--max-connections",
+            "25",
+            "--udp-timeout",
+            "22",
+        ])
+        .unwrap();
+        let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
+        let config = Config::from_raw(raw, &args).unwrap();
+        let hosts: Vec<_> = config.servers.iter().map(|s| (s.host.as_str(), s.port)).collect();
+        assert_eq!(hosts, [("cli-a", 3333), ("::1", 3333)]);
+        assert_eq!(config.servers[0].method, ss_crypto::Method::ChaCha20IetfPoly1305);
+        let expected = ss_crypto::Key::from_password(config.servers[0].method, "cli password").unwrap();
+        assert_eq!(config.servers[0].key, expected);
+        assert!(config.servers[0].password_is_weak);
+        assert_eq!((config.local_address.as_str(), config.local_port), ("::", Some(4444)));
+        assert_eq!(config.mode, Mode::TcpAndUdp);
+        assert_eq!(config.timeout, Duration::from_secs(21));
+        assert_eq!(config.udp_timeout, Duration::from_secs(22));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(23));
+        assert_eq!(config.connect_timeout, Duration::from_secs(24));
+        assert_eq!(config.max_connections, 25);
+        let plugin = Plugin { command: "cli-plugin".into(), options: Some("cli-opts".into()) };
+        assert_eq!(config.plugin, Some(plugin));
+        assert_eq!(config.acl.as_deref(), Some(Path::new("/cli.acl")));
+        assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
+        assert!(config.allow_private_targets);
+        assert_eq!(config.verbose, 2);
+        assert_eq!(config.effective_log_level(), LogLevel::Trace);
+    }
+
+    #[test]
+    fn without_flags_the_file_stands() {
+        let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
+        let config = Config::from_raw(raw, &parse(&[]).unwrap()).unwrap();
+        let hosts: Vec<_> = config.servers.iter().map(|s| (s.host.as_str(), s.port)).collect();
+        assert_eq!(hosts, [("file-a", 1111), ("file-b", 1111)]);
+        assert_eq!((config.local_address.as_str(), config.local_port), ("127.0.0.2", Some(2222)));
+        assert_eq!(config.timeout, Duration::from_secs(11));
+        assert_eq!(config.max_connections, 15);
+        assert_eq!(config.effective_log_level(), LogLevel::Warn);
+        assert!(!config.fast_open && !config.allow_private_targets);
+    }
+
+    #[test]
+    fn key_flag_beats_the_files_password_and_udp_only_beats_the_files_mode() {
+        let key = "AAECAwQFBgcICQoLDA0ODw==";
+        let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
+        let config = Config::from_raw(raw, &parse(&["--key", key, "-U"]).unwrap()).unwrap();
+        assert_eq!(
+            config.servers[0].key,
+            ss_crypto::Key::from_base64(config.servers[0].method, key).unwrap()
+        );
+        assert!(!config.servers[0].password_is_weak);
+        assert_eq!(config.mode, Mode::UdpOnly);
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_parse_time() {
+        for argv in
+            [&["-p", "0"][..], &["-p", "70000"], &["-l", "abc"], &["-t", "0"], &["--max-connections", "0"]]
+        {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
+        assert!(parse(&["-u", "-U"]).is_err());
+    }
+
+    #[test]
+    fn help_is_h_and_version_is_capital_v() {
+        assert_eq!(parse(&["-h"]).unwrap_err().kind(), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(parse(&["-V"]).unwrap_err().kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(parse(&["-v", "-v", "-v"]).unwrap().verbose, 3);
+    }
+}

@@ -1,0 +1,411 @@
+//! The checked [`Config`]: typed, defaulted, and built once from the file and the command line
+//! (command line first, then the file, then the default).
+//!
+//! | key                 | default     | key                     | default |
+//! |---------------------|-------------|-------------------------|---------|
+//! | `local_address`     | `127.0.0.1` | `handshake_timeout`     | 10 s    |
+//! | `mode`              | `tcp_only`  | `connect_timeout`       | 10 s    |
+//! | `timeout`           | 60 s        | `max_connections`       | 10000   |
+//! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::raw::{NumberOrString, RawConfig};
+use crate::servers::{self, ServerEntry};
+use crate::{CliArgs, ConfigError};
+
+/// The checked configuration of either binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// At least one. ss-server listens on each; ss-local tries them in order.
+    pub servers: Vec<ServerEntry>,
+    /// Where ss-local listens (default `127.0.0.1`); libev's ss-server uses `-b` to bind outgoing sockets.
+    pub local_address: String,
+    /// Where ss-local listens; the binary decides whether it is required.
+    pub local_port: Option<u16>,
+    /// Which of TCP and UDP to relay.
+    pub mode: Mode,
+    /// Idle timeout of a TCP connection.
+    pub timeout: Duration,
+    /// Idle timeout of a UDP association.
+    pub udp_timeout: Duration,
+    /// Time allowed for a client's first request (SOCKS5 handshake, Shadowsocks header).
+    pub handshake_timeout: Duration,
+    /// Time allowed to connect to a target (ss-server) or a server (ss-local).
+    pub connect_timeout: Duration,
+    /// Concurrent connections accepted before new ones wait.
+    pub max_connections: usize,
+    /// Whether ss-server may connect to loopback, private and link-local targets.
+    pub allow_private_targets: bool,
+    /// `TCP_NODELAY` on relayed sockets.
+    pub no_delay: bool,
+    /// TCP Fast Open.
+    pub fast_open: bool,
+    /// `SO_REUSEPORT` on listeners.
+    pub reuse_port: bool,
+    /// Prefer IPv6 addresses when resolving.
+    pub ipv6_first: bool,
+    /// SIP003 plugin.
+    pub plugin: Option<Plugin>,
+    /// DNS server(s) to resolve with, as written.
+    pub nameserver: Option<String>,
+    /// File descriptor limit to raise to at start-up.
+    pub nofile: Option<u64>,
+    /// Access control list file.
+    pub acl: Option<PathBuf>,
+    /// `log_level` from the file; see [`Config::effective_log_level`].
+    pub log_level: Option<LogLevel>,
+    /// How many times `-v` was given.
+    pub verbose: u8,
+}
+
+/// Which protocols to relay (libev's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `tcp_only` (the default).
+    #[default]
+    TcpOnly,
+    /// `tcp_and_udp` (`-u`).
+    TcpAndUdp,
+    /// `udp_only` (`-U`).
+    UdpOnly,
+}
+
+/// A SIP003 plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    /// The plugin executable.
+    pub command: String,
+    /// `SS_PLUGIN_OPTIONS`.
+    pub options: Option<String>,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    Info,
+    /// `-v`.
+    Debug,
+    /// `-vv`.
+    Trace,
+}
+
+impl Config {
+    /// Checks a raw config with the command line laid over it.
+    pub fn from_raw(raw: RawConfig, args: &CliArgs) -> Result<Config, ConfigError> {
+        let servers = servers::resolve(&raw, args)?;
+        let (local_address, local_port) = local(&raw, args)?;
+        let mode = match (args.udp_only, args.tcp_and_udp, raw.mode.as_deref()) {
+            (true, _, _) => Mode::UdpOnly,
+            (false, true, _) => Mode::TcpAndUdp,
+            (false, false, Some(text)) => Mode::parse(text)?,
+            (false, false, None) => Mode::TcpOnly,
+        };
+        // The top-level timeout wins over the (agreeing) per-entry ones of shadowsocks-rust's `servers`.
+        let file_timeout = raw.timeout.as_ref().map(|secs| secs.seconds("timeout")).transpose()?;
+        let timeout = match (args.timeout, file_timeout) {
+            (Some(secs), _) | (None, Some(secs)) => secs,
+            (None, None) => servers::shared_timeout(&raw, args)?.unwrap_or(60),
+        };
+        Ok(Config {
+            servers,
+            local_address,
+            local_port,
+            mode,
+            timeout: Duration::from_secs(timeout),
+            udp_timeout: timeout_of("udp_timeout", args.udp_timeout, raw.udp_timeout.as_ref(), 300)?,
+            handshake_timeout: timeout_of(
+                "handshake_timeout",
+                args.handshake_timeout,
+                raw.handshake_timeout.as_ref(),
+                10,
+            )?,
+            connect_timeout: timeout_of(
+                "connect_timeout",
+                args.connect_timeout,
+                raw.connect_timeout.as_ref(),
+                10,
+            )?,
+            max_connections: match args.max_connections {
+                Some(max) => max,
+                None => match &raw.max_connections {
+                    Some(max) => max.positive("max_connections")?,
+                    None => 10_000,
+                },
+            },
+            allow_private_targets: args.allow_private_targets || raw.allow_private_targets.unwrap_or(false),
+            no_delay: args.no_delay || raw.no_delay.unwrap_or(false),
+            fast_open: args.fast_open || raw.fast_open.unwrap_or(false),
+            reuse_port: args.reuse_port || raw.reuse_port.unwrap_or(false),
+            ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
+            plugin: servers::plugin(&raw, args)?,
+            nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
+            nofile: raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
+            acl: args.acl.clone().or(raw.acl),
+            log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
+            verbose: args.verbose,
+        })
+    }
+
+    /// The level to log at: `-v` (debug) and `-vv` (trace) win over the file's `log_level`; the default
+    /// is info.
+    pub fn effective_log_level(&self) -> LogLevel {
+        match self.verbose {
+            0 => self.log_level.unwrap_or(LogLevel::Info),
+            1 => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+}
+
+impl Mode {
+    /// Whether TCP is relayed.
+    pub fn tcp(self) -> bool {
+        matches!(self, Mode::TcpOnly | Mode::TcpAndUdp)
+    }
+
+    /// Whether UDP is relayed.
+    pub fn udp(self) -> bool {
+        matches!(self, Mode::UdpOnly | Mode::TcpAndUdp)
+    }
+
+    /// The config spelling: `tcp_only`, `tcp_and_udp` or `udp_only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::TcpOnly => "tcp_only",
+            Mode::TcpAndUdp => "tcp_and_udp",
+            Mode::UdpOnly => "udp_only",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Mode, ConfigError> {
+        let message = || format!("unknown mode {text:?}; use tcp_only, tcp_and_udp or udp_only");
+        let found =
+            [Mode::TcpOnly, Mode::TcpAndUdp, Mode::UdpOnly].into_iter().find(|mode| mode.name() == text);
+        found.ok_or_else(|| ConfigError::field_error("mode", message()))
+    }
+}
+
+impl LogLevel {
+    /// The name tracing's filters understand: `error`, `warn`, `info`, `debug`, `trace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+
+    fn parse(text: &str) -> Result<LogLevel, ConfigError> {
+        let levels = [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace];
+        let wanted = text.trim().to_ascii_lowercase().replace("warning", "warn");
+        let message = || format!("unknown level {text:?}; use error, warn, info, debug or trace");
+        let found = levels.into_iter().find(|level| level.as_str() == wanted);
+        found.ok_or_else(|| ConfigError::field_error("log_level", message()))
+    }
+}
+
+/// `local_address` / `local_port` from `-b` / `-l`, the top level, or the single `locals` entry.
+fn local(raw: &RawConfig, args: &CliArgs) -> Result<(String, Option<u16>), ConfigError> {
+    let locals = raw.locals.as_deref().unwrap_or_default();
+    if locals.len() > 1 {
+        let message = format!("{} entries, but one SOCKS5 local is supported; keep one", locals.len());
+        return Err(ConfigError::field_error("locals", message));
+    }
+    let entry = locals.first();
+    if let Some(protocol) = entry.and_then(|local| local.protocol.as_deref()) {
+        if protocol != "socks" {
+            let message = format!("{protocol:?} is not supported; only \"socks\" (SOCKS5) is");
+            return Err(ConfigError::field_error("locals[0].protocol", message));
+        }
+    }
+    let address = match (&args.local_address, &raw.local_address) {
+        (Some(address), _) | (None, Some(address)) => Some(address.clone()),
+        (None, None) => entry.and_then(|local| local.local_address.clone()),
+    };
+    let address = address.map(|address| address.trim().to_string()).unwrap_or_default();
+    let address = if address.is_empty() { "127.0.0.1".to_string() } else { address };
+    let port = match (args.local_port, &raw.local_port) {
+        (Some(port), _) => Some(port),
+        (None, Some(port)) => Some(port.port("local_port")?),
+        (None, None) => match entry.and_then(|local| local.local_port.as_ref()) {
+            Some(port) => Some(port.port("locals[0].local_port")?),
+            None => None,
+        },
+    };
+    Ok((address, port))
+}
+
+fn timeout_of(
+    field: &str,
+    cli: Option<u64>,
+    file: Option<&NumberOrString>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let secs = match cli {
+        Some(secs) => secs,
+        None => file.map(|secs| secs.seconds(field)).transpose()?.unwrap_or(default),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn check(json: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::from_json(json, Path::new("config.json"))?, &CliArgs::default())
+    }
+
+    fn error(json: &str) -> String {
+        check(json).unwrap_err().to_string()
+    }
+
+    const BASE: &str = r#""server":"s","server_port":8388,"password":"barfoo!","method":"aes-256-gcm""#;
+
+    #[test]
+    fn libev_readme_example_loads_with_libev_defaults() {
+        let config = check(
+            r#"{"server":"my_server_ip","server_port":8388,"local_port":1080,"password":"barfoo!","timeout":60,
+                "method":"chacha20-ietf-poly1305"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers.len(), 1);
+        assert_eq!((config.servers[0].host.as_str(), config.servers[0].port), ("my_server_ip", 8388));
+        assert!(config.servers[0].password_is_weak);
+        assert_eq!((config.local_address.as_str(), config.local_port), ("127.0.0.1", Some(1080)));
+        assert_eq!(config.mode, Mode::TcpOnly);
+        assert_eq!(config.timeout, Duration::from_secs(60));
+        assert_eq!(config.udp_timeout, Duration::from_secs(300));
+        assert_eq!(
+            (config.handshake_timeout, config.connect_timeout),
+            (Duration::from_secs(10), Duration::from_secs(10))
+        );
+        assert_eq!(config.max_connections, 10_000);
+        assert!(!config.allow_private_targets && !config.fast_open && !config.no_delay);
+        assert_eq!((config.plugin.as_ref(), config.acl.as_ref(), config.nofile), (None, None, None));
+        assert_eq!(config.effective_log_level(), LogLevel::Info);
+    }
+
+    #[test]
+    fn numbers_as_strings() {
+        let config = check(&format!(
+            r#"{{{BASE},"local_port":"1080","timeout":"30","udp_timeout":"40","nofile":"51200",
+                "max_connections":"7","handshake_timeout":"5","connect_timeout":"6"}}"#
+        ))
+        .unwrap();
+        assert_eq!(config.local_port, Some(1080));
+        assert_eq!((config.timeout, config.udp_timeout), (Duration::from_secs(30), Duration::from_secs(40)));
+        assert_eq!((config.nofile, config.max_connections), (Some(51200), 7));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn modes_and_helpers() {
+        for (name, mode, tcp, udp) in [
+            ("tcp_only", Mode::TcpOnly, true, false),
+            ("tcp_and_udp", Mode::TcpAndUdp, true, true),
+            ("udp_only", Mode::UdpOnly, false, true),
+        ] {
+            let config = check(&format!(r#"{{{BASE},"mode":"{name}"}}"#)).unwrap();
+            assert_eq!(
+                (config.mode, config.mode.tcp(), config.mode.udp(), config.mode.name()),
+                (mode, tcp, udp, name)
+            );
+        }
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"mode":"both"}}"#)),
+            "mode: unknown mode \"both\"; use tcp_only, tcp_and_udp or udp_only"
+        );
+    }
+
+    #[test]
+    fn bad_numbers_name_their_field() {
+        assert_eq!(error(&format!(r#"{{{BASE},"timeout":0}}"#)), "timeout: must be at least 1");
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"udp_timeout":"soon"}}"#)),
+            "udp_timeout: \"soon\" is not a whole number"
+        );
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"connect_timeout":1.5}}"#)),
+            "connect_timeout: 1.5 is not a whole number"
+        );
+        assert!(error(&format!(r#"{{{BASE},"handshake_timeout":99999999999}}"#))
+            .starts_with("handshake_timeout: "));
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"max_connections":0}}"#)),
+            "max_connections: must be at least 1"
+        );
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"local_port":0}}"#)),
+            "local_port: 0 is not a port number (1-65535)"
+        );
+        assert_eq!(error(&format!(r#"{{{BASE},"nofile":-1}}"#)), "nofile: -1 is not a whole number");
+    }
+
+    #[test]
+    fn shadowsocks_rust_locals() {
+        let config = check(&format!(
+            r#"{{{BASE},"locals":[{{"local_address":"::1","local_port":"1081","protocol":"socks"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!((config.local_address.as_str(), config.local_port), ("::1", Some(1081)));
+        let top_level_wins =
+            check(&format!(r#"{{{BASE},"local_port":1080,"locals":[{{"local_port":1081}}]}}"#));
+        assert_eq!(top_level_wins.unwrap().local_port, Some(1080));
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"locals":[{{"local_port":1081,"protocol":"http"}}]}}"#)),
+            "locals[0].protocol: \"http\" is not supported; only \"socks\" (SOCKS5) is"
+        );
+        assert!(error(&format!(r#"{{{BASE},"locals":[{{}},{{}}]}}"#)).starts_with("locals: 2 entries"));
+        assert!(error(&format!(r#"{{{BASE},"locals":[{{"local_port":"x"}}]}}"#))
+            .starts_with("locals[0].local_port: "));
+    }
+
+    #[test]
+    fn plugins() {
+        let config = check(&format!(r#"{{{BASE},"plugin":"v2ray-plugin","plugin_opts":"server"}}"#)).unwrap();
+        assert_eq!(
+            config.plugin,
+            Some(Plugin { command: "v2ray-plugin".into(), options: Some("server".into()) })
+        );
+        assert_eq!(check(&format!(r#"{{{BASE},"plugin":"","plugin_opts":"x"}}"#)).unwrap().plugin, None);
+        assert!(error(&format!(r#"{{{BASE},"plugin_opts":"x"}}"#)).starts_with("plugin_opts: "));
+    }
+
+    #[test]
+    fn log_level_from_file_and_verbose_flag() {
+        let config = check(&format!(r#"{{{BASE},"log_level":"WARNING","nameserver":"1.1.1.1"}}"#)).unwrap();
+        assert_eq!(
+            (config.effective_log_level(), config.effective_log_level().as_str()),
+            (LogLevel::Warn, "warn")
+        );
+        assert_eq!(config.nameserver.as_deref(), Some("1.1.1.1"));
+        let verbose = Config { verbose: 1, ..config };
+        assert_eq!(verbose.effective_log_level(), LogLevel::Debug);
+        assert!(error(&format!(r#"{{{BASE},"log_level":"loud"}}"#))
+            .starts_with("log_level: unknown level \"loud\""));
+    }
+
+    #[test]
+    fn booleans_from_the_file() {
+        let config = check(&format!(
+            r#"{{{BASE},"fast_open":true,"no_delay":true,"reuse_port":true,"ipv6_first":true,
+                "allow_private_targets":true,"acl":"/etc/ss.acl"}}"#
+        ))
+        .unwrap();
+        assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
+        assert!(config.allow_private_targets);
+        assert_eq!(config.acl, Some(PathBuf::from("/etc/ss.acl")));
+    }
+}

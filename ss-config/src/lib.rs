@@ -1,0 +1,173 @@
+//! The configuration shared by `ss-local` and `ss-server`: shadowsocks-libev's JSON config file and
+//! command line, checked once into a typed [`Config`].
+//!
+//! ```text
+//!   config.json --serde--> RawConfig --+
+//!                                      +-- Config::from_raw --> Config  (Method, Key, u16, Duration)
+//!   argv -------clap-----> CliArgs ----+   command line wins
+//! ```
+//!
+//! After [`load`] (or [`Config::from_raw`]) nothing re-parses strings. Every error is one line that
+//! names the field or the file position:
+//!
+//! ```text
+//! method: unknown method "x"; supported methods: aes-128-gcm, ...
+//! server_port: "abc" is not a port number (1-65535)
+//! password: missing (set "password" in the config or -k)
+//! config.json:3:23: expected `,` or `}`
+//! ```
+//!
+//! A binary flattens [`CliArgs`] into its own clap parser and keeps clap's `-h/--help` and
+//! `-V/--version` (`#[command(version)]`):
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[derive(Parser)]
+//! #[command(name = "ss-local", version, about = "Shadowsocks local")]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     config: ss_config::CliArgs,
+//! }
+//!
+//! let cli = Cli::parse();
+//! match ss_config::load(&cli.config) {
+//!     Ok(config) => println!("{} server(s)", config.servers.len()),
+//!     Err(error) => eprintln!("ss-local: {error}"),
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+
+mod cli;
+mod config;
+mod raw;
+mod servers;
+
+pub use cli::CliArgs;
+pub use config::{Config, LogLevel, Mode, Plugin};
+pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
+pub use servers::ServerEntry;
+
+/// Reads the config file named by `-c` (if any), lays the command line over it and checks the result.
+pub fn load(args: &CliArgs) -> Result<Config, ConfigError> {
+    let raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    Config::from_raw(raw, args)
+}
+
+/// Why the configuration was refused. Every message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON, or a value has the wrong JSON type.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde_json said, without its own location suffix.
+        message: String,
+    },
+    /// A value is missing or wrong.
+    #[error("{field}: {message}")]
+    Field {
+        /// The config key, as written in the file (`server_port`, `servers[1].password`).
+        field: String,
+        /// What is wrong and, where it helps, how to fix it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The config key a [`ConfigError::Field`] is about.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Field { field, .. } => Some(field),
+            ConfigError::Read { .. } | ConfigError::Json { .. } => None,
+        }
+    }
+
+    pub(crate) fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Field { field: field.into(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.json")
+    }
+
+    #[test]
+    fn example_config_parses_and_only_its_placeholder_password_is_refused() {
+        let raw = RawConfig::from_file(&example_path()).unwrap();
+        assert_eq!(raw.method.as_deref(), Some("2022-blake3-aes-256-gcm"));
+        let args = CliArgs { config: Some(example_path()), ..CliArgs::default() };
+        match load(&args) {
+            Ok(config) => assert_eq!(config.servers.len(), 1),
+            Err(error) => {
+                assert_eq!(error.field(), Some("password"), "{error}");
+                assert!(error.to_string().contains("--generate-key"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn example_config_loads_with_a_real_key_on_the_command_line() {
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let args = CliArgs { config: Some(example_path()), key: Some(key.into()), ..CliArgs::default() };
+        let config = load(&args).unwrap();
+        assert_eq!(config.servers[0].host, "127.0.0.1");
+        assert_eq!(config.servers[0].port, 8388);
+        assert_eq!(config.local_port, Some(1080));
+        assert_eq!(config.mode, Mode::TcpAndUdp);
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let args = CliArgs { config: Some(PathBuf::from("/nonexistent/ss.json")), ..CliArgs::default() };
+        let error = load(&args).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }));
+        assert!(error.to_string().starts_with("/nonexistent/ss.json: "), "{error}");
+    }
+
+    #[test]
+    fn command_line_alone_is_enough() {
+        let args = CliArgs {
+            server: vec!["example.com".into()],
+            server_port: Some(8388),
+            password: Some("a long and varied password 1234".into()),
+            method: Some("aes-256-gcm".into()),
+            ..CliArgs::default()
+        };
+        let config = load(&args).unwrap();
+        assert_eq!(config.servers[0].host, "example.com");
+        assert!(!config.servers[0].password_is_weak);
+    }
+
+    #[test]
+    fn field_errors_are_one_line() {
+        let error = load(&CliArgs::default()).unwrap_err();
+        assert_eq!(error.field(), Some("server"));
+        assert!(!error.to_string().contains('\n'));
+    }
+}

@@ -1,0 +1,417 @@
+//! The server list: libev's `server` (one host or several sharing one port, method and password) and
+//! shadowsocks-rust's `servers` array, turned into [`ServerEntry`]s with a typed method and key.
+//!
+//! Where each setting comes from, first match wins:
+//!
+//! ```text
+//!   host        -s (replaces the file's lists)  > "server" / servers[i].server
+//!   port        "host:port" in the host > -p > servers[i].server_port > "server_port"
+//!   method      -m > servers[i].method > "method"
+//!   credential  --key / -k > servers[i].key / .password > "key" / "password"   (key wins over password)
+//! ```
+
+use ss_crypto::{is_weak_password, Key, Method};
+
+use crate::config::Plugin;
+use crate::raw::{RawConfig, RawServer};
+use crate::{CliArgs, ConfigError};
+
+/// One server: for ss-server an address to listen on, for ss-local a remote server to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// Host name or IP address, without brackets (`::1`, not `[::1]`).
+    pub host: String,
+    /// Port, 1-65535.
+    pub port: u16,
+    /// The encryption method.
+    pub method: Method,
+    /// The master key (from the base64 key, or derived from the password).
+    pub key: Key,
+    /// A classic method's password is short or repetitive; the binary should warn.
+    pub password_is_weak: bool,
+}
+
+/// Builds the server list; at least one entry or an error.
+pub(crate) fn resolve(raw: &RawConfig, args: &CliArgs) -> Result<Vec<ServerEntry>, ConfigError> {
+    let cli_credential = Credential::of("", args.key.as_deref(), args.password.as_deref());
+    let file_credential = Credential::of("", raw.key.as_deref(), raw.password.as_deref());
+    let top = Settings {
+        port: match (args.server_port, &raw.server_port) {
+            (Some(port), _) => Some(port),
+            (None, Some(port)) => Some(port.port("server_port")?),
+            (None, None) => None,
+        },
+        method: method("method", args.method.as_deref().or(raw.method.as_deref()))?,
+        credential: cli_credential.clone().or(file_credential),
+    };
+    let hosts = if args.server.is_empty() { raw.server.as_deref().unwrap_or_default() } else { &args.server };
+    let mut entries = Vec::new();
+    for host in hosts {
+        entries.push(top.entry("", host)?);
+    }
+    for (index, server) in file_servers(raw, args).iter().enumerate() {
+        let prefix = format!("servers[{index}].");
+        let Some(host) = &server.server else {
+            return Err(ConfigError::field_error(format!("{prefix}server"), "missing"));
+        };
+        let own_port = match &server.server_port {
+            Some(port) => Some(port.port(&format!("{prefix}server_port"))?),
+            None => None,
+        };
+        let settings = Settings {
+            port: args.server_port.or(own_port).or(top.port),
+            method: match (&args.method, &server.method) {
+                (None, Some(name)) => method(&format!("{prefix}method"), Some(name))?,
+                _ => top.method,
+            },
+            credential: cli_credential
+                .clone()
+                .or(Credential::of(&prefix, server.key.as_deref(), server.password.as_deref()))
+                .or(top.credential.clone()),
+        };
+        entries.push(settings.entry(&prefix, host)?);
+    }
+    if entries.is_empty() {
+        return Err(ConfigError::field_error("server", "missing (set \"server\" in the config or -s)"));
+    }
+    Ok(entries)
+}
+
+/// The `timeout` the `servers` entries agree on, if any gives one.
+pub(crate) fn shared_timeout(raw: &RawConfig, args: &CliArgs) -> Result<Option<u64>, ConfigError> {
+    shared(raw, args, "timeout", |prefix, server| {
+        server.timeout.as_ref().map(|secs| secs.seconds(&format!("{prefix}timeout"))).transpose()
+    })
+}
+
+/// The plugin from `--plugin`, the top level, or the `servers` entries (which must agree).
+pub(crate) fn plugin(raw: &RawConfig, args: &CliArgs) -> Result<Option<Plugin>, ConfigError> {
+    let command = match args.plugin.as_ref().or(raw.plugin.as_ref()) {
+        Some(command) => Some(command.clone()),
+        None => shared(raw, args, "plugin", |_, server| Ok(server.plugin.clone()))?,
+    };
+    let options = match args.plugin_opts.as_ref().or(raw.plugin_opts.as_ref()) {
+        Some(options) => Some(options.clone()),
+        None => shared(raw, args, "plugin_opts", |_, server| Ok(server.plugin_opts.clone()))?,
+    };
+    let options = options.filter(|options| !options.is_empty());
+    match command {
+        // An empty plugin switches a configured one off, as in libev.
+        Some(command) if command.trim().is_empty() => Ok(None),
+        Some(command) => Ok(Some(Plugin { command, options })),
+        None if options.is_some() => {
+            Err(ConfigError::field_error("plugin_opts", "set, but no plugin is (set \"plugin\" or --plugin)"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Settings that apply to a host, after precedence.
+struct Settings<'a> {
+    port: Option<u16>,
+    method: Option<Method>,
+    credential: Option<Credential<'a>>,
+}
+
+/// A base64 key or a password, with the field it came from.
+#[derive(Clone)]
+struct Credential<'a> {
+    field: String,
+    text: &'a str,
+    is_key: bool,
+}
+
+impl Settings<'_> {
+    /// `prefix` is `""` for the top-level form, `servers[i].` for an entry.
+    fn entry(&self, prefix: &str, host: &str) -> Result<ServerEntry, ConfigError> {
+        let host_field = format!("{prefix}server");
+        let (host, own_port) = split_host_port(host)
+            .map_err(|message| ConfigError::field_error(host_field.as_str(), message))?;
+        let port = own_port.or(self.port).ok_or_else(|| {
+            let hint = "missing (set \"server_port\" in the config, -p, or \"host:port\" in \"server\")";
+            ConfigError::field_error(format!("{prefix}server_port"), hint)
+        })?;
+        let method = self.method.ok_or_else(|| {
+            let hint = "missing (set \"method\" in the config or -m; e.g. 2022-blake3-aes-256-gcm, or \
+                        chacha20-ietf-poly1305 as shadowsocks-libev assumes)";
+            ConfigError::field_error(format!("{prefix}method"), hint)
+        })?;
+        let Some(credential) = &self.credential else {
+            let hint = "missing (set \"password\" in the config or -k)";
+            return Err(ConfigError::field_error(format!("{prefix}password"), hint));
+        };
+        if credential.text.is_empty() {
+            return Err(ConfigError::field_error(credential.field.as_str(), "empty"));
+        }
+        let key = if credential.is_key {
+            Key::from_base64(method, credential.text)
+        } else {
+            Key::from_config_password(method, credential.text)
+        }
+        .map_err(|error| ConfigError::field_error(credential.field.as_str(), error.to_string()))?;
+        let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
+        Ok(ServerEntry { host, port, method, key, password_is_weak })
+    }
+}
+
+impl<'a> Credential<'a> {
+    /// The key if given, else the password; fields are named `{prefix}key` / `{prefix}password`.
+    fn of(prefix: &str, key: Option<&'a str>, password: Option<&'a str>) -> Option<Credential<'a>> {
+        match (key, password) {
+            (Some(text), _) => Some(Credential { field: format!("{prefix}key"), text, is_key: true }),
+            (None, Some(text)) => {
+                Some(Credential { field: format!("{prefix}password"), text, is_key: false })
+            }
+            (None, None) => None,
+        }
+    }
+}
+
+fn method(field: &str, name: Option<&str>) -> Result<Option<Method>, ConfigError> {
+    let Some(name) = name else { return Ok(None) };
+    name.trim()
+        .parse()
+        .map(Some)
+        .map_err(|error: ss_crypto::MethodError| ConfigError::field_error(field, error.to_string()))
+}
+
+/// shadowsocks-rust's `servers` entries, unless `-s` replaced the file's servers.
+fn file_servers<'a>(raw: &'a RawConfig, args: &CliArgs) -> &'a [RawServer] {
+    match &raw.servers {
+        Some(servers) if args.server.is_empty() => servers,
+        _ => &[],
+    }
+}
+
+/// The one value of a global setting that `servers` entries may also carry; they must agree.
+fn shared<T: PartialEq>(
+    raw: &RawConfig,
+    args: &CliArgs,
+    name: &str,
+    value_of: impl Fn(&str, &RawServer) -> Result<Option<T>, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    let mut found: Option<(usize, T)> = None;
+    for (index, server) in file_servers(raw, args).iter().enumerate() {
+        let Some(value) = value_of(&format!("servers[{index}]."), server)? else { continue };
+        match &found {
+            None => found = Some((index, value)),
+            Some((first, seen)) if *seen != value => {
+                let message = format!(
+                    "differs from servers[{first}].{name}; it applies to every server, so set \"{name}\" once \
+                     at the top level"
+                );
+                return Err(ConfigError::field_error(format!("servers[{index}].{name}"), message));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found.map(|(_, value)| value))
+}
+
+/// libev's `host`, `host:port`, `[v6]` or `[v6]:port`; a bare IPv6 address (several colons) has no port.
+fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!("{text:?} has an unclosed '['"));
+        };
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').unwrap_or(after))),
+        }
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) if !port.contains(':') => (host, Some(port)),
+            _ => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    let port = match port {
+        None => None,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port != 0 => Some(port),
+            _ => return Err(format!("{text:?} does not end in a port number (1-65535)")),
+        },
+    };
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::Config;
+
+    const PSK_128: &str = "AAECAwQFBgcICQoLDA0ODw==";
+    const STRONG: &str = "a long and varied password 1234";
+
+    fn servers(json: &str) -> Result<Vec<ServerEntry>, ConfigError> {
+        servers_with(json, &CliArgs::default())
+    }
+
+    fn servers_with(json: &str, args: &CliArgs) -> Result<Vec<ServerEntry>, ConfigError> {
+        let raw = RawConfig::from_json(json, Path::new("config.json"))?;
+        Config::from_raw(raw, args).map(|config| config.servers)
+    }
+
+    fn error(json: &str) -> String {
+        servers(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn server_array_gives_one_entry_per_host() {
+        let entries = servers(&format!(
+            r#"{{"server":["::","0.0.0.0","[::1]","h:9000"],"server_port":8388,"password":"{STRONG}",
+                "method":"aes-128-gcm"}}"#
+        ))
+        .unwrap();
+        let hosts: Vec<_> = entries.iter().map(|entry| (entry.host.as_str(), entry.port)).collect();
+        assert_eq!(hosts, [("::", 8388), ("0.0.0.0", 8388), ("::1", 8388), ("h", 9000)]);
+        assert!(entries.iter().all(|entry| entry.key == entries[0].key && !entry.password_is_weak));
+    }
+
+    #[test]
+    fn shadowsocks_rust_servers_fall_back_to_the_top_level() {
+        let entries = servers(&format!(
+            r#"{{"password":"{STRONG}","method":"aes-256-gcm","server_port":1,
+                "servers":[{{"address":"a","port":2,"method":"2022-blake3-aes-128-gcm","password":"{PSK_128}"}},
+                           {{"server":"b"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (entries[0].host.as_str(), entries[0].port, entries[0].method),
+            ("a", 2, Method::Blake3Aes128Gcm)
+        );
+        assert_eq!(entries[0].key, Key::from_base64(Method::Blake3Aes128Gcm, PSK_128).unwrap());
+        assert_eq!(
+            (entries[1].host.as_str(), entries[1].port, entries[1].method),
+            ("b", 1, Method::Aes256Gcm)
+        );
+        assert_eq!(entries[1].key, Key::from_password(Method::Aes256Gcm, STRONG).unwrap());
+    }
+
+    #[test]
+    fn server_flag_replaces_the_files_servers() {
+        let json = format!(
+            r#"{{"servers":[{{"server":"a","server_port":1,"password":"{STRONG}","method":"aes-128-gcm","timeout":5}},
+                                  {{"server":"b","server_port":1,"password":"{STRONG}","method":"aes-128-gcm","timeout":6}}]}}"#
+        );
+        assert!(error(&json).starts_with("servers[1].timeout: differs from servers[0].timeout"));
+        let args = CliArgs {
+            server: vec!["c".into()],
+            server_port: Some(3),
+            password: Some(STRONG.into()),
+            method: Some("aes-128-gcm".into()),
+            ..CliArgs::default()
+        };
+        let entries = servers_with(&json, &args).unwrap();
+        assert_eq!(entries.iter().map(|entry| entry.host.as_str()).collect::<Vec<_>>(), ["c"]);
+    }
+
+    #[test]
+    fn key_wins_over_password() {
+        let entries = servers(&format!(
+            r#"{{"server":"s","server_port":1,"password":"weak","key":"{PSK_128}","method":"aes-128-gcm"}}"#
+        ))
+        .unwrap();
+        assert_eq!(entries[0].key, Key::from_base64(Method::Aes128Gcm, PSK_128).unwrap());
+        assert!(!entries[0].password_is_weak);
+    }
+
+    #[test]
+    fn methods_are_checked() {
+        let unknown = error(r#"{"server":"s","server_port":1,"password":"p","method":"x"}"#);
+        assert!(unknown.starts_with("method: unknown method \"x\"; supported methods: "), "{unknown}");
+        assert!(unknown.contains("chacha20-ietf-poly1305"), "{unknown}");
+        let insecure = error(r#"{"server":"s","server_port":1,"password":"p","method":"rc4-md5"}"#);
+        assert!(insecure.starts_with("method: method \"rc4-md5\" is refused"), "{insecure}");
+        let in_entry =
+            error(r#"{"servers":[{"server":"s","server_port":1,"password":"p","method":"aes-128-cfb"}]}"#);
+        assert!(in_entry.starts_with("servers[0].method: "), "{in_entry}");
+        let missing = error(r#"{"server":"s","server_port":1,"password":"p"}"#);
+        assert!(missing.starts_with("method: missing (set \"method\" in the config or -m"), "{missing}");
+    }
+
+    #[test]
+    fn missing_and_empty_values_name_their_field() {
+        assert_eq!(
+            error(r#"{"server":"s","server_port":1,"method":"aes-128-gcm"}"#),
+            "password: missing (set \"password\" in the config or -k)"
+        );
+        assert_eq!(
+            error(r#"{"server":"s","server_port":1,"password":"","method":"aes-128-gcm"}"#),
+            "password: empty"
+        );
+        assert_eq!(
+            error(r#"{"password":"p","method":"aes-128-gcm"}"#),
+            "server: missing (set \"server\" in the config or -s)"
+        );
+        assert!(error(r#"{"server":"s","password":"p","method":"aes-128-gcm"}"#)
+            .starts_with("server_port: missing"));
+        assert_eq!(
+            error(r#"{"servers":[{"port":1}],"password":"p","method":"aes-128-gcm"}"#),
+            "servers[0].server: missing"
+        );
+    }
+
+    #[test]
+    fn bad_ports() {
+        for (port, shown) in
+            [("0", "0"), ("70000", "70000"), ("\"abc\"", "\"abc\""), ("-1", "-1"), ("\"\"", "\"\"")]
+        {
+            let json =
+                format!(r#"{{"server":"s","server_port":{port},"password":"p","method":"aes-128-gcm"}}"#);
+            assert_eq!(error(&json), format!("server_port: {shown} is not a port number (1-65535)"));
+        }
+        let json = r#"{"servers":[{"server":"s","port":"abc"}],"password":"p","method":"aes-128-gcm"}"#;
+        assert_eq!(error(json), "servers[0].server_port: \"abc\" is not a port number (1-65535)");
+        let json = r#"{"server":"s:0","password":"p","method":"aes-128-gcm"}"#;
+        assert_eq!(error(json), "server: \"s:0\" does not end in a port number (1-65535)");
+    }
+
+    #[test]
+    fn keys_for_2022_methods_must_be_base64_of_the_right_length() {
+        let json = |password: &str| {
+            format!(
+                r#"{{"server":"s","server_port":1,"password":"{password}","method":"2022-blake3-aes-256-gcm"}}"#
+            )
+        };
+        let not_base64 = error(&json("correct horse battery staple!"));
+        assert!(
+            not_base64.starts_with("password: the key for 2022-blake3-aes-256-gcm is not valid base64"),
+            "{not_base64}"
+        );
+        let wrong_length = error(&json(PSK_128));
+        assert!(
+            wrong_length.starts_with("password: the key for 2022-blake3-aes-256-gcm must be 32 bytes"),
+            "{wrong_length}"
+        );
+        let key_field = error(r#"{"server":"s","server_port":1,"key":"!!","method":"aes-128-gcm"}"#);
+        assert!(key_field.starts_with("key: "), "{key_field}");
+    }
+
+    #[test]
+    fn weak_passwords_are_flagged_for_classic_methods_only() {
+        let weak =
+            servers(r#"{"server":"s","server_port":1,"password":"barfoo!","method":"aes-128-gcm"}"#).unwrap();
+        assert!(weak[0].password_is_weak);
+        let psk = format!(
+            r#"{{"server":"s","server_port":1,"password":"{PSK_128}","method":"2022-blake3-aes-128-gcm"}}"#
+        );
+        assert!(!servers(&psk).unwrap()[0].password_is_weak);
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("example.com"), Ok(("example.com".into(), None)));
+        assert_eq!(split_host_port("example.com:443"), Ok(("example.com".into(), Some(443))));
+        assert_eq!(split_host_port("fe80::1"), Ok(("fe80::1".into(), None)));
+        assert_eq!(split_host_port("[fe80::1]:8388"), Ok(("fe80::1".into(), Some(8388))));
+        assert!(split_host_port("[::1").is_err());
+        assert!(split_host_port(":8388").is_err());
+        assert!(split_host_port("[::1]x").is_err());
+    }
+}

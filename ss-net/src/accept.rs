@@ -1,0 +1,173 @@
+//! The accept loop both binaries run: a cap on open connections, back-off on accept errors, and a
+//! bounded drain at shutdown.
+//!
+//! - At most `max_connections` handlers run at once. Beyond that the loop stops accepting, so new
+//!   connections wait in the kernel's backlog instead of being accepted and dropped.
+//! - Accept errors that concern the listener (out of file descriptors, out of memory) are logged once per
+//!   episode and retried with an exponential back-off (5 ms doubling to 1 s), never in a busy loop.
+//! - On shutdown the loop stops accepting at once, then waits up to `drain` for open connections.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Limits of an accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections handled at once.
+    pub max_connections: usize,
+    /// How long shutdown waits for open connections before giving up on them.
+    pub drain: Duration,
+}
+
+/// Accepts connections on `listener` and runs `handler` for each, until `shutdown` is cancelled; then
+/// waits up to `limits.drain` for the handlers still running. Returns the number still running then.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: CancellationToken,
+    handler: H,
+) -> usize
+where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    let mut backoff = Backoff::default();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.recovered();
+                let connection = handler(stream, peer);
+                tracker.spawn(async move {
+                    connection.await;
+                    drop(permit);
+                });
+            }
+            Err(error) if is_connection_error(&error) => {}
+            Err(error) => {
+                let pause = backoff.failed(&error);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(limits.drain, tracker.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len(), "shutdown: connections still open after the drain time");
+    }
+    tracker.len()
+}
+
+/// Errors that concern one incoming connection (it was reset before we took it), not the listener.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    )
+}
+
+/// Exponential back-off for accept errors, logging the first error of each episode only.
+#[derive(Debug, Default)]
+struct Backoff {
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, error: &io::Error) -> Duration {
+        let next = match self.current {
+            None => {
+                tracing::warn!(%error, "accept failed; backing off until it recovers");
+                Self::FIRST
+            }
+            Some(current) => (current * 2).min(Self::MAX),
+        };
+        self.current = Some(next);
+        next
+    }
+
+    fn recovered(&mut self) {
+        if self.current.take().is_some() {
+            tracing::info!("accepting connections again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling_and_resets() {
+        let mut backoff = Backoff::default();
+        let error = io::Error::other("EMFILE");
+        let pauses: Vec<_> = (0..10).map(|_| backoff.failed(&error)).collect();
+        assert_eq!(pauses[0], Duration::from_millis(5));
+        assert_eq!(pauses[1], Duration::from_millis(10));
+        assert_eq!(pauses[9], Duration::from_secs(1));
+        backoff.recovered();
+        assert_eq!(backoff.failed(&error), Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn caps_connections_and_drains_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = Limits { max_connections: 2, drain: Duration::from_secs(5) };
+        let server = tokio::spawn(serve(listener, limits, shutdown.clone(), |mut stream, _| async move {
+            // Echo one line's worth of bytes, then close.
+            let mut buf = [0u8; 16];
+            if let Ok(n) = stream.read(&mut buf).await {
+                let _ = stream.write_all(&buf[..n]).await;
+            }
+        }));
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // The third connection waits in the backlog until one of the first two finishes.
+        clients[2].write_all(b"third").await.unwrap();
+        let mut reply = [0u8; 5];
+        let third_early =
+            tokio::time::timeout(Duration::from_millis(200), clients[2].read_exact(&mut reply)).await;
+        assert!(third_early.is_err(), "served beyond the cap");
+        clients[0].write_all(b"first").await.unwrap();
+        clients[0].read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"first");
+        tokio::time::timeout(Duration::from_secs(5), clients[2].read_exact(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&reply, b"third");
+        clients[1].write_all(b"2").await.unwrap();
+        shutdown.cancel();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap(), 0);
+    }
+}

@@ -1,0 +1,12 @@
+//! Runtime pieces both Shadowsocks binaries share: the accept loop with its limits ([`accept`]) and the
+//! two-way relay with half-close and idle timeout ([`relay`]). Protocol code lives in `ss-crypto`;
+//! policy (what to accept, where to connect) lives in each binary.
+
+#![warn(missing_docs)]
+
+pub mod accept;
+pub mod process;
+pub mod relay;
+
+pub use accept::{serve, Limits};
+pub use relay::{relay, RelayEnd, RelayOutcome};

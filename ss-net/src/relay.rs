@@ -1,0 +1,214 @@
+//! Relaying bytes both ways between two connections, with half-close and an idle timeout.
+//!
+//! ```text
+//!   a_read ──pump──▶ b_write      (EOF on a_read → shutdown(b_write): FIN travels on)
+//!   b_read ──pump──▶ a_write      (EOF on b_read → shutdown(a_write))
+//! ```
+//!
+//! The relay ends when both directions have seen EOF, when either direction fails (then both sides are
+//! dropped, so neither peer waits on a half-dead connection), or when no byte has moved in either
+//! direction for the idle timeout.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant};
+
+/// How a relay ended and how many bytes moved each way.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Bytes copied from `a` to `b`.
+    pub a_to_b: u64,
+    /// Bytes copied from `b` to `a`.
+    pub b_to_a: u64,
+    /// Why it ended.
+    pub end: RelayEnd,
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions reached EOF.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A read or write failed in the direction named.
+    Failed {
+        /// True if the failing direction was `a` to `b`.
+        a_to_b: bool,
+        /// The error.
+        error: io::Error,
+    },
+}
+
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEnd::Closed => f.write_str("closed"),
+            RelayEnd::Idle => f.write_str("idle timeout"),
+            RelayEnd::Failed { a_to_b: true, error } => write!(f, "error on the way out: {error}"),
+            RelayEnd::Failed { a_to_b: false, error } => write!(f, "error on the way back: {error}"),
+        }
+    }
+}
+
+/// Copies what peer `a` sends to peer `b` and back until both directions end, one fails, or nothing moves
+/// for `idle`. Each peer is given as its (read half, write half).
+pub async fn relay<AR, AW, BR, BW>(
+    a: (&mut AR, &mut AW),
+    b: (&mut BR, &mut BW),
+    idle: Duration,
+) -> RelayOutcome
+where
+    AR: AsyncBufRead + Unpin,
+    AW: AsyncWrite + Unpin,
+    BR: AsyncBufRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let ((a_read, a_write), (b_read, b_write)) = (a, b);
+    let activity = Activity::new();
+    let a_to_b_count = AtomicU64::new(0);
+    let b_to_a_count = AtomicU64::new(0);
+    let outbound = pump(a_read, b_write, &activity, &a_to_b_count);
+    let inbound = pump(b_read, a_write, &activity, &b_to_a_count);
+    let both = async {
+        tokio::try_join!(
+            async { outbound.await.map_err(|error| RelayEnd::Failed { a_to_b: true, error }) },
+            async { inbound.await.map_err(|error| RelayEnd::Failed { a_to_b: false, error }) },
+        )
+    };
+    let end = tokio::select! {
+        result = both => match result {
+            Ok(_) => RelayEnd::Closed,
+            Err(end) => end,
+        },
+        () = idle_watch(&activity, idle) => RelayEnd::Idle,
+    };
+    RelayOutcome { a_to_b: a_to_b_count.into_inner(), b_to_a: b_to_a_count.into_inner(), end }
+}
+
+/// Copies one direction until EOF, then shuts the writer down so the FIN reaches the other side.
+async fn pump<R, W>(reader: &mut R, writer: &mut W, activity: &Activity, count: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        let len = chunk.len();
+        writer.write_all(chunk).await?;
+        reader.consume(len);
+        // Hand everything to the socket before waiting for more input, or it could sit in a buffer.
+        writer.flush().await?;
+        count.fetch_add(len as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+/// When bytes last moved, in milliseconds since the relay started (atomic, so the relay future is `Send`).
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let elapsed = self.start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+        self.last_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Completes once `idle` has passed since the last recorded activity.
+async fn idle_watch(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.last() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        sleep_until(deadline).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{duplex, split, AsyncReadExt, BufReader};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (a_near, a_far) = duplex(64);
+        let (b_near, b_far) = duplex(64);
+        let (a_read, mut a_write) = split(a_near);
+        let (b_read, mut b_write) = split(b_near);
+        let relay = tokio::spawn(async move {
+            let (mut a_read, mut b_read) = (BufReader::new(a_read), BufReader::new(b_read));
+            relay((&mut a_read, &mut a_write), (&mut b_read, &mut b_write), Duration::from_secs(60)).await
+        });
+        let (mut a_far_read, mut a_far_write) = split(a_far);
+        let (mut b_far_read, mut b_far_write) = split(b_far);
+        a_far_write.write_all(b"request").await.unwrap();
+        a_far_write.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b_far_read.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request", "EOF from a reaches b");
+        b_far_write.write_all(b"response after half-close").await.unwrap();
+        b_far_write.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        a_far_read.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"response after half-close");
+        let outcome = relay.await.unwrap();
+        assert!(matches!(outcome.end, RelayEnd::Closed));
+        assert_eq!((outcome.a_to_b, outcome.b_to_a), (7, 25));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ends_after_the_idle_timeout() {
+        let (a_near, _a_far) = duplex(64);
+        let (b_near, _b_far) = duplex(64);
+        let (a_read, mut a_write) = split(a_near);
+        let (b_read, mut b_write) = split(b_near);
+        let (mut a_read, mut b_read) = (BufReader::new(a_read), BufReader::new(b_read));
+        let started = Instant::now();
+        let outcome =
+            relay((&mut a_read, &mut a_write), (&mut b_read, &mut b_write), Duration::from_secs(30)).await;
+        assert!(matches!(outcome.end, RelayEnd::Idle));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_way_traffic_keeps_the_relay_alive() {
+        let (a_near, a_far) = duplex(64);
+        let (b_near, mut b_far) = duplex(64);
+        let (a_read, mut a_write) = split(a_near);
+        let (b_read, mut b_write) = split(b_near);
+        let relay = tokio::spawn(async move {
+            let (mut a_read, mut b_read) = (BufReader::new(a_read), BufReader::new(b_read));
+            relay((&mut a_read, &mut a_write), (&mut b_read, &mut b_write), Duration::from_secs(30)).await
+        });
+        let (mut a_far_read, _a_far_write) = split(a_far);
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            b_far.write_all(b"tick").await.unwrap();
+            let mut tick = [0u8; 4];
+            a_far_read.read_exact(&mut tick).await.unwrap();
+        }
+        assert!(!relay.is_finished(), "100 s of one-way traffic is not idle");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(matches!(relay.await.unwrap().end, RelayEnd::Idle));
+    }
+}

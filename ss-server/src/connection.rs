@@ -1,0 +1,146 @@
+//! One client connection, start to end:
+//!
+//! ```text
+//! accept ─▶ read salt + first chunk (handshake deadline) ─▶ replay check ─▶ target policy + resolve
+//!        ─▶ connect (timeout) ─▶ relay both ways (half-close, idle timeout)
+//! ```
+//!
+//! Anything that fails before the target is known to be a real client's (bad tag, bad header, replayed
+//! salt, stale timestamp, bad address type) gets the same silent treatment: nothing is written, nothing is
+//! connected, the server reads and discards until the handshake deadline counted from accept, then closes
+//! with a FIN. A prober learns the same thing whatever it sends: how long the deadline is.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand_core::OsRng;
+use ss_crypto::stream::{DecryptReader, EncryptWriter};
+use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, warn, Instrument};
+
+use crate::policy::TargetPolicy;
+use crate::Shared;
+
+/// Serves one accepted connection; every outcome is logged here and nothing is returned.
+pub(crate) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let span = tracing::debug_span!("tcp", %peer, target = tracing::field::Empty);
+    serve(stream, shared).instrument(span).await;
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let accepted = Instant::now();
+    let deadline = accepted + shared.settings.handshake_timeout;
+    let _ = stream.set_nodelay(shared.settings.no_delay);
+    let (read_half, write_half) = stream.into_split();
+    let method = shared.settings.method;
+    let mut reader = DecryptReader::new(read_half, method, Decryptor::request(method, &shared.settings.key));
+
+    let target = match timeout_at(deadline, reader.read_target()).await {
+        Ok(Ok(target)) => target,
+        Ok(Err(error)) => {
+            log_probe(&error);
+            return reject(reader.into_inner(), write_half, deadline).await;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return close(write_half).await;
+        }
+    };
+    tracing::Span::current().record("target", tracing::field::display(&target));
+
+    let Some(request_salt) = reader.authenticated_salt().filter(|salt| shared.replay.insert(salt)) else {
+        warn!("replayed request refused");
+        return reject(reader.into_inner(), write_half, deadline).await;
+    };
+
+    let settings = &shared.settings;
+    let upstream = match connect(&target, settings.policy, settings.connect_timeout).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            debug!(%error, "cannot reach target");
+            return close(write_half).await;
+        }
+    };
+    let _ = upstream.set_nodelay(settings.no_delay);
+
+    let response_salt = Salt::random(method, &mut OsRng);
+    shared.replay.insert(&response_salt);
+    let encryptor = Encryptor::response(method, &settings.key, response_salt, request_salt);
+    let mut writer = EncryptWriter::new(write_half, encryptor);
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let mut upstream_read = BufReader::with_capacity(settings.relay_buffer, upstream_read);
+    let client = (&mut reader, &mut writer);
+    let outcome =
+        ss_net::relay(client, (&mut upstream_read, &mut upstream_write), settings.idle_timeout).await;
+    debug!(
+        up = outcome.a_to_b,
+        down = outcome.b_to_a,
+        duration_ms = accepted.elapsed().as_millis() as u64,
+        end = %outcome.end,
+        "connection closed"
+    );
+}
+
+/// Resolves `target` and connects to the first allowed address that answers within the timeout.
+/// Every resolved address is checked against the policy right before it is dialled.
+pub(crate) async fn connect(
+    target: &Address,
+    policy: TargetPolicy,
+    connect_timeout: std::time::Duration,
+) -> io::Result<TcpStream> {
+    let candidates: Vec<SocketAddr> = match target {
+        Address::Ip(addr) => vec![*addr],
+        Address::Domain(host, port) => {
+            timeout(connect_timeout, tokio::net::lookup_host((host.as_str(), *port)))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name resolution timed out"))??
+                .collect()
+        }
+    };
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+    for addr in candidates {
+        if !policy.allows(addr.ip()) {
+            last_error =
+                io::Error::new(io::ErrorKind::PermissionDenied, format!("{addr} is not an allowed target"));
+            continue;
+        }
+        match timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(error)) => last_error = error,
+            Err(_) => {
+                last_error =
+                    io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"))
+            }
+        }
+    }
+    Err(last_error)
+}
+
+/// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.
+async fn reject(mut read_half: OwnedReadHalf, write_half: OwnedWriteHalf, deadline: Instant) {
+    let mut sink = [0u8; 2048];
+    let _ = timeout_at(deadline, async {
+        while matches!(read_half.read(&mut sink).await, Ok(n) if n > 0) {}
+        // The peer closed early; keep the connection until the deadline all the same.
+        std::future::pending::<()>().await;
+    })
+    .await;
+    close(write_half).await;
+}
+
+async fn close(mut write_half: OwnedWriteHalf) {
+    let _ = write_half.shutdown().await;
+}
+
+fn log_probe(error: &io::Error) {
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<DecryptError>()) {
+        Some(reason) => warn!(%reason, "rejected a connection that failed the handshake"),
+        None if error.kind() == io::ErrorKind::UnexpectedEof => debug!("closed before sending a request"),
+        None => debug!(%error, "handshake read failed"),
+    }
+}

@@ -1,0 +1,96 @@
+//! The Shadowsocks server: decrypts each client connection, checks it (authentication, replay, target
+//! policy), resolves and connects to the target, and relays both ways.
+//!
+//! [`run`] takes already-bound listeners and a cancellation token, so tests start a server in-process on
+//! port 0 and stop it when they are done. `main.rs` only turns the command line and config file into
+//! [`Settings`].
+
+#![warn(missing_docs)]
+
+mod connection;
+pub mod policy;
+pub mod replay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ss_crypto::{Key, Method};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use policy::TargetPolicy;
+use replay::ReplayFilter;
+
+/// Everything the server needs to know, checked and typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Encryption method.
+    pub method: Method,
+    /// Master key (password-derived for classic methods, the PSK for 2022).
+    pub key: Key,
+    /// Which targets may be connected to.
+    pub policy: TargetPolicy,
+    /// Time from accept within which the request header must arrive; also when rejected
+    /// connections are closed.
+    pub handshake_timeout: Duration,
+    /// Time allowed for resolving and connecting to a target.
+    pub connect_timeout: Duration,
+    /// A relayed connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most connections served at once per listener; further clients wait in the backlog.
+    pub max_connections: usize,
+    /// At shutdown, how long open connections may take to finish.
+    pub drain_timeout: Duration,
+    /// Set TCP_NODELAY on both sockets of a relay.
+    pub no_delay: bool,
+    /// Read buffer for target sockets, in bytes.
+    pub relay_buffer: usize,
+    /// Classic salts remembered by the replay filter (see [`replay`]).
+    pub replay_capacity: usize,
+}
+
+impl Settings {
+    /// Settings with the defaults of a production server for `method` and `key`.
+    pub fn new(method: Method, key: Key) -> Settings {
+        Settings {
+            method,
+            key,
+            policy: TargetPolicy::PublicOnly,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(5),
+            no_delay: true,
+            relay_buffer: 16 * 1024,
+            replay_capacity: replay::DEFAULT_CLASSIC_CAPACITY,
+        }
+    }
+}
+
+/// State shared by every connection of a server.
+#[derive(Debug)]
+struct Shared {
+    settings: Settings,
+    replay: ReplayFilter,
+}
+
+/// Serves TCP on every listener until `shutdown` is cancelled, then lets open connections finish for
+/// the drain time and returns.
+pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
+    let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    let shared = Arc::new(Shared { settings, replay });
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, method = %shared.settings.method, "listening (TCP)");
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        servers.spawn(ss_net::serve(listener, limits, shutdown, move |stream, peer| {
+            connection::handle(stream, peer, shared.clone())
+        }));
+    }
+    while servers.join_next().await.is_some() {}
+}
