@@ -38,9 +38,23 @@ async fn serve(mut client: TcpStream, settings: &Settings) -> io::Result<()> {
         .map_err(io::Error::other)?;
     let target = handshake.request.target;
     tracing::Span::current().record("target", tracing::field::display(&target));
-    if handshake.request.command != Command::Connect {
-        socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS).await?;
-        return Ok(());
+    match handshake.request.command {
+        Command::Connect if settings.tcp => {}
+        Command::UdpAssociate if settings.udp => {
+            let Some(server) = settings.servers.first() else {
+                socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS).await?;
+                return Ok(());
+            };
+            return crate::udp::associate(client, server).await;
+        }
+        Command::Connect | Command::UdpAssociate => {
+            socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;
+            return Ok(());
+        }
+        Command::Bind | Command::Other(_) => {
+            socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS).await?;
+            return Ok(());
+        }
     }
 
     let (upstream, server) = match connect_any(settings).await {

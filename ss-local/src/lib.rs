@@ -8,6 +8,7 @@
 
 mod connection;
 pub mod socks5;
+mod udp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,10 @@ pub struct Settings {
     pub no_delay: bool,
     /// Read buffer for application sockets, in bytes.
     pub relay_buffer: usize,
+    /// Accept SOCKS5 CONNECT (off in udp_only mode).
+    pub tcp: bool,
+    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
+    pub udp: bool,
 }
 
 impl Settings {
@@ -66,6 +71,8 @@ impl Settings {
             drain_timeout: Duration::from_secs(5),
             no_delay: true,
             relay_buffer: 16 * 1024,
+            tcp: true,
+            udp: false,
         }
     }
 }

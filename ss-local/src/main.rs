@@ -52,12 +52,6 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
     if config.plugin.is_some() {
         anyhow::bail!("plugin: SIP003 plugins are not supported yet");
     }
-    if config.mode.udp() {
-        if !config.mode.tcp() {
-            anyhow::bail!("mode: udp_only is not supported yet (UDP ASSOCIATE is not built)");
-        }
-        tracing::warn!("mode: tcp_and_udp requested, but UDP ASSOCIATE is not built yet; serving TCP only");
-    }
     for entry in config.servers.iter().filter(|entry| entry.password_is_weak) {
         tracing::warn!(
             "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
@@ -82,6 +76,8 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
     settings.connect_timeout = config.connect_timeout;
     settings.idle_timeout = config.timeout;
     settings.max_connections = config.max_connections;
+    settings.tcp = config.mode.tcp();
+    settings.udp = config.mode.udp();
 
     let bind = (config.local_address.as_str(), local_port);
     let listener = TcpListener::bind(bind)

@@ -5,7 +5,8 @@
 //!   connections wait in the kernel's backlog instead of being accepted and dropped.
 //! - Accept errors that concern the listener (out of file descriptors, out of memory) are logged once per
 //!   episode and retried with an exponential back-off (5 ms doubling to 1 s), never in a busy loop.
-//! - On shutdown the loop stops accepting at once, then waits up to `drain` for open connections.
+//! - On shutdown the loop stops accepting and closes the listener at once (new connections are refused),
+//!   then waits up to `drain` for open connections.
 
 use std::future::Future;
 use std::io;
@@ -73,6 +74,9 @@ where
             }
         }
     }
+    // Close the listening socket before the drain: a client that connects now is refused at once instead
+    // of waiting in the kernel's backlog for an accept that never comes.
+    drop(listener);
     tracker.close();
     if tokio::time::timeout(limits.drain, tracker.wait()).await.is_err() {
         tracing::warn!(open = tracker.len(), "shutdown: connections still open after the drain time");

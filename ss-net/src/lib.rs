@@ -7,6 +7,8 @@
 pub mod accept;
 pub mod process;
 pub mod relay;
+pub mod window;
 
 pub use accept::{serve, Limits};
 pub use relay::{relay, RelayEnd, RelayOutcome};
+pub use window::PacketWindow;

@@ -10,12 +10,14 @@
 mod connection;
 pub mod policy;
 pub mod replay;
+mod udp;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ss_crypto::{Key, Method};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 pub use policy::TargetPolicy;
@@ -47,6 +49,28 @@ pub struct Settings {
     pub relay_buffer: usize,
     /// Classic salts remembered by the replay filter (see [`replay`]).
     pub replay_capacity: usize,
+    /// A UDP association with no datagram either way for this long is dropped.
+    pub udp_timeout: Duration,
+    /// Most UDP associations at once; beyond it the least recently used is evicted.
+    pub max_udp_associations: usize,
+    /// Counters the server keeps up to date (tests and diagnostics read them).
+    pub stats: Arc<Stats>,
+}
+
+/// Live counters of a running server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// UDP associations (NAT entries) currently open.
+    pub udp_associations: AtomicUsize,
+}
+
+/// The sockets a server serves on: TCP listeners and UDP sockets.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// TCP listeners.
+    pub tcp: Vec<TcpListener>,
+    /// UDP sockets (empty when UDP is off).
+    pub udp: Vec<UdpSocket>,
 }
 
 impl Settings {
@@ -64,6 +88,9 @@ impl Settings {
             no_delay: true,
             relay_buffer: 16 * 1024,
             replay_capacity: replay::DEFAULT_CLASSIC_CAPACITY,
+            udp_timeout: Duration::from_secs(300),
+            max_udp_associations: 4096,
+            stats: Arc::default(),
         }
     }
 }
@@ -75,22 +102,31 @@ struct Shared {
     replay: ReplayFilter,
 }
 
-/// Serves TCP on every listener until `shutdown` is cancelled, then lets open connections finish for
-/// the drain time and returns.
-pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+/// Serves TCP and UDP on every listener until `shutdown` is cancelled, then lets open TCP connections
+/// finish for the drain time and returns.
+pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
     let shared = Arc::new(Shared { settings, replay });
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
+    for socket in listeners.udp {
+        if let Ok(addr) = socket.local_addr() {
+            tracing::info!(%addr, method = %shared.settings.method, "listening (UDP)");
+        }
+        servers.spawn(udp::serve(socket, shared.clone(), shutdown.clone()));
+    }
+    for listener in listeners.tcp {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (TCP)");
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        servers.spawn(ss_net::serve(listener, limits, shutdown, move |stream, peer| {
+        let serve = ss_net::serve(listener, limits, shutdown, move |stream, peer| {
             connection::handle(stream, peer, shared.clone())
-        }));
+        });
+        servers.spawn(async move {
+            serve.await;
+        });
     }
     while servers.join_next().await.is_some() {}
 }

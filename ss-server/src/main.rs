@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use ss_config::{CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
-use ss_server::{Settings, TargetPolicy};
-use tokio::net::TcpListener;
+use ss_server::{Listeners, Settings, TargetPolicy};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
@@ -69,10 +69,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ss_net::process::cancel_on_signal(shutdown.clone());
     let mut servers = tokio::task::JoinSet::new();
     for entry in &config.servers {
-        let listener = TcpListener::bind((entry.host.as_str(), entry.port))
-            .await
-            .with_context(|| format!("binding {}:{}", entry.host, entry.port))?;
-        servers.spawn(ss_server::run(settings(&config, entry), vec![listener], shutdown.clone()));
+        let addr = (entry.host.as_str(), entry.port);
+        let mut listeners = Listeners::default();
+        if config.mode.tcp() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TCP {}:{}", entry.host, entry.port))?;
+            listeners.tcp.push(listener);
+        }
+        if config.mode.udp() {
+            let socket = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding UDP {}:{}", entry.host, entry.port))?;
+            listeners.udp.push(socket);
+        }
+        servers.spawn(ss_server::run(settings(&config, entry), listeners, shutdown.clone()));
     }
     while servers.join_next().await.is_some() {}
     Ok(())
@@ -95,6 +106,7 @@ fn settings(config: &Config, entry: &ServerEntry) -> Settings {
     settings.connect_timeout = config.connect_timeout;
     settings.idle_timeout = config.timeout;
     settings.max_connections = config.max_connections;
+    settings.udp_timeout = config.udp_timeout;
     settings
 }
 
@@ -102,12 +114,6 @@ fn settings(config: &Config, entry: &ServerEntry) -> Settings {
 fn warn_about_unsupported(config: &Config) -> anyhow::Result<()> {
     if config.plugin.is_some() {
         anyhow::bail!("plugin: SIP003 plugins are not supported yet");
-    }
-    if config.mode.udp() {
-        if !config.mode.tcp() {
-            anyhow::bail!("mode: udp_only is not supported yet (the UDP relay is not built)");
-        }
-        tracing::warn!("mode: tcp_and_udp requested, but the UDP relay is not built yet; serving TCP only");
     }
     for (set, name) in [
         (config.fast_open, "fast_open"),

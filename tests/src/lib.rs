@@ -1,6 +1,8 @@
 //! Test support: start our server and local in-process on 127.0.0.1 port 0, local target servers, and a
 //! minimal SOCKS5 client. Every address used here is loopback.
 
+pub mod udp;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -54,10 +56,18 @@ pub fn init_logs() {
 /// Starts ss-server on 127.0.0.1:0 with `settings`.
 pub async fn start_server(settings: ss_server::Settings) -> RunningServer {
     init_logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
+    // TCP and UDP on the same port number, as a real server listens.
+    let (listener, socket) = loop {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
+        let port = listener.local_addr().expect("server address").port();
+        if let Ok(socket) = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await {
+            break (listener, socket);
+        }
+    };
     let addr = listener.local_addr().expect("server address");
     let shutdown = CancellationToken::new();
-    tokio::spawn(ss_server::run(settings, vec![listener], shutdown.clone()));
+    let listeners = ss_server::Listeners { tcp: vec![listener], udp: vec![socket] };
+    tokio::spawn(ss_server::run(settings, listeners, shutdown.clone()));
     RunningServer { addr, shutdown }
 }
 
@@ -129,3 +139,205 @@ pub async fn socks5_connect(proxy: SocketAddr, target: &Address) -> std::io::Res
     }
     Ok(stream)
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Real peers (shadowsocks-libev, shadowsocks-rust) as subprocesses, for the interop tests.
+// ---------------------------------------------------------------------------------------------------------
+
+/// Real Shadowsocks peers run as subprocesses: finding their binaries, writing their JSON config, starting
+/// them on a free loopback port and killing them on drop.
+pub mod peers {
+    use std::io::Write as _;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use ss_crypto::Method;
+    use tokio::net::TcpStream;
+    use tokio::process::{Child, Command};
+    use tokio::time::Instant;
+
+    use crate::{test_password, STEP};
+
+    /// The port Debian's shadowsocks-libev service listens on after install; never used by the tests.
+    pub const LIBEV_SERVICE_PORT: u16 = 8388;
+
+    /// Finds an external program on `PATH` or in cargo's bin directory.
+    ///
+    /// When it is missing the test must not pass silently in CI: with the `CI` environment variable set
+    /// this panics; otherwise it prints a skip notice (straight to stderr, past the test harness's output
+    /// capture) and returns `None`, and the caller returns early.
+    pub fn peer(name: &str) -> Option<PathBuf> {
+        if let Some(path) = find_program(name) {
+            return Some(path);
+        }
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is not installed (searched PATH and ~/.cargo/bin); .ci/run must install it");
+        }
+        let install = match name {
+            "ss-server" | "ss-local" => "apt-get install shadowsocks-libev",
+            "ssserver" | "sslocal" => "cargo install shadowsocks-rust --version 1.25.0 --locked",
+            _ => "apt-get install curl",
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {name} is not installed (searched PATH and ~/.cargo/bin); `{install}` to run this \
+             interop test (with CI set, a missing peer fails the test)"
+        );
+        None
+    }
+
+    /// What the peer is asked to be.
+    #[derive(Clone, Copy, Debug)]
+    pub enum PeerRole {
+        /// A server (`ss-server`, `ssserver`) listening for Shadowsocks connections.
+        Server,
+        /// A client (`ss-local`, `sslocal`) offering SOCKS5 and connecting to `server`.
+        Local {
+            /// The Shadowsocks server it uses (on 127.0.0.1).
+            server: SocketAddr,
+        },
+    }
+
+    /// A running peer; killed (and its temp directory removed) when dropped.
+    #[derive(Debug)]
+    pub struct PeerProcess {
+        /// Where it listens: the Shadowsocks port of a server, the SOCKS5 port of a local.
+        pub addr: SocketAddr,
+        binary: PathBuf,
+        dir: PathBuf,
+        _child: Child,
+    }
+
+    impl PeerProcess {
+        /// What the peer wrote to stdout and stderr so far, for failure messages.
+        pub fn log(&self) -> String {
+            let log = std::fs::read_to_string(self.dir.join("peer.log")).unwrap_or_default();
+            format!("--- {} log ---\n{log}--- end of log ---", self.binary.display())
+        }
+    }
+
+    impl Drop for PeerProcess {
+        fn drop(&mut self) {
+            // The child itself is killed by `kill_on_drop`.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Starts `binary -c CONFIG` as `role` for `method` on a free 127.0.0.1 port and waits until that
+    /// port accepts connections. A peer that exits first (say, another process took the port between
+    /// our probe and its bind) is retried on a fresh port a few times.
+    pub async fn start_peer(binary: &Path, method: Method, role: PeerRole) -> PeerProcess {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = unused_port();
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let dir = temp_dir();
+            let config = match role {
+                PeerRole::Server => config_json(method, port, None),
+                PeerRole::Local { server } => config_json(method, server.port(), Some(port)),
+            };
+            let mut child = spawn(binary, &dir, &config);
+            let ready = wait_until_listening(&mut child, addr).await;
+            let peer = PeerProcess { addr, binary: binary.to_owned(), dir, _child: child };
+            match ready {
+                Ok(()) => return peer,
+                Err(why) => failures.push(format!("{why}\nconfig: {config}\n{}", peer.log())),
+            }
+        }
+        panic!("{} did not start:\n{}", binary.display(), failures.join("\n"));
+    }
+
+    /// A loopback port that was free a moment ago (bound to port 0, then released); never 8388.
+    pub fn unused_port() -> u16 {
+        loop {
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+            let port = listener.local_addr().expect("local address").port();
+            if port != LIBEV_SERVICE_PORT {
+                return port;
+            }
+        }
+    }
+
+    /// The peer's config in the key names both shadowsocks-libev and shadowsocks-rust accept.
+    fn config_json(method: Method, server_port: u16, local_port: Option<u16>) -> String {
+        let local = match local_port {
+            Some(port) => format!(r#""local_address":"127.0.0.1","local_port":{port},"#),
+            None => String::new(),
+        };
+        let password = test_password(method).replace('\\', "\\\\").replace('"', "\\\"");
+        format!(
+            r#"{{"server":"127.0.0.1","server_port":{server_port},{local}"password":"{password}","method":"{}","mode":"tcp_only","timeout":60}}"#,
+            method.name()
+        )
+    }
+
+    fn temp_dir() -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("ss-interop-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    fn spawn(binary: &Path, dir: &Path, config: &str) -> Child {
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config).expect("write peer config");
+        let log = std::fs::File::create(dir.join("peer.log")).expect("create peer log");
+        let log_too = log.try_clone().expect("clone peer log handle");
+        Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_too)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
+    }
+
+    /// Polls `addr` until it accepts a connection; an external process's readiness cannot be awaited
+    /// any other way.
+    async fn wait_until_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited early with {status}"));
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not listening on {addr} after {STEP:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn find_program(name: &str) -> Option<PathBuf> {
+        let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+        path_dirs
+            .into_iter()
+            .flatten()
+            .chain(cargo_home.map(|home| home.join("bin")))
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    }
+}
+
+// ---- Probe-resistance and target-policy support (tests/probes.rs, tests/policy.rs) lives in its own
+// ---- file so that edits here and there do not collide.
+pub mod probing;
+
+// ---------------------------------------------------------------------------------------------------------
+// A loopback HTTP page server and client, for the tests that fetch a page through the proxy (binaries,
+// browser).
+// ---------------------------------------------------------------------------------------------------------
+
+mod page;
+pub use page::{http_get, page_server, PageServer};

@@ -55,3 +55,139 @@ async fn a_closed_target_port_closes_the_client() {
     let read = timeout(Duration::from_secs(10), stream.read_to_end(&mut back)).await.unwrap();
     assert!(read.is_err() || back.is_empty());
 }
+
+/// Streams `len` deterministic bytes through an echo target while reading them back; returns the hashes
+/// of what was sent and what came back.
+async fn echo_transfer(stream: tokio::net::TcpStream, len: usize) -> (blake3::Hash, blake3::Hash) {
+    let (mut read, mut write) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let mut hasher = blake3::Hasher::new();
+        let mut block = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < len {
+            let n = block.len().min(len - sent);
+            for (i, byte) in block[..n].iter_mut().enumerate() {
+                *byte = ((sent + i) as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
+            }
+            write.write_all(&block[..n]).await.unwrap();
+            hasher.update(&block[..n]);
+            sent += n;
+        }
+        write.shutdown().await.unwrap();
+        hasher.finalize()
+    });
+    let mut hasher = blake3::Hasher::new();
+    let mut block = vec![0u8; 64 * 1024];
+    let mut received = 0usize;
+    loop {
+        let n = read.read(&mut block).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+        received += n;
+    }
+    assert_eq!(received, len);
+    (sender.await.unwrap(), hasher.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mebibytes_each_way_arrive_intact() {
+    for method in Method::ALL {
+        let server = start_server(server_settings(method)).await;
+        let local = start_local(local_settings(method, server.addr)).await;
+        let echo = echo_server("127.0.0.1:0").await;
+        let stream = socks5_connect(local.addr, &Address::Ip(echo)).await.unwrap();
+        let (sent, received) = timeout(Duration::from_secs(240), echo_transfer(stream, 64 << 20))
+            .await
+            .expect("transfer timed out");
+        assert_eq!(sent, received, "{method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections() {
+    let method = Method::Blake3ChaCha20Poly1305;
+    let server = start_server(server_settings(method)).await;
+    let local = start_local(local_settings(method, server.addr)).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let proxy = local.addr;
+        clients.spawn(async move {
+            let mut stream = socks5_connect(proxy, &Address::Ip(echo)).await.unwrap();
+            let message = format!("connection {i} says hello");
+            stream.write_all(message.as_bytes()).await.unwrap();
+            let mut back = vec![0u8; message.len()];
+            stream.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, message.as_bytes());
+        });
+    }
+    timeout(Duration::from_secs(60), async {
+        while let Some(result) = clients.join_next().await {
+            result.unwrap();
+        }
+    })
+    .await
+    .expect("connections timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_closing_first_still_lets_the_client_send() {
+    let method = Method::ChaCha20IetfPoly1305;
+    let server = start_server(server_settings(method)).await;
+    let local = start_local(local_settings(method, server.addr)).await;
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let target_task = tokio::spawn(async move {
+        let (mut stream, _) = target.accept().await.unwrap();
+        stream.write_all(b"greeting, then FIN").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        rest
+    });
+    let mut stream = socks5_connect(local.addr, &Address::Ip(target_addr)).await.unwrap();
+    let mut greeting = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut greeting)).await.unwrap().unwrap();
+    assert_eq!(greeting, b"greeting, then FIN");
+    stream.write_all(b"the client still talks after the target's FIN").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let rest = timeout(STEP, target_task).await.unwrap().unwrap();
+    assert_eq!(rest, b"the client still talks after the target's FIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let method = Method::Aes256Gcm;
+    let mut settings = server_settings(method);
+    settings.idle_timeout = Duration::from_millis(500);
+    let server = start_server(settings).await;
+    let local = start_local(local_settings(method, server.addr)).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let mut stream = socks5_connect(local.addr, &Address::Ip(echo)).await.unwrap();
+    stream.write_all(b"one exchange").await.unwrap();
+    let mut back = [0u8; 12];
+    stream.read_exact(&mut back).await.unwrap();
+    let idle_started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await.expect("not closed").unwrap();
+    assert!(rest.is_empty());
+    assert!(idle_started.elapsed() >= Duration::from_millis(400), "closed before the idle timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_skipped_for_the_next() {
+    let method = Method::Blake3Aes128Gcm;
+    let server = start_server(server_settings(method)).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut settings = local_settings(method, dead);
+    settings.servers.extend(local_settings(method, server.addr).servers);
+    let local = start_local(settings).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let mut stream = timeout(STEP, socks5_connect(local.addr, &Address::Ip(echo))).await.unwrap().unwrap();
+    stream.write_all(b"via the second server").await.unwrap();
+    let mut back = [0u8; 21];
+    timeout(STEP, stream.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"via the second server");
+}

@@ -1,0 +1,198 @@
+//! SOCKS5 UDP ASSOCIATE: a relay socket per association, datagrams sealed to the server and replies
+//! opened and handed back with a SOCKS5 UDP header.
+//!
+//! ```text
+//! application ──(RSV FRAG ATYP addr port | data)──▶ relay socket ──seal──▶ server
+//! application ◀─(RSV FRAG ATYP src  port | data)─── relay socket ◀─open─── server
+//! ```
+//!
+//! Datagrams from an IP other than the one that opened the association, and fragments (FRAG != 0), are
+//! dropped. The association ends when its TCP control connection closes.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::sync::Mutex;
+
+use rand_core::{OsRng, RngCore};
+use ss_crypto::stream::unix_now;
+use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
+use ss_crypto::{Address, Key, Method, Salt};
+use ss_net::PacketWindow;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tracing::debug;
+
+use crate::socks5::{self, Reply};
+use crate::Server;
+
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
+pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Result<()> {
+    let client_ip = unmap(control.peer_addr()?).ip();
+    let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
+    let server_addr = tokio::net::lookup_host((server.host.as_str(), server.port))
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "server name resolved to no address"))?;
+    let unspecified = if server_addr.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    let upstream = UdpSocket::bind((unspecified, 0)).await?;
+    upstream.connect(server_addr).await?;
+    socks5::send_reply(&mut control, Reply::Succeeded, &Address::Ip(relay.local_addr()?)).await?;
+
+    let codec = Codec::new(server.method, &server.key);
+    let client = Mutex::new(None);
+    tokio::select! {
+        () = wait_for_close(&mut control) => debug!("UDP association closed by its control connection"),
+        result = uplink(&relay, &upstream, client_ip, &client, &codec) => result?,
+        result = downlink(&relay, &upstream, &client, &codec) => result?,
+    }
+    Ok(())
+}
+
+async fn wait_for_close(control: &mut TcpStream) {
+    let mut sink = [0u8; 64];
+    while matches!(control.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// Application → server.
+async fn uplink(
+    relay: &UdpSocket,
+    upstream: &UdpSocket,
+    client_ip: IpAddr,
+    client: &Mutex<Option<SocketAddr>>,
+    codec: &Codec,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
+    loop {
+        let (len, from) = relay.recv_from(&mut buf).await?;
+        if unmap(from).ip() != client_ip {
+            continue;
+        }
+        let Ok((header, used)) = socks5::parse_udp_header(&buf[..len]) else { continue };
+        if header.frag != 0 {
+            continue;
+        }
+        *client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(from);
+        out.clear();
+        codec.seal(&header.target, &buf[used..len], &mut out);
+        if let Err(error) = upstream.send(&out).await {
+            debug!(%error, target = %header.target, "UDP send to server failed");
+        }
+    }
+}
+
+/// Server → application.
+async fn downlink(
+    relay: &UdpSocket,
+    upstream: &UdpSocket,
+    client: &Mutex<Option<SocketAddr>>,
+    codec: &Codec,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(MAX_DATAGRAM + 300);
+    loop {
+        let len = match upstream.recv(&mut buf).await {
+            Ok(len) => len,
+            // ICMP port unreachable from an earlier send surfaces here; the association stays up.
+            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(error) => return Err(error),
+        };
+        let Some((source, payload)) = codec.open(&mut buf[..len]) else { continue };
+        let Some(to) = *client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) else { continue };
+        out.clear();
+        socks5::write_udp_header(&source, &mut out);
+        out.extend_from_slice(&buf[payload]);
+        if let Err(error) = relay.send_to(&out, to).await {
+            debug!(%error, "UDP reply to the application failed");
+        }
+    }
+}
+
+/// The client half of the datagram protocol for one association.
+enum Codec {
+    Classic { method: Method, key: Key },
+    Aead2022(Box<Session2022>),
+}
+
+struct Session2022 {
+    cipher: Udp2022,
+    session_id: u64,
+    state: Mutex<SessionState>,
+}
+
+struct SessionState {
+    next_packet_id: u64,
+    /// The server's session id and its packet window (reset if the server starts a new session).
+    server: Option<(u64, PacketWindow)>,
+}
+
+impl Codec {
+    fn new(method: Method, key: &Key) -> Codec {
+        match Udp2022::new(method, key) {
+            Some(cipher) => Codec::Aead2022(Box::new(Session2022 {
+                cipher,
+                session_id: OsRng.next_u64(),
+                state: Mutex::new(SessionState { next_packet_id: 1, server: None }),
+            })),
+            None => Codec::Classic { method, key: key.clone() },
+        }
+    }
+
+    fn seal(&self, target: &Address, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Codec::Classic { method, key } => {
+                udp::seal_classic(*method, key, Salt::random(*method, &mut OsRng), target, payload, out);
+            }
+            Codec::Aead2022(session) => {
+                let packet_id = {
+                    let mut state = session.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state.next_packet_id += 1;
+                    state.next_packet_id - 1
+                };
+                let header = Header2022 {
+                    session_id: session.session_id,
+                    packet_id,
+                    sender: Sender::Client,
+                    timestamp: unix_now(),
+                };
+                let mut nonce = [0u8; XNONCE_LEN];
+                OsRng.fill_bytes(&mut nonce);
+                session.cipher.seal(&header, &[], target, payload, &nonce, out);
+            }
+        }
+    }
+
+    /// Opens a server datagram; `None` drops it (bad tag, another session's reply, replayed packet).
+    fn open(&self, packet: &mut [u8]) -> Option<(Address, Range<usize>)> {
+        match self {
+            Codec::Classic { method, key } => udp::open_classic(*method, key, packet).ok(),
+            Codec::Aead2022(session) => {
+                let opened = session.cipher.open(packet, unix_now(), Origin::Server).ok()?;
+                if opened.header.sender != (Sender::Server { client_session_id: session.session_id }) {
+                    return None;
+                }
+                let mut state = session.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let server_session = opened.header.session_id;
+                if state.server.as_ref().is_none_or(|(id, _)| *id != server_session) {
+                    state.server = Some((server_session, PacketWindow::default()));
+                }
+                let (_, window) = state.server.as_mut()?;
+                window.accept(opened.header.packet_id).then_some((opened.address, opened.payload))
+            }
+        }
+    }
+}
+
+fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), addr.port())),
+        IpAddr::V4(_) => addr,
+    }
+}

@@ -1,0 +1,312 @@
+//! The UDP relay: datagrams from clients are opened, checked and sent on to their targets from one
+//! outbound socket per association; replies come back sealed with the address they came from.
+//!
+//! ```text
+//! client ──▶ server socket ──open──▶ association (NAT entry) ──outbound socket──▶ target
+//! client ◀── server socket ◀─seal─── association reply task ◀──────────────────── target
+//! ```
+//!
+//! - Classic AEAD: an association per client address. AEAD-2022: an association per client session id;
+//!   its packet-id window and its client address are updated only after a packet fully validated (tag,
+//!   type, timestamp, fresh packet id), so a replayed packet from elsewhere moves nothing.
+//! - Datagrams that fail to open are dropped silently and create no state.
+//! - Every datagram's target goes through the address policy, after resolution.
+//! - Associations expire after the UDP timeout without traffic (a short timeout when they only ever
+//!   spoke to port 53); beyond the cap the least recently used one is evicted.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use ss_crypto::stream::unix_now;
+use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
+use ss_crypto::{Address, Salt};
+use ss_net::PacketWindow;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::Shared;
+
+/// Biggest datagram we read or write.
+const MAX_DATAGRAM: usize = 65_535;
+/// Idle timeout of associations that only ever spoke to port 53.
+const DNS_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs the UDP relay on `socket` until `shutdown`.
+pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let relay = Arc::new(Relay {
+        socket: Arc::new(socket),
+        codec: Udp2022::new(shared.settings.method, &shared.settings.key),
+        table: Mutex::new(HashMap::new()),
+        started: Instant::now(),
+        shared,
+    });
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = relay.socket.recv_from(&mut buf) => received,
+        };
+        match received {
+            Ok((len, from)) => relay.clone().handle(&mut buf[..len], unmap(from)).await,
+            Err(error) => debug!(%error, "UDP receive failed"),
+        }
+    }
+    let associations: Vec<_> = relay.lock_table().drain().map(|(_, association)| association).collect();
+    associations.iter().for_each(|association| association.stop.cancel());
+}
+
+/// How associations are keyed: by client address (classic) or client session id (2022).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Client(SocketAddr),
+    Session(u64),
+}
+
+struct Relay {
+    socket: Arc<UdpSocket>,
+    /// The 2022 datagram cipher, or `None` for a classic method.
+    codec: Option<Udp2022>,
+    table: Mutex<HashMap<Key, Arc<Association>>>,
+    started: Instant,
+    shared: Arc<Shared>,
+}
+
+/// One NAT entry.
+struct Association {
+    outbound: UdpSocket,
+    /// The outbound socket is IPv6 dual-stack (IPv4 targets are sent to in mapped form).
+    dual_stack: bool,
+    /// Where replies go; for 2022 the sender of the last fully validated packet.
+    client: Mutex<SocketAddr>,
+    /// 2022: the client's session id, our session id and reply counter, and the packet-id window.
+    session: Option<Mutex<Session>>,
+    /// Milliseconds since the relay started, at the last datagram either way.
+    last_active: AtomicU64,
+    dns_only: AtomicBool,
+    stop: CancellationToken,
+}
+
+struct Session {
+    client_session_id: u64,
+    server_session_id: u64,
+    next_packet_id: u64,
+    window: PacketWindow,
+}
+
+impl Relay {
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Association>>> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
+    }
+
+    /// Opens, checks and forwards one datagram from `from`. Failures are silent.
+    async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr) {
+        let settings = &self.shared.settings;
+        let (key, target, payload, packet_id) = match &self.codec {
+            None => match udp::open_classic(settings.method, &settings.key, packet) {
+                Ok((target, payload)) => (Key::Client(from), target, payload, None),
+                Err(_) => return,
+            },
+            Some(codec) => match codec.open(packet, unix_now(), Origin::Client) {
+                Ok(opened) => {
+                    let id = opened.header.session_id;
+                    (Key::Session(id), opened.address, opened.payload, Some((id, opened.header.packet_id)))
+                }
+                Err(_) => return,
+            },
+        };
+        let association = match self.association(key, from, packet_id.map(|(id, _)| id)).await {
+            Ok(association) => association,
+            Err(error) => return debug!(%error, "cannot open an outbound UDP socket"),
+        };
+        if let (Some((_, packet_id)), Some(session)) = (packet_id, &association.session) {
+            let mut session = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !session.window.accept(packet_id) {
+                return debug!(packet_id, "duplicate UDP packet dropped");
+            }
+            *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = from;
+        }
+        association.last_active.store(self.now_ms(), Ordering::Relaxed);
+        if target.port() != 53 {
+            association.dns_only.store(false, Ordering::Relaxed);
+        }
+        if let Address::Ip(_) = target {
+            return self.forward(&association, &target, &packet[payload]).await;
+        }
+        // Name resolution may take a while: never hold up other clients' datagrams for it.
+        let payload = packet[payload].to_vec();
+        tokio::spawn(async move { self.forward(&association, &target, &payload).await });
+    }
+
+    async fn forward(&self, association: &Association, target: &Address, payload: &[u8]) {
+        let Some(destination) = self.resolve(target).await else { return };
+        let destination = outbound_addr(destination, association.dual_stack);
+        if let Err(error) = association.outbound.send_to(payload, destination).await {
+            debug!(%error, %target, "UDP send to target failed");
+        }
+    }
+
+    /// The association for `key`, created (and the oldest evicted beyond the cap) if new.
+    async fn association(
+        self: &Arc<Self>,
+        key: Key,
+        from: SocketAddr,
+        client_session_id: Option<u64>,
+    ) -> io::Result<Arc<Association>> {
+        if let Some(existing) = self.lock_table().get(&key) {
+            return Ok(existing.clone());
+        }
+        let outbound = bind_outbound().await?;
+        let dual_stack = outbound.local_addr()?.is_ipv6();
+        let session = client_session_id.map(|client_session_id| {
+            Mutex::new(Session {
+                client_session_id,
+                server_session_id: OsRng.next_u64(),
+                next_packet_id: 1,
+                window: PacketWindow::default(),
+            })
+        });
+        let association = Arc::new(Association {
+            outbound,
+            dual_stack,
+            client: Mutex::new(from),
+            session,
+            last_active: AtomicU64::new(self.now_ms()),
+            dns_only: AtomicBool::new(true),
+            stop: CancellationToken::new(),
+        });
+        {
+            let mut table = self.lock_table();
+            if let Some(raced) = table.get(&key) {
+                return Ok(raced.clone());
+            }
+            if table.len() >= self.shared.settings.max_udp_associations {
+                evict_oldest(&mut table);
+            }
+            table.insert(key, association.clone());
+            self.shared.settings.stats.udp_associations.store(table.len(), Ordering::Relaxed);
+        }
+        tokio::spawn(self.clone().replies(key, association.clone()));
+        Ok(association)
+    }
+
+    /// Resolves a target and applies the address policy; `None` drops the datagram.
+    async fn resolve(&self, target: &Address) -> Option<SocketAddr> {
+        let policy = self.shared.settings.policy;
+        let candidates: Vec<SocketAddr> = match target {
+            Address::Ip(addr) => vec![*addr],
+            Address::Domain(host, port) => {
+                tokio::net::lookup_host((host.as_str(), *port)).await.ok()?.collect()
+            }
+        };
+        let allowed = candidates.into_iter().map(unmap).find(|addr| policy.allows(addr.ip()));
+        if allowed.is_none() {
+            debug!(%target, "UDP target refused by the address policy");
+        }
+        allowed
+    }
+
+    /// Carries the target's replies back to the client until the association idles out or is evicted.
+    async fn replies(self: Arc<Self>, key: Key, association: Arc<Association>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
+        loop {
+            let idle = if association.dns_only.load(Ordering::Relaxed) {
+                DNS_TIMEOUT
+            } else {
+                self.shared.settings.udp_timeout
+            };
+            let last = association.last_active.load(Ordering::Relaxed);
+            let deadline = self.started + Duration::from_millis(last) + idle;
+            let received = tokio::select! {
+                () = association.stop.cancelled() => return,
+                () = tokio::time::sleep_until(deadline) => {
+                    if association.last_active.load(Ordering::Relaxed) == last {
+                        break;
+                    }
+                    continue;
+                }
+                received = association.outbound.recv_from(&mut buf) => received,
+            };
+            let Ok((len, source)) = received else { continue };
+            association.last_active.store(self.now_ms(), Ordering::Relaxed);
+            out.clear();
+            self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out);
+            let client = *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(error) = self.socket.send_to(&out, client).await {
+                debug!(%error, "UDP reply to client failed");
+            }
+        }
+        let mut table = self.lock_table();
+        if table.get(&key).is_some_and(|current| Arc::ptr_eq(current, &association)) {
+            table.remove(&key);
+        }
+        self.shared.settings.stats.udp_associations.store(table.len(), Ordering::Relaxed);
+    }
+
+    fn seal_reply(&self, association: &Association, source: &Address, payload: &[u8], out: &mut Vec<u8>) {
+        let settings = &self.shared.settings;
+        match (&self.codec, &association.session) {
+            (Some(codec), Some(session)) => {
+                let mut session = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let header = Header2022 {
+                    session_id: session.server_session_id,
+                    packet_id: session.next_packet_id,
+                    sender: Sender::Server { client_session_id: session.client_session_id },
+                    timestamp: unix_now(),
+                };
+                session.next_packet_id += 1;
+                let mut nonce = [0u8; XNONCE_LEN];
+                OsRng.fill_bytes(&mut nonce);
+                codec.seal(&header, &[], source, payload, &nonce, out);
+            }
+            _ => {
+                let salt = Salt::random(settings.method, &mut OsRng);
+                udp::seal_classic(settings.method, &settings.key, salt, source, payload, out);
+            }
+        }
+    }
+}
+
+fn evict_oldest(table: &mut HashMap<Key, Arc<Association>>) {
+    let oldest = table.iter().min_by_key(|(_, association)| association.last_active.load(Ordering::Relaxed));
+    if let Some((&key, _)) = oldest {
+        if let Some(evicted) = table.remove(&key) {
+            evicted.stop.cancel();
+        }
+    }
+}
+
+/// A dual-stack outbound socket where the system allows it, IPv4 otherwise.
+async fn bind_outbound() -> io::Result<UdpSocket> {
+    match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await {
+        Ok(socket) => Ok(socket),
+        Err(_) => UdpSocket::bind(("0.0.0.0", 0)).await,
+    }
+}
+
+/// IPv4 destinations in the IPv4-mapped form a dual-stack socket needs.
+fn outbound_addr(addr: SocketAddr, dual_stack: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if dual_stack => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        other => other,
+    }
+}
+
+/// IPv4-mapped IPv6 addresses back in their IPv4 form.
+fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), addr.port())),
+        IpAddr::V4(_) => addr,
+    }
+}
