@@ -201,6 +201,25 @@ pub mod peers {
         },
     }
 
+    /// Which relays the peer runs (its config's `"mode"`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PeerMode {
+        /// TCP only (`"tcp_only"`), what [`start_peer`] uses.
+        TcpOnly,
+        /// TCP and UDP on the same port number (`"tcp_and_udp"`): UDP relay for a server, SOCKS5 UDP
+        /// ASSOCIATE for a local.
+        TcpAndUdp,
+    }
+
+    impl PeerMode {
+        fn config_name(self) -> &'static str {
+            match self {
+                PeerMode::TcpOnly => "tcp_only",
+                PeerMode::TcpAndUdp => "tcp_and_udp",
+            }
+        }
+    }
+
     /// A running peer; killed (and its temp directory removed) when dropped.
     #[derive(Debug)]
     pub struct PeerProcess {
@@ -230,14 +249,25 @@ pub mod peers {
     /// port accepts connections. A peer that exits first (say, another process took the port between
     /// our probe and its bind) is retried on a fresh port a few times.
     pub async fn start_peer(binary: &Path, method: Method, role: PeerRole) -> PeerProcess {
+        start_peer_with_mode(binary, method, role, PeerMode::TcpOnly).await
+    }
+
+    /// [`start_peer`] with the relays `mode` asks for. Readiness is still judged by the TCP port; with
+    /// UDP the peer binds its UDP socket on the same port number during the same start-up.
+    pub async fn start_peer_with_mode(
+        binary: &Path,
+        method: Method,
+        role: PeerRole,
+        mode: PeerMode,
+    ) -> PeerProcess {
         let mut failures = Vec::new();
         for _ in 0..3 {
             let port = unused_port();
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let dir = temp_dir();
             let config = match role {
-                PeerRole::Server => config_json(method, port, None),
-                PeerRole::Local { server } => config_json(method, server.port(), Some(port)),
+                PeerRole::Server => config_json(method, mode, port, None),
+                PeerRole::Local { server } => config_json(method, mode, server.port(), Some(port)),
             };
             let mut child = spawn(binary, &dir, &config);
             let ready = wait_until_listening(&mut child, addr).await;
@@ -250,27 +280,30 @@ pub mod peers {
         panic!("{} did not start:\n{}", binary.display(), failures.join("\n"));
     }
 
-    /// A loopback port that was free a moment ago (bound to port 0, then released); never 8388.
+    /// A loopback port that was free a moment ago for both TCP and UDP (bound to port 0, then
+    /// released); never 8388.
     pub fn unused_port() -> u16 {
         loop {
             let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
             let port = listener.local_addr().expect("local address").port();
-            if port != LIBEV_SERVICE_PORT {
+            let udp_free = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+            if port != LIBEV_SERVICE_PORT && udp_free {
                 return port;
             }
         }
     }
 
     /// The peer's config in the key names both shadowsocks-libev and shadowsocks-rust accept.
-    fn config_json(method: Method, server_port: u16, local_port: Option<u16>) -> String {
+    fn config_json(method: Method, mode: PeerMode, server_port: u16, local_port: Option<u16>) -> String {
         let local = match local_port {
             Some(port) => format!(r#""local_address":"127.0.0.1","local_port":{port},"#),
             None => String::new(),
         };
         let password = test_password(method).replace('\\', "\\\\").replace('"', "\\\"");
         format!(
-            r#"{{"server":"127.0.0.1","server_port":{server_port},{local}"password":"{password}","method":"{}","mode":"tcp_only","timeout":60}}"#,
-            method.name()
+            r#"{{"server":"127.0.0.1","server_port":{server_port},{local}"password":"{password}","method":"{}","mode":"{}","timeout":60}}"#,
+            method.name(),
+            mode.config_name()
         )
     }
 
@@ -330,8 +363,11 @@ pub mod peers {
     }
 }
 
-// ---- Probe-resistance and target-policy support (tests/probes.rs, tests/policy.rs) lives in its own
-// ---- file so that edits here and there do not collide.
+// ---------------------------------------------------------------------------------------------------------
+// Probe-resistance and target-policy support (tests/probes.rs, tests/policy.rs): hand-made client flights
+// and canary listeners, in their own file so that edits here and there do not collide.
+// ---------------------------------------------------------------------------------------------------------
+
 pub mod probing;
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+//! Interop with real peers run as subprocesses: shadowsocks-libev 3.3.5 (classic methods) and
+//! shadowsocks-rust 1.25.0 (every method).
+//!
+//! ```text
+//! our ss-local (in-process)   -> their server (subprocess)  -> loopback echo / HTTP target
+//! their local (subprocess)    -> our ss-server (in-process) -> loopback echo / HTTP target
+//! ```
+//!
+//! Each direction is driven twice: by the test's own SOCKS5 client with a few hundred KB checked byte for
+//! byte, and by curl fetching a page from a loopback HTTP server. libev has no TCP half-close, so the
+//! payload check reads exactly as many bytes as it wrote instead of shutting down and reading to EOF.
+//! A missing peer binary skips the test locally and fails it in CI (see `peers::peer`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ss_crypto::{Address, Method};
+use ss_tests::peers::{peer, start_peer, PeerProcess, PeerRole};
+use ss_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+use tokio::time::timeout;
+
+/// Bytes sent through the tunnel by the SOCKS5 client check.
+const PAYLOAD_LEN: usize = 384 * 1024;
+
+/// The page the loopback HTTP target serves.
+const HTTP_PATH: &str = "/interop";
+const HTTP_BODY: &str = "hello through a real Shadowsocks peer\n";
+
+/// Upper bound for one method's whole round of checks.
+const ROUND: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_local_to_libev_server() {
+    our_local_to_their_server(LIBEV).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libev_local_to_our_server() {
+    their_local_to_our_server(LIBEV).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_local_to_rust_server() {
+    our_local_to_their_server(SHADOWSOCKS_RUST).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_local_to_our_server() {
+    their_local_to_our_server(SHADOWSOCKS_RUST).await;
+}
+
+/// A peer implementation: its binaries and the methods it supports.
+#[derive(Clone, Copy, Debug)]
+struct Implementation {
+    server: &'static str,
+    local: &'static str,
+    supports_2022: bool,
+}
+
+const LIBEV: Implementation = Implementation { server: "ss-server", local: "ss-local", supports_2022: false };
+const SHADOWSOCKS_RUST: Implementation =
+    Implementation { server: "ssserver", local: "sslocal", supports_2022: true };
+
+impl Implementation {
+    fn methods(self) -> impl Iterator<Item = Method> {
+        Method::ALL.into_iter().filter(move |method| self.supports_2022 || !method.is_2022())
+    }
+}
+
+async fn our_local_to_their_server(implementation: Implementation) {
+    let (Some(server_binary), Some(curl)) = (peer(implementation.server), peer("curl")) else {
+        return;
+    };
+    let targets = Targets::start().await;
+    for method in implementation.methods() {
+        let theirs = start_peer(&server_binary, method, PeerRole::Server).await;
+        let ours = start_local(local_settings(method, theirs.addr)).await;
+        check_round(ours.addr, &targets, &curl, method, &theirs).await;
+    }
+}
+
+async fn their_local_to_our_server(implementation: Implementation) {
+    let (Some(local_binary), Some(curl)) = (peer(implementation.local), peer("curl")) else {
+        return;
+    };
+    let targets = Targets::start().await;
+    for method in implementation.methods() {
+        let ours = start_server(server_settings(method)).await;
+        let theirs = start_peer(&local_binary, method, PeerRole::Local { server: ours.addr }).await;
+        check_round(theirs.addr, &targets, &curl, method, &theirs).await;
+    }
+}
+
+/// Both checks through the SOCKS5 proxy at `socks`; a failure names the method and shows the peer's log.
+async fn check_round(socks: SocketAddr, targets: &Targets, curl: &Path, method: Method, peer: &PeerProcess) {
+    let round = async {
+        echo_payload(socks, targets.echo).await.map_err(|e| format!("SOCKS5 payload: {e}"))?;
+        fetch_page(curl, socks, targets.http_port).await.map_err(|e| format!("curl: {e}"))
+    };
+    let outcome = timeout(ROUND, round).await.unwrap_or_else(|_| Err(format!("round took over {ROUND:?}")));
+    if let Err(why) = outcome {
+        panic!("{method}, peer at {}: {why}\n{}", peer.addr, peer.log());
+    }
+}
+
+/// The loopback servers the tunnel leads to.
+struct Targets {
+    echo: SocketAddr,
+    http_port: u16,
+}
+
+impl Targets {
+    async fn start() -> Targets {
+        Targets { echo: echo_server("127.0.0.1:0").await, http_port: http_server().await }
+    }
+}
+
+/// Sends a few hundred KB through the tunnel to the echo target while reading the echo back, and
+/// compares byte for byte. Writing and reading run together so neither side's buffers fill up.
+async fn echo_payload(socks: SocketAddr, echo: SocketAddr) -> Result<(), String> {
+    let payload = payload();
+    let mut stream = timeout(STEP, socks5_connect(socks, &Address::Ip(echo)))
+        .await
+        .map_err(|_| "SOCKS5 handshake timed out".to_owned())?
+        .map_err(|e| format!("SOCKS5 handshake: {e}"))?;
+    let (mut read, mut write) = stream.split();
+    let mut echoed = vec![0u8; payload.len()];
+    let transfer = async { tokio::join!(write.write_all(&payload), read.read_exact(&mut echoed)) };
+    let (written, received) =
+        timeout(STEP, transfer).await.map_err(|_| format!("echo of {} bytes timed out", payload.len()))?;
+    written.map_err(|e| format!("write: {e}"))?;
+    received.map_err(|e| format!("read: {e}"))?;
+    match payload.iter().zip(&echoed).position(|(sent, back)| sent != back) {
+        None => Ok(()),
+        Some(at) => Err(format!("echo differs from the payload at byte {at} of {}", payload.len())),
+    }
+}
+
+/// `PAYLOAD_LEN` pseudo-random bytes, the same every run.
+fn payload() -> Vec<u8> {
+    let mut bytes = vec![0u8; PAYLOAD_LEN];
+    blake3::Hasher::new().update(b"interop payload").finalize_xof().fill(&mut bytes);
+    bytes
+}
+
+/// Runs curl through the SOCKS5 proxy (the proxy resolves `localhost`) and checks the page body.
+async fn fetch_page(curl: &Path, socks: SocketAddr, http_port: u16) -> Result<(), String> {
+    let url = format!("http://localhost:{http_port}{HTTP_PATH}");
+    let output = Command::new(curl)
+        .args(["--silent", "--show-error", "--max-time", "20", "--noproxy", ""])
+        .arg("--socks5-hostname")
+        .arg(socks.to_string())
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(STEP, output)
+        .await
+        .map_err(|_| format!("{url} timed out"))?
+        .map_err(|e| format!("running {}: {e}", curl.display()))?;
+    if !output.status.success() {
+        return Err(format!("{url}: {}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    if output.stdout != HTTP_BODY.as_bytes() {
+        return Err(format!("{url} returned {:?}", String::from_utf8_lossy(&output.stdout)));
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1: `GET HTTP_PATH` gets `HTTP_BODY`, anything else a 404. One
+/// request per connection; the connection closes after the answer.
+async fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP target");
+    let port = listener.local_addr().expect("HTTP target address").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(answer_one_request(stream));
+        }
+    });
+    port
+}
+
+async fn answer_one_request(mut stream: TcpStream) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        match timeout(STEP, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let wanted = format!("GET {HTTP_PATH} HTTP/1.1\r\n");
+    let (status, body) =
+        if request.starts_with(wanted.as_bytes()) { ("200 OK", HTTP_BODY) } else { ("404 Not Found", "") };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
