@@ -28,21 +28,27 @@ async fn every_method_reaches_ipv4_ipv6_and_domain_targets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_lets_the_reply_come_back() {
-    let method = Method::Blake3Aes256Gcm;
-    let server = start_server(server_settings(method)).await;
-    let local = start_local(local_settings(method, server.addr)).await;
-    let echo = echo_server("127.0.0.1:0").await;
-    let mut stream = socks5_connect(local.addr, &Address::Ip(echo)).await.unwrap();
-    stream.write_all(b"all of it").await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    timeout(STEP, stream.read_to_end(&mut back)).await.unwrap().unwrap();
-    assert_eq!(back, b"all of it");
+    for method in Method::ALL {
+        let server = start_server(server_settings(method)).await;
+        let local = start_local(local_settings(method, server.addr)).await;
+        let echo = echo_server("127.0.0.1:0").await;
+        let mut stream = socks5_connect(local.addr, &Address::Ip(echo)).await.unwrap();
+        stream.write_all(b"all of it").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        timeout(STEP, stream.read_to_end(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, b"all of it", "{method}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_target_port_closes_the_client() {
-    let method = Method::Aes128Gcm;
+    for method in Method::ALL {
+        a_closed_target_port_closes_the_client_with(method).await;
+    }
+}
+
+async fn a_closed_target_port_closes_the_client_with(method: Method) {
     let server = start_server(server_settings(method)).await;
     let local = start_local(local_settings(method, server.addr)).await;
     let closed = {
@@ -107,7 +113,12 @@ async fn sixty_four_mebibytes_each_way_arrive_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_connections() {
-    let method = Method::Blake3ChaCha20Poly1305;
+    for method in Method::ALL {
+        two_hundred_concurrent_connections_with(method).await;
+    }
+}
+
+async fn two_hundred_concurrent_connections_with(method: Method) {
     let server = start_server(server_settings(method)).await;
     let local = start_local(local_settings(method, server.addr)).await;
     let echo = echo_server("127.0.0.1:0").await;
@@ -134,7 +145,12 @@ async fn two_hundred_concurrent_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_closing_first_still_lets_the_client_send() {
-    let method = Method::ChaCha20IetfPoly1305;
+    for method in Method::ALL {
+        the_target_closing_first_still_lets_the_client_send_with(method).await;
+    }
+}
+
+async fn the_target_closing_first_still_lets_the_client_send_with(method: Method) {
     let server = start_server(server_settings(method)).await;
     let local = start_local(local_settings(method, server.addr)).await;
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -159,7 +175,16 @@ async fn the_target_closing_first_still_lets_the_client_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed() {
-    let method = Method::Aes256Gcm;
+    let mut runs = tokio::task::JoinSet::new();
+    for method in Method::ALL {
+        runs.spawn(idle_connections_are_closed_with(method));
+    }
+    while let Some(run) = runs.join_next().await {
+        run.unwrap();
+    }
+}
+
+async fn idle_connections_are_closed_with(method: Method) {
     let mut settings = server_settings(method);
     settings.idle_timeout = Duration::from_millis(500);
     let server = start_server(settings).await;
