@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod address;
+pub mod buffer;
 mod cipher;
 mod key;
 mod method;

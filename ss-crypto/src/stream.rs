@@ -3,7 +3,10 @@
 //! every protocol decision is made by [`Decryptor`] and [`Encryptor`].
 //!
 //! Ciphertext is read into one buffer per reader and opened there in place; sealed records are built in
-//! one reused buffer per writer. Nothing is allocated per chunk.
+//! one buffer per writer. Both are held only while bytes are in flight: a reader gives its buffer back to
+//! the per-thread pool ([`crate::buffer`]) when it would wait with nothing buffered, and a writer frees its
+//! output once the socket took all of it, so an idle connection holds no buffer at all. A connection that
+//! stalls inside a record holds exactly one record's buffer.
 //!
 //! A decryption failure surfaces as an `io::Error` of kind `InvalidData` whose inner error is the
 //! [`DecryptError`] (`err.get_ref()` and `downcast_ref`).
@@ -17,8 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::tcp::{max_record_len, DecryptError, Decryptor, Encryptor};
-use crate::{Address, Method, Salt};
+use crate::buffer;
+use crate::tcp::{DecryptError, Decryptor, Encryptor};
+use crate::{Address, Salt};
 
 /// The system clock in Unix seconds, the default clock of both adapters.
 pub fn unix_now() -> u64 {
@@ -32,6 +36,7 @@ const MAX_WRITE: usize = 0xFFFF;
 pub struct DecryptReader<R> {
     inner: R,
     decryptor: Decryptor,
+    /// The read buffer, empty (no allocation) while nothing is in flight.
     buf: Box<[u8]>,
     /// Unconsumed ciphertext.
     pending: Range<usize>,
@@ -43,13 +48,12 @@ pub struct DecryptReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> DecryptReader<R> {
-    /// A reader for `method` that opens records with `decryptor`.
-    pub fn new(inner: R, method: Method, decryptor: Decryptor) -> DecryptReader<R> {
-        let capacity = method.salt_len() + max_record_len(method);
+    /// A reader that opens records with `decryptor`.
+    pub fn new(inner: R, decryptor: Decryptor) -> DecryptReader<R> {
         DecryptReader {
             inner,
             decryptor,
-            buf: vec![0; capacity].into_boxed_slice(),
+            buf: Box::default(),
             pending: 0..0,
             plain: 0..0,
             target: None,
@@ -122,17 +126,36 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         }
     }
 
-    /// Moves unconsumed ciphertext to the front and reads more after it.
+    /// Moves unconsumed ciphertext to the front of a buffer big enough for the record under way and
+    /// reads more after it. Only called with no plaintext waiting to be handed out.
     fn poll_read_ciphertext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.pending.start > 0 {
+        let wanted = self.decryptor.wanted().max(1);
+        if self.buf.len() < wanted {
+            let mut bigger = buffer::take(wanted);
+            bigger[..self.pending.len()].copy_from_slice(&self.buf[self.pending.clone()]);
+            buffer::give(std::mem::replace(&mut self.buf, bigger));
+            self.pending = 0..self.pending.len();
+        } else if self.pending.start > 0 {
             self.buf.copy_within(self.pending.clone(), 0);
             self.pending = 0..self.pending.len();
         }
         let mut read_buf = ReadBuf::new(&mut self.buf[self.pending.end..]);
-        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read_buf))?;
+        if Pin::new(&mut self.inner).poll_read(cx, &mut read_buf)?.is_pending() {
+            if self.pending.is_empty() {
+                // Nothing in flight: wait without holding a buffer.
+                buffer::give(std::mem::take(&mut self.buf));
+                self.pending = 0..0;
+            }
+            return Poll::Pending;
+        }
         let read = read_buf.filled().len();
         if read == 0 {
             self.eof = true;
+            if self.pending.is_empty() {
+                // A half-closed connection may stay open a long time: hold nothing for it.
+                buffer::give(std::mem::take(&mut self.buf));
+                self.pending = 0..0;
+            }
         }
         self.pending.end += read;
         Poll::Ready(Ok(()))
@@ -210,7 +233,12 @@ impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
         &self.inner
     }
 
-    /// Writes out every sealed byte still buffered.
+    /// Unwraps the writer; sealed bytes not yet written are lost.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// Writes out every sealed byte still buffered, then frees the buffer.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.written..]))?;
@@ -219,13 +247,14 @@ impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
             }
             self.written += n;
         }
-        self.out.clear();
+        self.out = Vec::new();
         self.written = 0;
         Poll::Ready(Ok(()))
     }
 
     /// Seals `payload` into the (drained) output buffer.
     fn seal(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.out.reserve_exact(self.encryptor.max_output_len(payload.len()));
         self.encryptor.encrypt(payload, (self.clock)(), &mut self.out).map_err(io::Error::other)
     }
 }
@@ -276,7 +305,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::Key;
+    use crate::{Key, Method};
 
     const NOW: u64 = 1_704_164_645;
 
@@ -311,8 +340,8 @@ mod tests {
                     up.shutdown().await.unwrap();
                 })
             };
-            let mut server_reader = DecryptReader::new(server_read, method, Decryptor::request(method, &key))
-                .with_clock(fixed_clock);
+            let mut server_reader =
+                DecryptReader::new(server_read, Decryptor::request(method, &key)).with_clock(fixed_clock);
             assert_eq!(server_reader.read_target().await.unwrap(), target);
             let request_salt = server_reader.authenticated_salt().unwrap();
             assert_eq!(request_salt, client_salt);
@@ -329,7 +358,7 @@ mod tests {
             down.write_all(b"reply").await.unwrap();
             down.shutdown().await.unwrap();
             let mut client_reader =
-                DecryptReader::new(client_read, method, Decryptor::response(method, &key, client_salt))
+                DecryptReader::new(client_read, Decryptor::response(method, &key, client_salt))
                     .with_clock(fixed_clock);
             let mut reply = Vec::new();
             client_reader.read_to_end(&mut reply).await.unwrap();
@@ -348,7 +377,7 @@ mod tests {
                     .with_clock(fixed_clock);
             up.flush().await.unwrap();
             let mut reader =
-                DecryptReader::new(server, method, Decryptor::request(method, &key)).with_clock(fixed_clock);
+                DecryptReader::new(server, Decryptor::request(method, &key)).with_clock(fixed_clock);
             assert_eq!(reader.read_target().await.unwrap(), target, "{method}");
         }
     }
@@ -358,20 +387,49 @@ mod tests {
         for method in Method::ALL {
             let (key, ..) = pair(method);
             let garbage = [0x5a; 200];
-            let mut reader = DecryptReader::new(&garbage[..], method, Decryptor::request(method, &key));
+            let mut reader = DecryptReader::new(&garbage[..], Decryptor::request(method, &key));
             let error = reader.read_target().await.unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData);
             let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
             assert_eq!(inner, Some(&DecryptError::AuthFailure));
 
             let short = vec![0x5a; method.salt_len() - 1];
-            let mut reader = DecryptReader::new(&short[..], method, Decryptor::request(method, &key));
+            let mut reader = DecryptReader::new(&short[..], Decryptor::request(method, &key));
             let error = reader.read_target().await.unwrap_err();
             let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
             assert_eq!(inner, Some(&DecryptError::Truncated), "{method}");
 
-            let mut reader = DecryptReader::new(&[][..], method, Decryptor::request(method, &key));
+            let mut reader = DecryptReader::new(&[][..], Decryptor::request(method, &key));
             assert_eq!(reader.read_target().await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         }
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{Key, Method};
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer() {
+        let method = Method::Aes256Gcm;
+        let key = Key::from_bytes(method, &[3; 32]).unwrap();
+        let salt = Salt::from_slice(method, &[1; 32]).unwrap();
+        let (client, server) = tokio::io::duplex(4096);
+        let target = Address::Ip("127.0.0.1:80".parse().unwrap());
+        let mut up = EncryptWriter::new(client, Encryptor::request(method, &key, salt, &target, &[]));
+        up.write_all(b"ping").await.unwrap();
+        let mut reader = DecryptReader::new(server, Decryptor::request(method, &key));
+        reader.read_target().await.unwrap();
+        assert_eq!(reader.fill_buf().await.unwrap(), b"ping");
+        reader.consume(4);
+        let pending =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut reader).poll_fill_buf(cx).is_pending()))
+                .await;
+        assert!(pending);
+        assert!(reader.buf.is_empty(), "buffer held while idle");
+        assert!(up.out.capacity() == 0, "writer buffer held while idle");
     }
 }

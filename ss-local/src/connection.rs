@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Decryptor, Encryptor, Salt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
@@ -78,25 +78,32 @@ async fn serve(mut client: TcpStream, settings: &Settings) -> io::Result<()> {
     let mut writer = EncryptWriter::new(upstream_write, encryptor);
     writer.write_all(&first).await?;
     writer.flush().await?;
+    let first_len = first.len() as u64;
+    drop(first);
     let decryptor = Decryptor::response(server.method, &server.key, salt);
-    let mut reader = DecryptReader::new(upstream_read, server.method, decryptor);
+    let mut reader = DecryptReader::new(upstream_read, decryptor);
 
     let (client_read, mut client_write) = client.into_split();
-    let mut client_read = BufReader::with_capacity(settings.relay_buffer, client_read);
+    let mut client_read = ss_net::PooledReader::new(client_read);
     let outcome = ss_net::relay(
         (&mut client_read, &mut client_write),
         (&mut reader, &mut writer),
         settings.idle_timeout,
     )
     .await;
+    let failed = outcome.end.is_failure();
     debug!(
         server = %format_args!("{}:{}", server.host, server.port),
-        up = outcome.a_to_b + first.len() as u64,
+        up = outcome.a_to_b + first_len,
         down = outcome.b_to_a,
         duration_ms = started.elapsed().as_millis() as u64,
         end = %outcome.end,
         "connection closed"
     );
+    if failed {
+        ss_net::abort(client_write);
+        ss_net::abort(writer.into_inner());
+    }
     Ok(())
 }
 
@@ -126,11 +133,12 @@ async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
 
 /// The application's first bytes if it sends any within the wait, so they share the header's write.
 async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::Result<Vec<u8>> {
-    let mut first = vec![0u8; settings.relay_buffer];
-    match timeout(settings.first_payload_wait, client.read(&mut first)).await {
-        Ok(read) => first.truncate(read?),
-        Err(_) => first.clear(),
-    }
+    let mut buf = ss_crypto::buffer::take(ss_crypto::buffer::SMALL);
+    let first = match timeout(settings.first_payload_wait, client.read(&mut buf)).await {
+        Ok(read) => buf[..read?].to_vec(),
+        Err(_) => Vec::new(),
+    };
+    ss_crypto::buffer::give(buf);
     Ok(first)
 }
 

@@ -50,8 +50,6 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Set TCP_NODELAY on both sockets of a relay.
     pub no_delay: bool,
-    /// Read buffer for application sockets, in bytes.
-    pub relay_buffer: usize,
     /// Accept SOCKS5 CONNECT (off in udp_only mode).
     pub tcp: bool,
     /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
@@ -70,7 +68,6 @@ impl Settings {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
             no_delay: true,
-            relay_buffer: 16 * 1024,
             tcp: true,
             udp: false,
         }

@@ -79,12 +79,12 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
     settings.tcp = config.mode.tcp();
     settings.udp = config.mode.udp();
 
+    let shutdown = CancellationToken::new();
+    ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let bind = (config.local_address.as_str(), local_port);
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
-    let shutdown = CancellationToken::new();
-    ss_net::process::cancel_on_signal(shutdown.clone());
     ss_local::run(settings, vec![listener], shutdown).await;
     Ok(())
 }

@@ -58,7 +58,9 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 backoff.recovered();
-                let connection = handler(stream, peer);
+                // Boxed on its own: awaiting a future moved into an async block would store it twice
+                // in the task (rust-lang/rust#62958), doubling every connection's memory.
+                let connection = Box::pin(handler(stream, peer));
                 tracker.spawn(async move {
                     connection.await;
                     drop(permit);

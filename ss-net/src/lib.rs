@@ -5,10 +5,12 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod pooled;
 pub mod process;
 pub mod relay;
 pub mod window;
 
 pub use accept::{serve, Limits};
-pub use relay::{relay, RelayEnd, RelayOutcome};
+pub use pooled::PooledReader;
+pub use relay::{abort, relay, RelayEnd, RelayOutcome};
 pub use window::PacketWindow;

@@ -54,6 +54,23 @@ impl std::fmt::Display for RelayEnd {
     }
 }
 
+impl RelayEnd {
+    /// Whether the relay ended in an error, so both sockets should be reset rather than closed: a peer
+    /// that reads until EOF must not take a broken transfer for a complete one.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, RelayEnd::Failed { .. })
+    }
+}
+
+/// Aborts a connection: no FIN for this write half, and a reset (SO_LINGER 0) once its read half is
+/// dropped too.
+pub fn abort(write_half: tokio::net::tcp::OwnedWriteHalf) {
+    let _ = socket2::SockRef::from(write_half.as_ref()).set_linger(Some(Duration::ZERO));
+    // Dropping the half would shut it down (a FIN) before the reset; forgetting it leaves the close to
+    // the read half.
+    write_half.forget();
+}
+
 /// Copies what peer `a` sends to peer `b` and back until both directions end, one fails, or nothing moves
 /// for `idle`. Each peer is given as its (read half, write half).
 pub async fn relay<AR, AW, BR, BW>(

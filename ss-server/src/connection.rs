@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rand_core::OsRng;
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -38,13 +38,21 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(shared.settings.no_delay);
     let (read_half, write_half) = stream.into_split();
     let method = shared.settings.method;
-    let mut reader = DecryptReader::new(read_half, method, Decryptor::request(method, &shared.settings.key));
+    let mut reader = DecryptReader::new(read_half, Decryptor::request(method, &shared.settings.key));
 
-    let target = match timeout_at(deadline, reader.read_target()).await {
+    // At shutdown a connection that has not authenticated yet is not worth waiting for.
+    let handshake = tokio::select! {
+        handshake = timeout_at(deadline, reader.read_target()) => handshake,
+        () = shared.shutdown.cancelled() => return close(write_half).await,
+    };
+    let target = match handshake {
         Ok(Ok(target)) => target,
         Ok(Err(error)) => {
             log_probe(&error);
-            return reject(reader.into_inner(), write_half, deadline).await;
+            return tokio::select! {
+                () = reject(reader.into_inner(), write_half, deadline) => {}
+                () = shared.shutdown.cancelled() => {}
+            };
         }
         Err(_) => {
             debug!("handshake timed out");
@@ -61,6 +69,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let settings = &shared.settings;
     let upstream = match connect(&target, settings.policy, settings.connect_timeout).await {
         Ok(upstream) => upstream,
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+            tracing::info!(%error, "target refused by the address policy");
+            return close(write_half).await;
+        }
         Err(error) => {
             debug!(%error, "cannot reach target");
             return close(write_half).await;
@@ -73,10 +85,14 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let encryptor = Encryptor::response(method, &settings.key, response_salt, request_salt);
     let mut writer = EncryptWriter::new(write_half, encryptor);
     let (upstream_read, mut upstream_write) = upstream.into_split();
-    let mut upstream_read = BufReader::with_capacity(settings.relay_buffer, upstream_read);
+    let mut upstream_read = ss_net::PooledReader::new(upstream_read);
     let client = (&mut reader, &mut writer);
     let outcome =
         ss_net::relay(client, (&mut upstream_read, &mut upstream_write), settings.idle_timeout).await;
+    if outcome.end.is_failure() {
+        ss_net::abort(writer.into_inner());
+        ss_net::abort(upstream_write);
+    }
     debug!(
         up = outcome.a_to_b,
         down = outcome.b_to_a,
@@ -123,7 +139,7 @@ pub(crate) async fn connect(
 
 /// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.
 async fn reject(mut read_half: OwnedReadHalf, write_half: OwnedWriteHalf, deadline: Instant) {
-    let mut sink = [0u8; 2048];
+    let mut sink = [0u8; 256];
     let _ = timeout_at(deadline, async {
         while matches!(read_half.read(&mut sink).await, Ok(n) if n > 0) {}
         // The peer closed early; keep the connection until the deadline all the same.

@@ -45,8 +45,6 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Set TCP_NODELAY on both sockets of a relay.
     pub no_delay: bool,
-    /// Read buffer for target sockets, in bytes.
-    pub relay_buffer: usize,
     /// Classic salts remembered by the replay filter (see [`replay`]).
     pub replay_capacity: usize,
     /// A UDP association with no datagram either way for this long is dropped.
@@ -86,7 +84,6 @@ impl Settings {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
             no_delay: true,
-            relay_buffer: 16 * 1024,
             replay_capacity: replay::DEFAULT_CLASSIC_CAPACITY,
             udp_timeout: Duration::from_secs(300),
             max_udp_associations: 4096,
@@ -100,6 +97,8 @@ impl Settings {
 struct Shared {
     settings: Settings,
     replay: ReplayFilter,
+    /// Cancelled at shutdown; connections still in their handshake stop at once.
+    shutdown: CancellationToken,
 }
 
 /// Serves TCP and UDP on every listener until `shutdown` is cancelled, then lets open TCP connections
@@ -107,7 +106,7 @@ struct Shared {
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
-    let shared = Arc::new(Shared { settings, replay });
+    let shared = Arc::new(Shared { settings, replay, shutdown: shutdown.clone() });
     let mut servers = tokio::task::JoinSet::new();
     for socket in listeners.udp {
         if let Ok(addr) = socket.local_addr() {

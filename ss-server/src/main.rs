@@ -66,7 +66,7 @@ fn generate_key(method: &str) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     warn_about_unsupported(&config)?;
     let shutdown = CancellationToken::new();
-    ss_net::process::cancel_on_signal(shutdown.clone());
+    ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let mut servers = tokio::task::JoinSet::new();
     for entry in &config.servers {
         let addr = (entry.host.as_str(), entry.port);

@@ -99,7 +99,7 @@ pub async fn round_trip(
     let salt = random_salt(method);
     let key = test_key(method);
     let mut writer = EncryptWriter::new(write_half, Encryptor::request(method, &key, salt, target, &[]));
-    let mut reader = DecryptReader::new(read_half, method, Decryptor::response(method, &key, salt));
+    let mut reader = DecryptReader::new(read_half, Decryptor::response(method, &key, salt));
     bounded(writer.write_all(payload)).await?;
     bounded(writer.flush()).await?;
     let mut back = vec![0u8; payload.len()];

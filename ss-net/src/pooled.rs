@@ -1,0 +1,114 @@
+//! A buffered reader that holds its buffer only while it has unread bytes.
+//!
+//! `tokio::io::BufReader` keeps its buffer for the life of the connection; with thousands of idle
+//! connections that is most of a proxy's memory. [`PooledReader`] borrows a buffer from the per-thread
+//! pool when bytes arrive and returns it when it would wait with nothing buffered.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ss_crypto::buffer;
+use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+
+/// `AsyncBufRead` over `R` with a pooled buffer of [`buffer::SMALL`] bytes.
+#[derive(Debug)]
+pub struct PooledReader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    filled: Range<usize>,
+}
+
+impl<R> PooledReader<R> {
+    /// Wraps `inner`; no buffer is taken until the first read.
+    pub fn new(inner: R) -> PooledReader<R> {
+        PooledReader { inner, buf: Box::default(), filled: 0..0 }
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for PooledReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.filled.is_empty() {
+            // Nothing buffered: read straight into the caller's buffer.
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        let take = this.filled.len().min(out.remaining());
+        out.put_slice(&this.buf[this.filled.start..this.filled.start + take]);
+        this.filled.start += take;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncBufRead for PooledReader<R> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.filled.is_empty() {
+            if this.buf.is_empty() {
+                this.buf = buffer::take(buffer::SMALL);
+            }
+            let mut read_buf = ReadBuf::new(&mut this.buf);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read_buf) {
+                Poll::Pending => {
+                    buffer::give(std::mem::take(&mut this.buf));
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) => {
+                    this.filled = 0..read_buf.filled().len();
+                    if this.filled.is_empty() {
+                        // End of stream: a half-closed connection holds nothing.
+                        buffer::give(std::mem::take(&mut this.buf));
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(&this.buf[this.filled.clone()]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amount: usize) {
+        let this = self.get_mut();
+        this.filled.start = (this.filled.start + amount).min(this.filled.end);
+    }
+}
+
+impl<R> Drop for PooledReader<R> {
+    fn drop(&mut self) {
+        buffer::give(std::mem::take(&mut self.buf));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_everything_and_lets_go_of_the_buffer_while_waiting() {
+        let (mut near, far) = tokio::io::duplex(64);
+        let mut reader = PooledReader::new(far);
+        near.write_all(b"first").await.unwrap();
+        assert_eq!(reader.fill_buf().await.unwrap(), b"first");
+        reader.consume(5);
+        let pending = futures_poll_once(&mut reader).await;
+        assert!(pending, "nothing to read yet");
+        assert!(reader.buf.is_empty(), "no buffer held while waiting");
+        near.write_all(b"second").await.unwrap();
+        drop(near);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "second");
+    }
+
+    /// Polls `fill_buf` once; true if it was pending.
+    async fn futures_poll_once<R: AsyncRead + Unpin>(reader: &mut PooledReader<R>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *reader).poll_fill_buf(cx).is_pending())).await
+    }
+}

@@ -1,0 +1,297 @@
+//! Our own binaries as child processes, for the load and fault tests (tests/load.rs, tests/faults.rs),
+//! and what the kernel says about a process: resident memory, CPU time and open descriptors from /proc,
+//! and how many received bytes a server has not read yet from its sockets (/proc/net/tcp).
+//!
+//! A child has its own descriptor table, so a test can put more connections through a server than one
+//! process could hold, give the server a lower descriptor limit than the test's (`prlimit`, from
+//! util-linux, which Debian always installs), kill it outright, or weigh its memory alone.
+//!
+//! Every address is loopback; readiness is observed by polling the child's port in a bounded loop.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+
+use crate::STEP;
+
+/// Where cargo put our two binaries.
+#[derive(Debug)]
+pub struct Binaries {
+    /// The ss-server executable.
+    pub server: PathBuf,
+    /// The ss-local executable.
+    pub local: PathBuf,
+}
+
+/// Builds ss-server and ss-local on first use (once per test binary, whichever test asks first) and
+/// returns where cargo put them.
+///
+/// `escargot` runs `cargo build --message-format=json -p NAME --bin NAME` with the cargo that runs the
+/// tests and takes the path from cargo's report: it follows `CARGO_TARGET_DIR`, `build.target-dir` and
+/// `cargo test --release`, and never runs a stale binary, since the build always runs (a no-op when
+/// nothing changed). Cargo releases its build lock before it runs test binaries, so this does not
+/// deadlock; if another cargo is building, it waits its turn.
+pub async fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    // Generous: a cold debug build on two cores, possibly waiting for another cargo's lock.
+    let build = tokio::task::spawn_blocking(|| {
+        BINARIES.get_or_init(|| Binaries { server: build("ss-server"), local: build("ss-local") })
+    });
+    timeout(Duration::from_secs(900), build).await.expect("building the binaries timed out").expect("build")
+}
+
+fn build(name: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut build =
+        escargot::CargoBuild::new().manifest_path(workspace).package(name).bin(name).current_release();
+    // Cargo gives the test process the variables of the package under test (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, ...). ring's build script declares those as inputs (rerun-if-env-changed), so a
+    // nested cargo that inherited them would rebuild ring and everything above it, and the next plain
+    // `cargo test` would rebuild them back.
+    for (key, _) in std::env::vars_os() {
+        let per_package = key.to_str().is_some_and(|key| {
+            key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    key,
+                    "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+                )
+        });
+        if per_package {
+            build = build.env_remove(key);
+        }
+    }
+    let built = build.run().unwrap_or_else(|error| panic!("cargo build -p {name}: {error}"));
+    built.path().to_owned()
+}
+
+/// How to start a binary: its path, its arguments, and optionally a descriptor limit of its own.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    binary: PathBuf,
+    args: Vec<String>,
+    nofile: Option<u64>,
+}
+
+impl Launch {
+    /// `binary` with no arguments yet.
+    pub fn new(binary: &Path) -> Launch {
+        Launch { binary: binary.to_owned(), args: Vec::new(), nofile: None }
+    }
+
+    /// Appends arguments.
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Launch {
+        self.args.extend(args.into_iter().map(|arg| arg.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the binary with RLIMIT_NOFILE set to `limit` (soft and hard), through `prlimit`, which
+    /// execs it: the child's pid is the binary's own.
+    pub fn nofile(mut self, limit: u64) -> Launch {
+        self.nofile = Some(limit);
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut command = match self.nofile {
+            Some(limit) => {
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        command
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+}
+
+/// A running child: its stderr collected line by line as it comes; killed when dropped.
+#[derive(Debug)]
+pub struct Subprocess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    pid: u32,
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: JoinHandle<()>,
+}
+
+impl Subprocess {
+    /// Starts `launch` and waits (up to [`STEP`]) until it accepts connections on `addr`. The readiness
+    /// probe is one connection that sends nothing and closes.
+    pub async fn start(launch: &Launch, addr: SocketAddr) -> Result<Subprocess, String> {
+        let name = launch.binary.file_name().map_or_else(String::new, |name| name.to_string_lossy().into());
+        let mut child = launch.command().spawn().map_err(|error| match launch.nofile {
+            Some(_) => format!("spawn prlimit (util-linux) for {name}: {error}"),
+            None => format!("spawn {name}: {error}"),
+        })?;
+        let pid = child.id().ok_or_else(|| format!("{name} exited at once"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().ok_or("stderr is not piped")?;
+        let sink = lines.clone();
+        let reader = tokio::spawn(async move {
+            let mut stderr = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(line);
+            }
+        });
+        let mut process = Subprocess { addr, pid, name, child, lines, reader };
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                let _ = timeout(STEP, &mut process.reader).await;
+                return Err(format!("{} exited with {status}:\n{}", process.name, process.log()));
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(process);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} not listening on {addr} after {STEP:?}:\n{}",
+                    process.name,
+                    process.log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts `launch(port)` on a loopback port that was free a moment ago; a start that loses the port
+    /// to another process is retried on a fresh one.
+    pub async fn start_on_free_port(launch: impl Fn(u16) -> Launch) -> Subprocess {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            match Subprocess::start(&launch(port), SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await {
+                Ok(process) => return process,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("could not start:\n{}", failures.join("\n"));
+    }
+
+    /// Its process id (the binary's own, also when started through `prlimit`).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Its stderr so far, for failure messages.
+    pub fn log(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        format!("--- {} stderr ---\n{}\n--- end ---", self.name, lines.join("\n"))
+    }
+
+    /// How many lines of its stderr so far contain `needle`.
+    pub fn lines_containing(&self, needle: &str) -> usize {
+        let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        lines.iter().filter(|line| line.contains(needle)).count()
+    }
+
+    /// Waits up to `within` for a line of stderr containing `needle`; whether one came.
+    pub async fn wait_for_line(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.lines_containing(needle) == 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Waits up to `within` for it to exit; its status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let status = timeout(within, self.child.wait()).await.ok()?.ok()?;
+        let _ = timeout(STEP, &mut self.reader).await;
+        Some(status)
+    }
+
+    /// SIGKILL, then waits for it to be gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.wait_exit(STEP).await;
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Resident memory of process `pid` (VmRSS).
+pub fn resident_bytes(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))?;
+    Ok(kib * 1024)
+}
+
+/// CPU time process `pid` has used so far, user plus system, all threads.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may contain spaces: count fields after it.
+    // utime and stime are fields 14 and 15, in USER_HZ ticks, which Linux fixes at 100 per second for
+    // everything it reports to user space.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let tick = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 10)),
+        _ => Err(io::Error::other(format!("unexpected /proc/{pid}/stat: {stat}"))),
+    }
+}
+
+/// The descriptors process `pid` has open, by number. A child may have inherited a few above its own
+/// descriptor limit from whatever started the test (a shell's job control, say).
+pub fn open_fds(pid: u32) -> io::Result<Vec<u64>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|name| name.parse().ok()) {
+            fds.push(fd);
+        }
+    }
+    Ok(fds)
+}
+
+/// For every established IPv4 connection whose local end is 127.0.0.1:`port` (the server side of the
+/// connections to a server listening there), the bytes received that the server has not read yet.
+pub fn unread_bytes(port: u16) -> io::Result<Vec<u64>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let local = format!("0100007F:{port:04X}");
+    let mut unread = Vec::new();
+    for line in table.lines().skip(1) {
+        // sl local_address rem_address st tx_queue:rx_queue ...
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(&address), Some(&state), Some(&queues)) = (fields.get(1), fields.get(3), fields.get(4))
+        else {
+            continue;
+        };
+        if address != local || state != "01" {
+            continue;
+        }
+        let rx = queues.split_once(':').and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+        unread.push(rx.ok_or_else(|| io::Error::other(format!("unexpected /proc/net/tcp line: {line}")))?);
+    }
+    Ok(unread)
+}

@@ -1,0 +1,458 @@
+//! The real `ss-server` and `ss-local` executables, run the way a user runs them: config errors and their
+//! exit code, the shipped example config, shadowsocks-libev's README config end to end, draining on
+//! SIGTERM, and key generation.
+//!
+//! The binaries are built once per run of this file by `ss_tests::subprocess::binaries` (escargot, with
+//! the per-package cargo variables removed so the nested build does not rebuild ring).
+//!
+//! Every address is loopback. Ports for the binaries come from binding port 0 and releasing it; a start
+//! that loses that race is retried on fresh ports. Readiness of a subprocess is observed by polling its
+//! listening port in a bounded loop.
+
+use ss_tests::subprocess::{binaries as built, Binaries};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use ss_crypto::Address;
+use ss_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::time::{timeout, Instant};
+
+/// What the binaries allow open connections at shutdown (their default drain time).
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn bad_configs_exit_with_code_2_and_one_line_naming_the_field() {
+    let binaries = built().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, local_port) = (free_port(), free_port());
+    let ports = format!(r#""server":"127.0.0.1","server_port":{port},"local_port":{local_port}"#);
+    let password = r#""password":"a long and varied password 1234""#;
+    let both = [("ss-server", &binaries.server), ("ss-local", &binaries.local)];
+    let cases = [
+        Case::new("unknown-method", format!(r#"{{{ports},{password},"method":"rc5-poly"}}"#), "method")
+            .containing(&["\"rc5-poly\"", "supported methods", "2022-blake3-aes-256-gcm"]),
+        Case::new("rc4-md5", format!(r#"{{{ports},{password},"method":"rc4-md5"}}"#), "method")
+            .containing(&["rc4-md5", "unauthenticated stream cipher"]),
+        Case::new("no-password", format!(r#"{{{ports},"method":"aes-256-gcm"}}"#), "password")
+            .containing(&["missing"]),
+        Case::new(
+            "port-abc",
+            format!(r#"{{"server":"127.0.0.1","server_port":"abc",{password},"method":"aes-256-gcm"}}"#),
+            "server_port",
+        )
+        .containing(&["\"abc\"", "is not a port number (1-65535)"]),
+        Case::new(
+            "port-70000",
+            format!(r#"{{"server":"127.0.0.1","server_port":70000,{password},"method":"aes-256-gcm"}}"#),
+            "server_port",
+        )
+        .containing(&["70000", "is not a port number (1-65535)"]),
+        Case::new(
+            "2022-not-base64",
+            format!(r#"{{{ports},"password":"not base64, a password!","method":"2022-blake3-aes-128-gcm"}}"#),
+            "password",
+        )
+        .containing(&["not valid base64", "--generate-key"]),
+    ];
+    for case in &cases {
+        let path = dir.path().join(format!("{}.json", case.name));
+        std::fs::write(&path, &case.json).expect("write config");
+        for (name, binary) in both {
+            let line = refused_config(name, binary, &path).await;
+            let expected = format!("{name}: {}: ", case.field);
+            assert!(line.starts_with(&expected), "{}: expected {expected:?}..., got {line:?}", case.name);
+            for part in case.contains {
+                assert!(line.contains(part), "{}: {part:?} missing from {line:?}", case.name);
+            }
+        }
+    }
+
+    // Invalid JSON: the file's line and column, as an editor wants them.
+    let path = dir.path().join("invalid.json");
+    std::fs::write(&path, format!("{{\n  {ports},\n  {password},,\n  \"method\": \"aes-256-gcm\"\n}}\n"))
+        .expect("write config");
+    for (name, binary) in both {
+        let line = refused_config(name, binary, &path).await;
+        let expected = format!("{name}: {}:3:", path.display());
+        let rest =
+            line.strip_prefix(&expected).unwrap_or_else(|| panic!("expected {expected:?}..., got {line:?}"));
+        let (column, message) = rest.split_once(": ").unwrap_or_else(|| panic!("no column in {line:?}"));
+        assert!(column.parse::<u32>().is_ok_and(|column| column > 1), "column {column:?} in {line:?}");
+        assert!(!message.is_empty(), "{line:?}");
+    }
+
+    // ss-local needs a port to listen on; ss-server does not.
+    let path = dir.path().join("no-local-port.json");
+    let json = format!(r#"{{"server":"127.0.0.1","server_port":{port},{password},"method":"aes-256-gcm"}}"#);
+    std::fs::write(&path, json).expect("write config");
+    let line = refused_config("ss-local", &binaries.local, &path).await;
+    assert!(line.starts_with("ss-local: local_port: missing"), "{line:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_with_a_generated_key_serves_through_both_binaries() {
+    let binaries = built().await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.json");
+    let method = "2022-blake3-aes-256-gcm";
+    let text = std::fs::read_to_string(&example).expect("read config.example.json");
+    assert!(text.contains(&format!(r#""method": "{method}""#)), "the example's method changed:\n{text}");
+    let key = generate_key(&binaries.server, method).await;
+    let example = example.display().to_string();
+
+    // The example's own ports (8388, 1080) are overridden on the command line, which wins over the file:
+    // tests never take fixed ports (8388 is also where Debian's shadowsocks-libev service listens).
+    let (server, local) = start_pair(binaries, |server_port, local_port| {
+        let server = vec!["-c", &example, "--key", &key, "-p", &server_port, "--allow-private-targets"];
+        let local = vec!["-c", &example, "--key", &key, "-p", &server_port, "-l", &local_port];
+        (strings(&server), strings(&local))
+    })
+    .await;
+
+    let echo = echo_server("127.0.0.1:0").await;
+    let mut stream = timeout(STEP, socks5_connect(local.addr, &Address::Ip(echo)))
+        .await
+        .expect("SOCKS5 connect timed out")
+        .unwrap_or_else(|error| panic!("SOCKS5 connect: {error}\n{}\n{}", server.log(), local.log()));
+    stream.write_all(b"configured by the example").await.expect("write");
+    let mut back = [0u8; 25];
+    timeout(STEP, stream.read_exact(&mut back)).await.expect("echo timed out").expect("echo");
+    assert_eq!(&back, b"configured by the example");
+    drop(stream);
+
+    for process in [server, local] {
+        let (status, log) = process.terminate().await;
+        assert!(status.success(), "{status}\n{log}");
+        assert!(!log.contains("weak"), "a generated key is not weak:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadowsocks_libev_readme_config_fetches_a_page_and_warns_about_the_password() {
+    let binaries = built().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, local) = start_pair(binaries, |server_port, local_port| {
+        // Verbatim from shadowsocks-libev's README, but for the ports.
+        let json = format!(
+            r#"{{"server":"127.0.0.1","server_port":{server_port},"local_port":{local_port},"password":"barfoo!","timeout":60,"method":"chacha20-ietf-poly1305"}}"#
+        );
+        let path = dir.path().join(format!("config-{server_port}.json"));
+        std::fs::write(&path, json).expect("write config");
+        let path = path.display().to_string();
+        (strings(&["-c", &path, "--allow-private-targets"]), strings(&["-c", &path]))
+    })
+    .await;
+
+    let page = page_server("<html><body>served through the libev README config</body></html>").await;
+    let target = Address::domain("localhost", page.addr.port()).expect("domain");
+    let stream = timeout(STEP, socks5_connect(local.addr, &target))
+        .await
+        .expect("SOCKS5 connect timed out")
+        .unwrap_or_else(|error| panic!("SOCKS5 connect: {error}\n{}\n{}", server.log(), local.log()));
+    let host = format!("localhost:{}", page.addr.port());
+    let body = timeout(STEP, http_get(stream, &host)).await.expect("fetch timed out").expect("fetch");
+    assert_eq!(body, "<html><body>served through the libev README config</body></html>");
+    assert_eq!(page.page_requests(), 1);
+
+    for process in [server, local] {
+        let name = process.name;
+        let (status, log) = process.terminate().await;
+        assert!(status.success(), "{name}: {status}\n{log}");
+        assert!(log.contains("is weak"), "{name} did not warn about \"barfoo!\":\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_connections_and_lets_an_open_transfer_finish() {
+    let binaries = built().await;
+    let method = "2022-blake3-chacha20-poly1305";
+    let key = generate_key(&binaries.server, method).await;
+    // Command line only, no config file. The readiness probes (and any probe of the refusal check that
+    // lands before the signal) are connections that never send a request; the server holds those until
+    // the handshake deadline whatever happens, so it is kept well inside the drain time.
+    let (server, local) = start_pair(binaries, |server_port, local_port| {
+        let common = ["-s", "127.0.0.1", "-p", &server_port, "-m", method, "-k", &key];
+        let server = [&common[..], &["--allow-private-targets", "--handshake-timeout", "1"]].concat();
+        let local = [&common[..], &["-l", &local_port]].concat();
+        (strings(&server), strings(&local))
+    })
+    .await;
+
+    // A target whose second half waits for the test's word: the transfer is slow exactly as long as the
+    // test needs it to be.
+    let first = pattern(0, 256 * 1024);
+    let second = pattern(1, 256 * 1024);
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+    let target_addr = target.local_addr().expect("target address");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (first_sent, second_sent) = (first.clone(), second.clone());
+    let target_task = tokio::spawn(async move {
+        let (mut stream, _) = target.accept().await?;
+        stream.write_all(&first_sent).await?;
+        let _ = released.await;
+        stream.write_all(&second_sent).await?;
+        stream.shutdown().await?;
+        let mut from_client = Vec::new();
+        stream.read_to_end(&mut from_client).await?;
+        std::io::Result::Ok(from_client)
+    });
+
+    let mut stream = timeout(STEP, socks5_connect(local.addr, &Address::Ip(target_addr)))
+        .await
+        .expect("SOCKS5 connect timed out")
+        .unwrap_or_else(|error| panic!("SOCKS5 connect: {error}\n{}\n{}", server.log(), local.log()));
+    let mut received = vec![0u8; first.len()];
+    timeout(STEP, stream.read_exact(&mut received)).await.expect("first half timed out").expect("first half");
+    assert!(received == first, "first half corrupted");
+
+    // Mid-transfer: SIGTERM to both.
+    let signalled = Instant::now();
+    server.signal(Signal::SIGTERM);
+    local.signal(Signal::SIGTERM);
+    for process in [&server, &local] {
+        wait_until_refused(process).await;
+    }
+    // Both still run (they carry the second half below), so the refusals are the shutdown's doing.
+    let elapsed = signalled.elapsed();
+    assert!(elapsed < DRAIN, "refusals seen only after {elapsed:?}, past the drain time");
+
+    release.send(()).expect("target gone");
+    let mut rest = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut rest)).await.expect("second half timed out").expect("second half");
+    assert!(rest == second, "second half: {} bytes, expected {}", rest.len(), second.len());
+    stream.write_all(b"thanks, bye").await.expect("write after the signal");
+    stream.shutdown().await.expect("shutdown");
+    let from_client = timeout(STEP, target_task).await.expect("target timed out").expect("target task");
+    assert_eq!(from_client.expect("target I/O"), b"thanks, bye");
+
+    for process in [server, local] {
+        let name = process.name;
+        let left = DRAIN.saturating_sub(signalled.elapsed());
+        let (status, log) = timeout(left, process.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name} still running at the end of the drain time"));
+        assert!(status.success(), "{name}: {status}\n{log}");
+        assert!(!log.contains("still open after the drain time"), "{name} cut the connection:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn generate_key_prints_base64_of_the_key_length() {
+    let binaries = built().await;
+    for (method, len) in [("2022-blake3-aes-128-gcm", 16), ("2022-blake3-aes-256-gcm", 32)] {
+        let key = generate_key(&binaries.server, method).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&key)
+            .unwrap_or_else(|error| panic!("{key:?} is not base64: {error}"));
+        assert_eq!(bytes.len(), len, "{method}: {key}");
+    }
+    let first = generate_key(&binaries.server, "2022-blake3-aes-128-gcm").await;
+    let second = generate_key(&binaries.server, "2022-blake3-aes-128-gcm").await;
+    assert_ne!(first, second, "two generated keys are equal");
+}
+
+/// One refused config: its name, JSON, the field the error must name, and what the message must say.
+struct Case {
+    name: &'static str,
+    json: String,
+    field: &'static str,
+    contains: &'static [&'static str],
+}
+
+impl Case {
+    fn new(name: &'static str, json: String, field: &'static str) -> Case {
+        Case { name, json, field, contains: &[] }
+    }
+
+    fn containing(self, contains: &'static [&'static str]) -> Case {
+        Case { contains, ..self }
+    }
+}
+
+/// Runs a binary on a config it must refuse; returns its one line of stderr.
+async fn refused_config(name: &str, binary: &Path, config: &Path) -> String {
+    let mut command = command(binary);
+    command.arg("-c").arg(config).stdout(Stdio::piped());
+    let output = timeout(STEP, command.output()).await.expect("did not exit").expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{name} -c {}: {}\n{stderr}", config.display(), output.status);
+    assert!(
+        output.stdout.is_empty(),
+        "{name} printed to stdout: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let line = stderr.strip_suffix('\n').unwrap_or_else(|| panic!("{name}: stderr not one line: {stderr:?}"));
+    assert!(!line.contains('\n'), "{name}: stderr is more than one line:\n{stderr}");
+    line.to_owned()
+}
+
+/// `ss-server --generate-key -m METHOD`: its one line of output.
+async fn generate_key(server: &Path, method: &str) -> String {
+    let mut command = command(server);
+    command.args(["--generate-key", "-m", method]).stdout(Stdio::piped());
+    let output = timeout(STEP, command.output()).await.expect("did not exit").expect("run");
+    assert!(output.status.success(), "{}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 key");
+    let key = stdout.strip_suffix('\n').expect("a line");
+    assert!(!key.contains('\n') && !key.is_empty(), "{stdout:?}");
+    key.to_owned()
+}
+
+/// A command for a binary under test: no stdin, stderr captured, logs at the binary's default level
+/// whatever `RUST_LOG` the test run has, killed if the test drops it.
+fn command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A running binary: its stderr collected as it comes, killed when dropped.
+struct Running {
+    name: &'static str,
+    /// The port it listens on.
+    addr: SocketAddr,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts `binary args...` and waits until it accepts connections on `addr`.
+    async fn start(
+        name: &'static str,
+        binary: &Path,
+        args: &[String],
+        addr: SocketAddr,
+    ) -> Result<Running, String> {
+        let mut child =
+            command(binary).args(args).spawn().map_err(|error| format!("spawn {name}: {error}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut running = Running { name, addr, child, log, reader };
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                let _ = timeout(STEP, &mut running.reader).await;
+                return Err(format!("{name} {args:?} exited with {status}:\n{}", running.log()));
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(running);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name} not listening on {addr} after {STEP:?}:\n{}", running.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Its stderr so far, for failure messages.
+    fn log(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        format!("--- {} stderr ---\n{log}--- end ---", self.name)
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self.child.id().expect("still running");
+        kill(Pid::from_raw(i32::try_from(pid).expect("pid fits i32")), signal).expect("kill(2)");
+    }
+
+    /// Waits for it to exit; its status and all of its stderr.
+    async fn wait(mut self) -> (ExitStatus, String) {
+        let status = timeout(STEP, self.child.wait()).await.expect("did not exit").expect("wait");
+        let _ = timeout(STEP, &mut self.reader).await;
+        (status, self.log())
+    }
+
+    /// SIGTERM, then [`Running::wait`].
+    async fn terminate(self) -> (ExitStatus, String) {
+        self.signal(Signal::SIGTERM);
+        self.wait().await
+    }
+}
+
+/// Starts ss-server, then ss-local, on fresh loopback ports; `args(server_port, local_port)` gives each
+/// one's arguments. Retries on new ports when a start fails (a port taken between probe and bind).
+async fn start_pair(
+    binaries: &Binaries,
+    mut args: impl FnMut(String, String) -> (Vec<String>, Vec<String>),
+) -> (Running, Running) {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let (server_port, local_port) = (free_port(), free_port());
+        let (server_args, local_args) = args(server_port.to_string(), local_port.to_string());
+        let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server_port));
+        let server = match Running::start("ss-server", &binaries.server, &server_args, server_addr).await {
+            Ok(server) => server,
+            Err(failure) => {
+                failures.push(failure);
+                continue;
+            }
+        };
+        let local_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, local_port));
+        match Running::start("ss-local", &binaries.local, &local_args, local_addr).await {
+            Ok(local) => return (server, local),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    panic!("could not start ss-server and ss-local:\n{}", failures.join("\n"));
+}
+
+/// Polls `process`'s port until a connection is refused.
+async fn wait_until_refused(process: &Running) {
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        match TcpStream::connect(process.addr).await {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // Accepted before the signal took effect, or queued in the backlog and reset as the listener
+            // closed: not refused yet.
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(error) => panic!("{}: connecting after SIGTERM: {error}", process.name),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still takes connections {DRAIN:?} after SIGTERM",
+            process.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| (*arg).to_owned()).collect()
+}
+
+/// `len` bytes that differ between `seed`s and along the stream.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2] ^ seed.wrapping_mul(0x5b))
+        .collect()
+}
