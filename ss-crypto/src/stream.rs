@@ -29,8 +29,9 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// Most plaintext one `poll_write` seals before it hands the records to the socket.
-const MAX_WRITE: usize = 0xFFFF;
+/// Most plaintext one `poll_write` seals before it hands the records to the socket: enough for a whole
+/// 64 KiB read, so one read from the other side becomes one write here.
+const MAX_WRITE: usize = 256 * 1024;
 
 /// Reads ciphertext from `R` and yields the plaintext.
 pub struct DecryptReader<R> {
@@ -38,6 +39,8 @@ pub struct DecryptReader<R> {
     decryptor: Decryptor,
     /// The read buffer, empty (no allocation) while nothing is in flight.
     buf: Box<[u8]>,
+    /// Size of buffer to take: small at first, large once a read filled the small one (bulk traffic).
+    next_size: usize,
     /// Unconsumed ciphertext.
     pending: Range<usize>,
     /// Opened plaintext not yet handed to the caller.
@@ -54,6 +57,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             inner,
             decryptor,
             buf: Box::default(),
+            next_size: buffer::SMALL,
             pending: 0..0,
             plain: 0..0,
             target: None,
@@ -129,7 +133,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
     /// Moves unconsumed ciphertext to the front of a buffer big enough for the record under way and
     /// reads more after it. Only called with no plaintext waiting to be handed out.
     fn poll_read_ciphertext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let wanted = self.decryptor.wanted().max(1);
+        let wanted = self.decryptor.wanted().max(self.next_size);
         if self.buf.len() < wanted {
             let mut bigger = buffer::take(wanted);
             bigger[..self.pending.len()].copy_from_slice(&self.buf[self.pending.clone()]);
@@ -149,6 +153,9 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             return Poll::Pending;
         }
         let read = read_buf.filled().len();
+        if self.pending.end + read == self.buf.len() {
+            self.next_size = buffer::LARGE;
+        }
         if read == 0 {
             self.eof = true;
             if self.pending.is_empty() {
