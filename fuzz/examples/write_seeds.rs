@@ -1,5 +1,6 @@
 //! Writes the committed seed corpus, `corpus/<target>/seed-*`: a few small valid inputs per target
-//! under the targets' fixed keys, so the fuzzer starts past authentication.
+//! under the targets' fixed keys, so the fuzzer starts past authentication (and valid SOCKS5 messages,
+//! config files and `ss://` URLs for the parser targets).
 //!
 //! Run from `fuzz/`: `cargo run --example write_seeds`. Output is deterministic.
 
@@ -8,6 +9,7 @@
 use std::fs;
 use std::path::Path;
 
+use ss_config::{format_ss_url, Plugin, ServerUrl};
 use ss_crypto::udp::{self, Header2022, Sender, Udp2022};
 use ss_crypto::{Address, Encryptor, Generation, Method, Salt};
 use ss_fuzz::{key, methods, request_salt, NOW};
@@ -63,6 +65,68 @@ fn main() {
     }
 
     forged_seeds(&v4, &domain);
+    parser_seeds(&v4, &v6, &domain);
+}
+
+/// SOCKS5 messages, config files and `ss://` URLs for the parser targets.
+fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
+    write("socks5_parse", "greeting", &[5, 2, 0, 2]);
+    write("socks5_parse", "connect-ipv4", &[&[5, 1, 0][..], &encoded(v4)].concat());
+    write("socks5_parse", "connect-domain", &[&[5, 1, 0][..], &encoded(domain), b"GET /"].concat());
+    write("socks5_parse", "udp-associate-ipv6", &[&[5, 3, 0][..], &encoded(v6)].concat());
+    write("socks5_parse", "udp-datagram", &[&[0, 0, 0][..], &encoded(domain), b"ping"].concat());
+    write("socks5_parse", "udp-fragment", &[&[0, 0, 1][..], &encoded(v4), b"ping"].concat());
+
+    write("config_json", "example", include_bytes!("../../config.example.json"));
+    write(
+        "config_json",
+        "libev",
+        br#"{"server":["::","0.0.0.0"],"server_port":"8388","local_port":1080,"password":"barfoo!",
+"method":"chacha20-ietf-poly1305","timeout":60,"mode":"tcp_and_udp","plugin":"obfs-server",
+"plugin_opts":"obfs=http","fast_open":true,"nofile":51200,"log_level":"warn"}"#,
+    );
+    write(
+        "config_json",
+        "shadowsocks-rust",
+        br#"{"servers":[{"address":"a.example","port":8388,"method":"2022-blake3-aes-128-gcm",
+"password":"AAECAwQFBgcICQoLDA0ODw=="},{"server":"[::1]:8389","method":"aes-256-gcm","password":"x",
+"timeout":30}],"locals":[{"local_address":"127.0.0.1","local_port":1080,"protocol":"socks"}],
+"handshake_timeout":5,"max_connections":"100","udp_timeout":300}"#,
+    );
+
+    // A method name with control characters: its error must still be one line (found by the fuzzer).
+    write(
+        "config_json",
+        "control-characters",
+        br#"{"server":"s","server_port":1,"password":"p","method":"chacha20\no\u001b[2J"}"#,
+    );
+
+    let psk = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let urls = [
+        ("classic", ServerUrl::new("192.0.2.1".into(), 8388, Method::Aes128Gcm, "test".into()), None, None),
+        (
+            "2022-plugin-tag",
+            ServerUrl::new("2001:db8::1".into(), 443, Method::Blake3Aes256Gcm, psk.into()),
+            Some(Plugin {
+                command: "obfs-local".into(),
+                options: Some("obfs=http;obfs-host=a.example".into()),
+            }),
+            Some("My server #1"),
+        ),
+    ];
+    for (name, server, plugin, tag) in urls {
+        let mut server = server.unwrap();
+        server.plugin = plugin;
+        server.tag = tag.map(Into::into);
+        write("ss_url", name, format_ss_url(&server).as_bytes());
+    }
+    // The legacy all-base64 form, and a hand-written 2022 URL with an unescaped key.
+    write("ss_url", "legacy", b"ss://YWVzLTI1Ni1nY206cGFzc0B3b3JkQGV4YW1wbGUuY29tOjgzODg=#Legacy");
+    write(
+        "ss_url",
+        "2022-raw",
+        format!("ss://2022-blake3-chacha20-poly1305:{psk}@h.example:1/?plugin=p").as_bytes(),
+    );
 }
 
 /// Plaintexts laid out as `fuzz_targets/forged_plaintext.rs` reads them.

@@ -4,6 +4,11 @@
 //! Taken here: `-c -s -p -l -b -k -m -t -u -U -v -6` and the long names below. clap keeps `-h/--help`
 //! (libev's `-h` too); the binary's `#[command(version)]` adds `-V/--version`. Values given here win
 //! over the config file.
+//!
+//! `--server-url` is the exception: each `ss://` URL is a whole server (host, port, method, key) and is
+//! appended to the list built from `-s` or the file, which `-p/-m/-k/--key` shape as usual; those flags
+//! leave the URL's servers alone. A URL's `plugin` becomes the (global) plugin if none is set, and must
+//! agree with it otherwise. The URL is checked when the config is, with an error that hides the password.
 
 use std::path::PathBuf;
 
@@ -20,6 +25,10 @@ pub struct CliArgs {
     /// Server host or IP (repeatable): where ss-local connects, where ss-server listens
     #[arg(short = 's', long = "server", value_name = "HOST")]
     pub server: Vec<String>,
+    /// Server as an ss:// URL (SIP002; repeatable), added after the servers of -s or the config file;
+    /// -p, -m, -k and --key do not apply to it. Visible in `ps`, like -k
+    #[arg(long = "server-url", value_name = "URL")]
+    pub server_url: Vec<String>,
     /// Server port
     #[arg(short = 'p', long = "server-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub server_port: Option<u16>,
@@ -224,6 +233,54 @@ mod tests {
         );
         assert!(!config.servers[0].password_is_weak);
         assert_eq!(config.mode, Mode::UdpOnly);
+    }
+
+    #[test]
+    fn server_urls_come_after_the_other_servers_whole() {
+        let with_plugin = "ss://2022-blake3-aes-128-gcm:AAECAwQFBgcICQoLDA0ODw%3D%3D@[::1]:9000/\
+                           ?plugin=file-plugin%3Bfile-opts#A";
+        let classic = "ss://YWVzLTEyOC1nY206dGVzdA@url-b:9001";
+        let args = parse(&["-p", "3333", "-m", "chacha20-ietf-poly1305", "-k", "cli password"]).unwrap();
+        let args = CliArgs { server_url: vec![with_plugin.into(), classic.into()], ..args };
+        let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
+        let config = Config::from_raw(raw, &args).unwrap();
+        let servers: Vec<_> = config.servers.iter().map(|s| (s.host.as_str(), s.port, s.method)).collect();
+        let chacha = ss_crypto::Method::ChaCha20IetfPoly1305;
+        assert_eq!(
+            servers,
+            [
+                ("file-a", 3333, chacha),
+                ("file-b", 3333, chacha),
+                ("::1", 9000, ss_crypto::Method::Blake3Aes128Gcm),
+                ("url-b", 9001, ss_crypto::Method::Aes128Gcm),
+            ]
+        );
+        assert_eq!(config.servers[3].key, ss_crypto::Key::from_password(servers[3].2, "test").unwrap());
+        assert!(config.servers[3].password_is_weak);
+        assert_eq!(
+            config.plugin,
+            Some(Plugin { command: "file-plugin".into(), options: Some("file-opts".into()) })
+        );
+
+        let only_urls = parse(&["--server-url", classic, "--server-url", with_plugin]).unwrap();
+        let config = Config::from_raw(RawConfig::default(), &only_urls).unwrap();
+        assert_eq!(config.servers.iter().map(|s| s.host.as_str()).collect::<Vec<_>>(), ["url-b", "::1"]);
+        assert_eq!(config.plugin.map(|plugin| plugin.command).as_deref(), Some("file-plugin"));
+    }
+
+    #[test]
+    fn bad_server_urls_name_the_flag_and_hide_the_password() {
+        let check = |argv: &[&str]| Config::from_raw(RawConfig::default(), &parse(argv).unwrap());
+        let error = check(&["--server-url", "ss://aes-128-gcm:hunter2@h"]).unwrap_err();
+        assert_eq!(error.to_string(), "--server-url: missing port (the address must be host:port)");
+        let error =
+            check(&["--server-url", "ss://YWVzLTEyOC1nY206dGVzdA@h:1", "--server-url", "ss://x:hunter2@h:1"])
+                .unwrap_err();
+        assert_eq!(error.field(), Some("--server-url #2"));
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        let error = check(&["--plugin", "other", "--server-url", "ss://YWVzLTEyOC1nY206dGVzdA@h:1?plugin=p"])
+            .unwrap_err();
+        assert!(error.to_string().starts_with("--server-url: its plugin differs"), "{error}");
     }
 
     #[test]

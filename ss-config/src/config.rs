@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::raw::{NumberOrString, RawConfig};
 use crate::servers::{self, ServerEntry};
+use crate::url;
 use crate::{CliArgs, ConfigError};
 
 /// The checked configuration of either binary.
@@ -99,7 +100,8 @@ pub enum LogLevel {
 impl Config {
     /// Checks a raw config with the command line laid over it.
     pub fn from_raw(raw: RawConfig, args: &CliArgs) -> Result<Config, ConfigError> {
-        let servers = servers::resolve(&raw, args)?;
+        let urls = url::cli_servers(args)?;
+        let servers = servers::resolve(&raw, args, &urls)?;
         let (local_address, local_port) = local(&raw, args)?;
         let mode = match (args.udp_only, args.tcp_and_udp, raw.mode.as_deref()) {
             (true, _, _) => Mode::UdpOnly,
@@ -144,7 +146,7 @@ impl Config {
             fast_open: args.fast_open || raw.fast_open.unwrap_or(false),
             reuse_port: args.reuse_port || raw.reuse_port.unwrap_or(false),
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
-            plugin: servers::plugin(&raw, args)?,
+            plugin: url::plugin_with(servers::plugin(&raw, args)?, &urls)?,
             nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
             nofile: raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
             acl: args.acl.clone().or(raw.acl),

@@ -7,6 +7,9 @@
 //!   argv -------clap-----> CliArgs ----+   command line wins
 //! ```
 //!
+//! `ss://` server URLs (SIP002) are read and written by [`parse_ss_url`] and [`format_ss_url`], and
+//! taken on the command line by `--server-url`.
+//!
 //! After [`load`] (or [`Config::from_raw`]) nothing re-parses strings. Every error is one line that
 //! names the field or the file position:
 //!
@@ -45,11 +48,13 @@ mod cli;
 mod config;
 mod raw;
 mod servers;
+mod url;
 
 pub use cli::CliArgs;
 pub use config::{Config, LogLevel, Mode, Plugin};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
 pub use servers::ServerEntry;
+pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 
 /// Reads the config file named by `-c` (if any), lays the command line over it and checks the result.
 pub fn load(args: &CliArgs) -> Result<Config, ConfigError> {
@@ -103,8 +108,19 @@ impl ConfigError {
     }
 
     pub(crate) fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Field { field: field.into(), message: message.into() }
+        ConfigError::Field { field: one_line(field.into()), message: one_line(message.into()) }
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): messages quote values from the file, and
+/// a newline in one must not split the message or forge a log line.
+pub(crate) fn one_line(text: String) -> String {
+    if !text.contains(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 #[cfg(test)]
@@ -169,5 +185,14 @@ mod tests {
         let error = load(&CliArgs::default()).unwrap_err();
         assert_eq!(error.field(), Some("server"));
         assert!(!error.to_string().contains('\n'));
+        // Found by the config_json fuzz target: values are quoted as written, control characters too.
+        let raw = r#"{"server":"s","server_port":1,"password":"p","method":"x\ny\u001b"}"#;
+        let raw = RawConfig::from_json(raw, Path::new("c.json")).unwrap();
+        let error = Config::from_raw(raw, &CliArgs::default()).unwrap_err().to_string();
+        assert!(error.starts_with(r#"method: unknown method "x\ny\u{1b}"; supported"#), "{error}");
+        for json in [r#"{"fast_open":"a\nb"}"#, r#"{"servers":[{"a\nb":1}],"locals":"\n"}"#] {
+            let error = RawConfig::from_json(json, Path::new("c.json")).unwrap_err().to_string();
+            assert!(!error.contains('\n'), "{error}");
+        }
     }
 }

@@ -146,7 +146,7 @@ impl RawConfig {
                 path: origin.to_path_buf(),
                 line: error.line(),
                 column: error.column(),
-                message,
+                message: crate::one_line(message),
             }
         })
     }

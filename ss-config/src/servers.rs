@@ -9,11 +9,14 @@
 //!   method      -m > servers[i].method > "method"
 //!   credential  --key / -k > servers[i].key / .password > "key" / "password"   (key wins over password)
 //! ```
+//!
+//! The servers of `--server-url` come last, whole: the flags above do not touch them.
 
 use ss_crypto::{is_weak_password, Key, Method};
 
 use crate::config::Plugin;
 use crate::raw::{RawConfig, RawServer};
+use crate::url::ServerUrl;
 use crate::{CliArgs, ConfigError};
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
@@ -31,8 +34,12 @@ pub struct ServerEntry {
     pub password_is_weak: bool,
 }
 
-/// Builds the server list; at least one entry or an error.
-pub(crate) fn resolve(raw: &RawConfig, args: &CliArgs) -> Result<Vec<ServerEntry>, ConfigError> {
+/// Builds the server list, `urls` last; at least one entry or an error.
+pub(crate) fn resolve(
+    raw: &RawConfig,
+    args: &CliArgs,
+    urls: &[ServerUrl],
+) -> Result<Vec<ServerEntry>, ConfigError> {
     let cli_credential = Credential::of("", args.key.as_deref(), args.password.as_deref());
     let file_credential = Credential::of("", raw.key.as_deref(), raw.password.as_deref());
     let top = Settings {
@@ -71,8 +78,10 @@ pub(crate) fn resolve(raw: &RawConfig, args: &CliArgs) -> Result<Vec<ServerEntry
         };
         entries.push(settings.entry(&prefix, host)?);
     }
+    entries.extend(urls.iter().map(ServerUrl::to_entry));
     if entries.is_empty() {
-        return Err(ConfigError::field_error("server", "missing (set \"server\" in the config or -s)"));
+        let message = "missing (set \"server\" in the config, -s or --server-url)";
+        return Err(ConfigError::field_error("server", message));
     }
     Ok(entries)
 }
@@ -347,7 +356,7 @@ mod tests {
         );
         assert_eq!(
             error(r#"{"password":"p","method":"aes-128-gcm"}"#),
-            "server: missing (set \"server\" in the config or -s)"
+            "server: missing (set \"server\" in the config, -s or --server-url)"
         );
         assert!(error(r#"{"server":"s","password":"p","method":"aes-128-gcm"}"#)
             .starts_with("server_port: missing"));

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use ss_config::{CliArgs, Config};
 use ss_local::{Server, Settings};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks local: a SOCKS5 proxy that relays through a Shadowsocks server (shadowsocks-libev
@@ -81,8 +80,7 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
-    let bind = (config.local_address.as_str(), local_port);
-    let listener = TcpListener::bind(bind)
+    let listener = ss_net::bind_tcp(&config.local_address, local_port)
         .await
         .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
     ss_local::run(settings, vec![listener], shutdown).await;

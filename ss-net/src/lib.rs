@@ -10,7 +10,7 @@ pub mod process;
 pub mod relay;
 pub mod window;
 
-pub use accept::{serve, Limits};
+pub use accept::{bind_tcp, serve, Limits};
 pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
 pub use window::PacketWindow;

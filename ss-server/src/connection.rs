@@ -118,13 +118,14 @@ pub(crate) async fn connect(
                 .collect()
         }
     };
-    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
-    for addr in candidates {
-        if !policy.allows(addr.ip()) {
-            last_error =
-                io::Error::new(io::ErrorKind::PermissionDenied, format!("{addr} is not an allowed target"));
-            continue;
+    let mut last_error = match candidates.as_slice() {
+        [] => io::Error::new(io::ErrorKind::NotFound, "name resolved to no address"),
+        [only] => io::Error::new(io::ErrorKind::PermissionDenied, format!("{only} is not an allowed target")),
+        all => {
+            io::Error::new(io::ErrorKind::PermissionDenied, format!("none of {all:?} is an allowed target"))
         }
+    };
+    for addr in policy.allowed_targets(candidates) {
         match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(error)) => last_error = error,

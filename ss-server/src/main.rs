@@ -7,7 +7,7 @@ use clap::Parser;
 use ss_config::{CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
 use ss_server::{Listeners, Settings, TargetPolicy};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
@@ -72,7 +72,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let addr = (entry.host.as_str(), entry.port);
         let mut listeners = Listeners::default();
         if config.mode.tcp() {
-            let listener = TcpListener::bind(addr)
+            let listener = ss_net::bind_tcp(&entry.host, entry.port)
                 .await
                 .with_context(|| format!("binding TCP {}:{}", entry.host, entry.port))?;
             listeners.tcp.push(listener);

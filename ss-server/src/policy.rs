@@ -19,9 +19,11 @@
 //! IPv6 forms that embed an IPv4 address (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
 //! NAT64 `64:ff9b::a.b.c.d`) are judged by the embedded address. The check is applied to each resolved
 //! address right before connecting to it, so a name that resolves to a private address is refused too and
-//! there is no gap between checking and connecting (DNS rebinding).
+//! there is no gap between checking and connecting (DNS rebinding). [`TargetPolicy::allowed_targets`] and
+//! [`TargetPolicy::first_allowed`] are that resolve-then-check step as pure functions over the resolved
+//! addresses, shared by the TCP and UDP relays and testable without a resolver.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The server's rule for targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,21 @@ impl TargetPolicy {
             TargetPolicy::AllowAll => true,
             TargetPolicy::PublicOnly => !is_internal(ip),
         }
+    }
+
+    /// The addresses among `candidates` (what a target resolved to, in the resolver's order) that the
+    /// server may use, in the same order. Lazy: each address is judged when it is taken, right before the
+    /// caller dials it.
+    pub fn allowed_targets<I>(self, candidates: I) -> impl Iterator<Item = SocketAddr>
+    where
+        I: IntoIterator<Item = SocketAddr>,
+    {
+        candidates.into_iter().filter(move |addr| self.allows(addr.ip()))
+    }
+
+    /// The first of `candidates` the server may use; `None` when every one is refused (or there is none).
+    pub fn first_allowed(self, candidates: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
+        self.allowed_targets(candidates).next()
     }
 }
 
@@ -97,71 +114,107 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 mod tests {
     use super::*;
 
+    /// One or more addresses of every refused class, IPv4 first.
+    const INTERNAL: &[&str] = &[
+        "0.0.0.0",
+        "0.1.2.3",
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.255.255.254",
+        "10.0.0.1",
+        "10.255.255.255",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.0.1",
+        "100.64.0.1",
+        "100.127.255.255",
+        "192.0.0.8",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "febf::1",
+        "fec0::1",
+        "ff02::1",
+        "ff0e::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.1.2.3",
+        "::ffff:169.254.169.254",
+        "::ffff:192.168.0.1",
+        "::127.0.0.1",
+        "::10.0.0.1",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+    ];
+
+    const PUBLIC: &[&str] = &[
+        "1.1.1.1",
+        "8.8.8.8",
+        "172.15.255.255",
+        "172.32.0.1",
+        "100.63.255.255",
+        "100.128.0.1",
+        "169.253.1.1",
+        "192.169.0.1",
+        "223.255.255.255",
+        "2001:4860:4860::8888",
+        "2606:4700::1111",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+    ];
+
     fn refused(text: &str) -> bool {
         !TargetPolicy::PublicOnly.allows(text.parse().unwrap())
     }
 
+    /// Every internal address as a resolver could return it: the literal, and each IPv4 address also in
+    /// IPv4-mapped, IPv4-compatible and NAT64 form. Ports vary so that no test depends on one.
+    fn internal_socket_addrs() -> Vec<SocketAddr> {
+        let mut all = Vec::new();
+        for (port, text) in (1u16..).zip(INTERNAL) {
+            let ip: IpAddr = text.parse().unwrap();
+            all.push(SocketAddr::new(ip, port));
+            if let IpAddr::V4(v4) = ip {
+                let [a, b, c, d] = v4.octets();
+                let embedded = u16::from_be_bytes([a, b]);
+                let low = u16::from_be_bytes([c, d]);
+                all.push(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port));
+                all.push(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, embedded, low)),
+                    port,
+                ));
+                if !v4.is_unspecified() {
+                    all.push(SocketAddr::new(
+                        IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, embedded, low)),
+                        port,
+                    ));
+                }
+            }
+        }
+        all
+    }
+
+    fn public_socket_addrs() -> Vec<SocketAddr> {
+        PUBLIC.iter().map(|text| SocketAddr::new(text.parse().unwrap(), 443)).collect()
+    }
+
     #[test]
     fn every_internal_class_is_refused() {
-        for text in [
-            "0.0.0.0",
-            "0.1.2.3",
-            "127.0.0.1",
-            "127.0.0.2",
-            "127.255.255.254",
-            "10.0.0.1",
-            "10.255.255.255",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "169.254.0.1",
-            "100.64.0.1",
-            "100.127.255.255",
-            "192.0.0.8",
-            "224.0.0.1",
-            "239.255.255.250",
-            "240.0.0.1",
-            "255.255.255.255",
-            "::",
-            "::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "fe80::1",
-            "febf::1",
-            "fec0::1",
-            "ff02::1",
-            "ff0e::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.1.2.3",
-            "::ffff:169.254.169.254",
-            "::ffff:192.168.0.1",
-            "::127.0.0.1",
-            "::10.0.0.1",
-            "64:ff9b::7f00:1",
-            "64:ff9b::a9fe:a9fe",
-        ] {
+        for text in INTERNAL {
             assert!(refused(text), "{text} must be refused");
         }
     }
 
     #[test]
     fn public_addresses_are_allowed() {
-        for text in [
-            "1.1.1.1",
-            "8.8.8.8",
-            "172.15.255.255",
-            "172.32.0.1",
-            "100.63.255.255",
-            "100.128.0.1",
-            "169.253.1.1",
-            "192.169.0.1",
-            "223.255.255.255",
-            "2001:4860:4860::8888",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-            "64:ff9b::808:808",
-        ] {
+        for text in PUBLIC {
             assert!(!refused(text), "{text} must be allowed");
         }
     }
@@ -170,5 +223,60 @@ mod tests {
     fn allow_all_allows_loopback() {
         assert!(TargetPolicy::AllowAll.allows("127.0.0.1".parse().unwrap()));
         assert!(TargetPolicy::AllowAll.allows("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_name_resolving_only_to_internal_addresses_is_refused() {
+        let internal = internal_socket_addrs();
+        for addr in &internal {
+            assert_eq!(TargetPolicy::PublicOnly.first_allowed([*addr]), None, "{addr}");
+        }
+        assert_eq!(TargetPolicy::PublicOnly.first_allowed(internal.clone()), None);
+        assert_eq!(TargetPolicy::PublicOnly.allowed_targets(internal).count(), 0);
+        assert_eq!(TargetPolicy::PublicOnly.first_allowed(Vec::new()), None, "resolved to nothing");
+    }
+
+    #[test]
+    fn internal_addresses_among_public_ones_are_skipped() {
+        let public = public_socket_addrs();
+        for internal in internal_socket_addrs() {
+            for allowed in &public {
+                for order in [[internal, *allowed], [*allowed, internal]] {
+                    assert_eq!(TargetPolicy::PublicOnly.first_allowed(order), Some(*allowed), "{order:?}");
+                }
+            }
+        }
+        // Several of each, interleaved as a rebinding resolver might answer: only the public ones
+        // survive, in their order.
+        let internal = internal_socket_addrs();
+        let mixed: Vec<SocketAddr> =
+            internal.iter().zip(public.iter().cycle()).flat_map(|(bad, good)| [*bad, *good]).collect();
+        let survivors: Vec<SocketAddr> = TargetPolicy::PublicOnly.allowed_targets(mixed).collect();
+        let expected: Vec<SocketAddr> = public.iter().cycle().take(internal.len()).copied().collect();
+        assert_eq!(survivors, expected);
+    }
+
+    #[test]
+    fn allow_all_takes_the_first_candidate() {
+        let internal = internal_socket_addrs();
+        let public = public_socket_addrs();
+        assert_eq!(TargetPolicy::AllowAll.first_allowed([internal[0], public[0]]), Some(internal[0]));
+        assert_eq!(TargetPolicy::AllowAll.allowed_targets(internal.clone()).collect::<Vec<_>>(), internal);
+    }
+
+    /// The resolver's answer for "localhost" (from the hosts file; no query leaves the machine) goes
+    /// through the same function as the relays use.
+    #[tokio::test]
+    async fn localhost_resolves_to_nothing_allowed() {
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(("localhost", 80)).await.unwrap().collect();
+        assert!(!resolved.is_empty(), "localhost resolved to nothing");
+        assert!(resolved.iter().all(|addr| addr.ip().is_loopback()), "localhost is {resolved:?}");
+        assert_eq!(TargetPolicy::PublicOnly.first_allowed(resolved.clone()), None, "{resolved:?}");
+        assert_eq!(TargetPolicy::AllowAll.first_allowed(resolved.clone()), resolved.first().copied());
+        // Literals go through the same call without a resolver, the mapped form included.
+        for literal in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.2"] {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((literal, 80)).await.unwrap().collect();
+            assert_eq!(TargetPolicy::PublicOnly.first_allowed(resolved), None, "{literal}");
+        }
     }
 }

@@ -209,7 +209,7 @@ impl Relay {
                 tokio::net::lookup_host((host.as_str(), *port)).await.ok()?.collect()
             }
         };
-        let allowed = candidates.into_iter().map(unmap).find(|addr| policy.allows(addr.ip()));
+        let allowed = policy.first_allowed(candidates.into_iter().map(unmap));
         if allowed.is_none() {
             debug!(%target, "UDP target refused by the address policy");
         }

@@ -1,19 +1,22 @@
 //! Support for the probe-resistance and target-policy tests (tests/probes.rs, tests/policy.rs):
-//! hand-made client flights (valid, replayed, or sealed around bytes our encoder would never write) and
-//! canary listeners that record every connection the server makes to them. Every address is loopback.
+//! hand-made client flights and UDP datagrams (valid, replayed, or sealed around address bytes our
+//! encoder would never write), and canaries: TCP listeners that record every connection the server makes
+//! to them, UDP sockets that record every datagram. Every address is loopback.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aes::cipher::BlockEncrypt;
+use aes_gcm::aes::{Aes128, Aes256};
 use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
-use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::{unix_now, DecryptReader, EncryptWriter};
 use ss_crypto::{Address, Algorithm, Decryptor, Encryptor, Key, Method, Salt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -83,6 +86,65 @@ pub fn sealed_first_flight(
 pub fn address_bytes(address: &Address) -> Vec<u8> {
     let mut out = Vec::new();
     address.write_to(&mut out);
+    out
+}
+
+/// A client's UDP datagram under [`test_key`] for `method`, with the target given as raw bytes sealed as
+/// they are (an IPv4-mapped IPv6 address stays address type 4). `session_id` and `packet_id` are used
+/// by 2022 methods only; `now` is Unix seconds. Built from the specification, independently of
+/// ss-crypto's sealing code:
+///
+/// ```text
+/// classic:        salt | seal_subkey(salt)(raw address | payload)                       nonce 0
+/// 2022 AES:       AES_psk(session id | packet id) | seal_subkey(session id)(body)        nonce = ids[4..16]
+/// 2022 ChaCha:    nonce(24) | XChaCha20-Poly1305_psk(session id | packet id | body)
+/// body:           type 0 | now u64 | padding_len 0 u16 | raw address | payload
+/// ```
+pub fn sealed_udp_request(
+    method: Method,
+    raw_address: &[u8],
+    payload: &[u8],
+    session_id: u64,
+    packet_id: u64,
+    now: u64,
+) -> Vec<u8> {
+    let key = test_key(method);
+    if !method.is_2022() {
+        let salt = random_salt(method);
+        let mut out = salt.as_bytes().to_vec();
+        let subkey = key.session_subkey(method, salt.as_bytes());
+        seal_record(method.algorithm(), &subkey, &[0; 12], &[raw_address, payload].concat(), &mut out);
+        return out;
+    }
+    let mut ids = [0u8; 16];
+    ids[..8].copy_from_slice(&session_id.to_be_bytes());
+    ids[8..].copy_from_slice(&packet_id.to_be_bytes());
+    let mut body = vec![0u8];
+    body.extend_from_slice(&now.to_be_bytes());
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body.extend_from_slice(raw_address);
+    body.extend_from_slice(payload);
+    let psk = key.as_bytes();
+    if method == Method::Blake3ChaCha20Poly1305 {
+        let nonce = random_bytes(24);
+        let mut sealed = [&ids[..], &body].concat();
+        let tag = XChaCha20Poly1305::new_from_slice(psk)
+            .expect("32-byte PSK")
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &[], &mut sealed)
+            .expect("datagram within AEAD limits");
+        return [&nonce[..], &sealed, &tag].concat();
+    }
+    let mut separate = aes_gcm::aes::Block::clone_from_slice(&ids);
+    match method {
+        Method::Blake3Aes128Gcm => {
+            Aes128::new_from_slice(psk).expect("16-byte PSK").encrypt_block(&mut separate)
+        }
+        _ => Aes256::new_from_slice(psk).expect("32-byte PSK").encrypt_block(&mut separate),
+    }
+    let mut out = separate.to_vec();
+    let nonce: [u8; 12] = ids[4..].try_into().expect("12 bytes");
+    let subkey = key.blake3_subkey(&ids[..8]);
+    seal_record(method.algorithm(), &subkey, &nonce, &body, &mut out);
     out
 }
 
@@ -223,6 +285,85 @@ impl Drop for Canary {
     }
 }
 
+/// A loopback UDP socket that records every datagram it receives (sender and bytes) and answers none.
+///
+/// [`UdpCanary::datagrams`] is exact in the same way as [`Canary::connections`]: a sentinel datagram
+/// from the test goes through the same receive queue, so once it has been read every datagram that
+/// arrived before it has been recorded.
+#[derive(Debug)]
+pub struct UdpCanary {
+    addr: SocketAddr,
+    received: watch::Receiver<Vec<(SocketAddr, Vec<u8>)>>,
+    task: JoinHandle<()>,
+}
+
+/// Marks a sentinel datagram.
+const SENTINEL: &[u8] = b"canary sentinel ";
+
+impl UdpCanary {
+    /// Binds `bind` (a loopback address; port 0 or a given port).
+    pub async fn bind(bind: &str) -> io::Result<UdpCanary> {
+        let socket = UdpSocket::bind(bind).await?;
+        let addr = socket.local_addr()?;
+        let (record, received) = watch::channel(Vec::new());
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                record.send_modify(|datagrams| datagrams.push((from, buf[..len].to_vec())));
+            }
+        });
+        Ok(UdpCanary { addr, received, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every datagram received so far, sentinels excluded.
+    pub async fn datagrams(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let bind = if self.addr.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+        let socket = UdpSocket::bind(bind).await.expect("bind sentinel socket");
+        let sentinel = [SENTINEL, &random_bytes(16)].concat();
+        let mut received = self.received.clone();
+        // Loopback does not lose datagrams in practice; resending costs nothing if it ever does.
+        let arrived = timeout(STEP, async {
+            loop {
+                socket.send_to(&sentinel, self.addr).await.expect("send sentinel");
+                let seen = |datagrams: &Vec<(SocketAddr, Vec<u8>)>| {
+                    datagrams.iter().any(|(_, bytes)| *bytes == sentinel)
+                };
+                if timeout(Duration::from_millis(200), received.wait_for(seen)).await.is_ok() {
+                    return;
+                }
+            }
+        })
+        .await;
+        arrived.expect("the UDP canary did not receive its sentinel");
+        let seen = others(&received.borrow());
+        seen
+    }
+
+    /// Waits until at least `count` datagrams other than sentinels arrived, or `patience` passed; returns
+    /// those seen by then.
+    pub async fn datagrams_within(&self, count: usize, patience: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut received = self.received.clone();
+        let _ = timeout(patience, received.wait_for(|datagrams| others(datagrams).len() >= count)).await;
+        let seen = others(&received.borrow());
+        seen
+    }
+}
+
+fn others(datagrams: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, Vec<u8>)> {
+    datagrams.iter().filter(|(_, bytes)| !bytes.starts_with(SENTINEL)).cloned().collect()
+}
+
+impl Drop for UdpCanary {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Seals records with a little-endian nonce counter, independently of ss-crypto's own cipher code.
 struct RecordSealer {
     algorithm: Algorithm,
@@ -235,24 +376,29 @@ impl RecordSealer {
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&self.counter.to_le_bytes());
         self.counter += 1;
-        let nonce = aes_gcm::Nonce::from_slice(&nonce);
-        let mut record = plaintext.to_vec();
-        let key = self.key.as_bytes();
-        let tag = match self.algorithm {
-            Algorithm::Aes128Gcm => Aes128Gcm::new_from_slice(key)
-                .expect("16-byte key")
-                .encrypt_in_place_detached(nonce, &[], &mut record),
-            Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
-                .expect("32-byte key")
-                .encrypt_in_place_detached(nonce, &[], &mut record),
-            Algorithm::ChaCha20Poly1305 => ChaCha20Poly1305::new_from_slice(key)
-                .expect("32-byte key")
-                .encrypt_in_place_detached(nonce, &[], &mut record),
-        }
-        .expect("record within AEAD limits");
-        out.extend_from_slice(&record);
-        out.extend_from_slice(&tag);
+        seal_record(self.algorithm, &self.key, &nonce, plaintext, out);
     }
+}
+
+/// Appends `plaintext` sealed under `key` and `nonce`, then its tag, to `out`.
+fn seal_record(algorithm: Algorithm, key: &Key, nonce: &[u8; 12], plaintext: &[u8], out: &mut Vec<u8>) {
+    let nonce = aes_gcm::Nonce::from_slice(nonce);
+    let mut record = plaintext.to_vec();
+    let key = key.as_bytes();
+    let tag = match algorithm {
+        Algorithm::Aes128Gcm => Aes128Gcm::new_from_slice(key)
+            .expect("16-byte key")
+            .encrypt_in_place_detached(nonce, &[], &mut record),
+        Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
+            .expect("32-byte key")
+            .encrypt_in_place_detached(nonce, &[], &mut record),
+        Algorithm::ChaCha20Poly1305 => ChaCha20Poly1305::new_from_slice(key)
+            .expect("32-byte key")
+            .encrypt_in_place_detached(nonce, &[], &mut record),
+    }
+    .expect("record within AEAD limits");
+    out.extend_from_slice(&record);
+    out.extend_from_slice(&tag);
 }
 
 async fn bounded<T>(step: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {

@@ -1,0 +1,289 @@
+//! The run: for each round, each method, each implementation (in an order that rotates every round), a
+//! fresh server and local, then every workload against them in a fixed order.
+//!
+//! ```text
+//! round 1: aes-128-gcm: ours, rust, libev │ aes-256-gcm: ours, rust, libev │ ...
+//! round 2: aes-128-gcm: rust, libev, ours │ ...
+//! ```
+//!
+//! Per pair: fresh RSS, then RSS per idle connection (while the processes are still fresh, so memory freed
+//! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), bulk over
+//! several streams, request/response, connection rate, UDP. A failed step is recorded and the pair moves
+//! on to its next step; a dead process ends the pair's round.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use ss_crypto::Method;
+use tokio::time::timeout;
+
+use super::process::{clock_ticks_per_second, Flavour, Implementation, Pair};
+use super::report::{Metric, Results};
+use super::targets::Targets;
+use super::workloads::{self, Direction};
+
+/// How much each workload does.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    /// Bytes per bulk measurement (each single-stream direction, and the parallel one in all).
+    pub bulk_bytes: u64,
+    /// Streams of the parallel bulk measurement.
+    pub streams: usize,
+    /// Connections of the request/response measurement.
+    pub request_connections: usize,
+    /// Request (and response) size, bytes.
+    pub request_size: usize,
+    /// Length of the request/response measurement.
+    pub request_duration: Duration,
+    /// Parallel clients of the connection-rate measurement.
+    pub connect_workers: usize,
+    /// Length of the connection-rate measurement.
+    pub connect_duration: Duration,
+    /// UDP datagrams in flight.
+    pub udp_window: usize,
+    /// UDP payload per datagram, bytes.
+    pub udp_payload: usize,
+    /// Length of the UDP measurement.
+    pub udp_duration: Duration,
+    /// Idle connections held open for the memory measurement.
+    pub idle_connections: usize,
+}
+
+impl Sizes {
+    /// The full suite: about a minute per implementation and method.
+    pub fn full() -> Sizes {
+        Sizes {
+            bulk_bytes: 512 << 20,
+            streams: 8,
+            request_connections: 50,
+            request_size: 128,
+            request_duration: Duration::from_secs(5),
+            connect_workers: 16,
+            connect_duration: Duration::from_secs(3),
+            udp_window: 16,
+            udp_payload: 1200,
+            udp_duration: Duration::from_secs(3),
+            idle_connections: 2000,
+        }
+    }
+
+    /// A smoke run: every workload, small, a few seconds per implementation and method.
+    pub fn quick() -> Sizes {
+        Sizes {
+            bulk_bytes: 16 << 20,
+            request_duration: Duration::from_millis(500),
+            connect_duration: Duration::from_millis(300),
+            udp_duration: Duration::from_millis(300),
+            idle_connections: 200,
+            ..Sizes::full()
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug)]
+pub struct Suite {
+    /// The implementations to compare (ours first).
+    pub implementations: Vec<Implementation>,
+    /// The methods, in table order.
+    pub methods: Vec<Method>,
+    /// Rounds; every figure is the median over them.
+    pub runs: usize,
+    /// Workload sizes.
+    pub sizes: Sizes,
+}
+
+impl Suite {
+    /// Runs every round and returns all values. Progress goes to stderr.
+    pub async fn run(&self) -> Result<Results> {
+        let targets = Targets::start().await.context("starting the loopback targets")?;
+        let ticks_per_second = clock_ticks_per_second();
+        let mut results = Results::default();
+        for round in 0..self.runs {
+            for &method in &self.methods {
+                let mut order: Vec<&Implementation> =
+                    self.implementations.iter().filter(|i| i.flavour.supports(method)).collect();
+                if !order.is_empty() {
+                    let len = order.len();
+                    order.rotate_left(round % len);
+                }
+                for implementation in order {
+                    let mut run = PairRun {
+                        method,
+                        flavour: implementation.flavour,
+                        targets,
+                        sizes: &self.sizes,
+                        ticks_per_second,
+                        results: &mut results,
+                        summary: Vec::new(),
+                    };
+                    run.measure(implementation).await;
+                    eprintln!(
+                        "[{}/{}] {method} {}: {}",
+                        round + 1,
+                        self.runs,
+                        implementation.flavour.name(),
+                        run.summary.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// One implementation and method in one round.
+struct PairRun<'a> {
+    method: Method,
+    flavour: Flavour,
+    targets: Targets,
+    sizes: &'a Sizes,
+    ticks_per_second: u64,
+    results: &'a mut Results,
+    summary: Vec<String>,
+}
+
+impl PairRun<'_> {
+    async fn measure(&mut self, implementation: &Implementation) {
+        let pair = match Pair::start(implementation, self.method).await {
+            Ok(pair) => pair,
+            Err(error) => return self.fail("start", &error),
+        };
+        let sizes = self.sizes.clone();
+        let (socks, targets, ticks_per_second) = (pair.socks, self.targets, self.ticks_per_second);
+
+        let fresh = pair.rss_kib().map(|kib| vec![(Metric::FreshRss, kib as f64 / 1024.0)]);
+        if !self.step(&pair, "fresh RSS", Duration::from_secs(1), async { fresh }).await {
+            return;
+        }
+
+        let idle = async {
+            let before = pair.rss_kib()?;
+            let open = workloads::idle_connections(socks, targets.echo, sizes.idle_connections, 50).await?;
+            let after = pair.rss_kib()?;
+            drop(open);
+            let per_connection = (after as f64 - before as f64) / sizes.idle_connections as f64;
+            Ok(vec![(Metric::IdleRss, per_connection)])
+        };
+        if !self.step(&pair, "idle connections", Duration::from_secs(120), idle).await {
+            return;
+        }
+
+        // Generous: 5 MB/s would be a broken proxy, not a slow one.
+        let bulk_limit = Duration::from_secs(30 + sizes.bulk_bytes / 5_000_000);
+        let single = async {
+            let cpu_before = pair.cpu_ticks()?;
+            let down = workloads::bulk(socks, targets.bulk, Direction::Down, 1, sizes.bulk_bytes).await?;
+            let up = workloads::bulk(socks, targets.bulk, Direction::Up, 1, sizes.bulk_bytes).await?;
+            let cpu_ms = (pair.cpu_ticks()? - cpu_before) as f64 * 1e3 / ticks_per_second as f64;
+            let megabytes = 2.0 * sizes.bulk_bytes as f64 / 1e6;
+            Ok(vec![(Metric::BulkDown, down), (Metric::BulkUp, up), (Metric::CpuPerMb, cpu_ms / megabytes)])
+        };
+        if !self.step(&pair, "bulk, 1 stream", bulk_limit * 2, single).await {
+            return;
+        }
+
+        let parallel = async {
+            let rate = workloads::bulk(socks, targets.bulk, Direction::Down, sizes.streams, sizes.bulk_bytes)
+                .await?;
+            Ok(vec![(Metric::BulkDownParallel, rate)])
+        };
+        if !self.step(&pair, "bulk, parallel streams", bulk_limit, parallel).await {
+            return;
+        }
+
+        let requests = async {
+            let figures = workloads::request_response(
+                socks,
+                targets.echo,
+                sizes.request_connections,
+                sizes.request_size,
+                sizes.request_duration,
+            )
+            .await?;
+            Ok(vec![
+                (Metric::RequestP50, figures.p50_us),
+                (Metric::RequestP99, figures.p99_us),
+                (Metric::RequestRate, figures.per_second),
+            ])
+        };
+        if !self
+            .step(&pair, "request/response", sizes.request_duration + Duration::from_secs(30), requests)
+            .await
+        {
+            return;
+        }
+
+        let connects = async {
+            let figures =
+                workloads::connect_rate(socks, targets.echo, sizes.connect_workers, sizes.connect_duration)
+                    .await?;
+            Ok(vec![
+                (Metric::ConnectRate, figures.per_second),
+                (Metric::ConnectP50, figures.p50_us),
+                (Metric::ConnectP99, figures.p99_us),
+            ])
+        };
+        if !self
+            .step(&pair, "connection rate", sizes.connect_duration + Duration::from_secs(30), connects)
+            .await
+        {
+            return;
+        }
+
+        let udp = async {
+            let rate = workloads::udp_rate(
+                socks,
+                targets.udp_echo,
+                sizes.udp_window,
+                sizes.udp_payload,
+                sizes.udp_duration,
+            )
+            .await?;
+            Ok(vec![(Metric::UdpRate, rate)])
+        };
+        self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await;
+    }
+
+    /// Runs one workload under a time limit; records its figures or its failure (with the proxies' logs
+    /// when one of them died). False when a process died, so the pair's remaining steps are skipped.
+    async fn step(
+        &mut self,
+        pair: &Pair,
+        name: &str,
+        limit: Duration,
+        workload: impl Future<Output = Result<Vec<(Metric, f64)>>>,
+    ) -> bool {
+        let outcome = match timeout(limit, workload).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow!("took over {limit:?}")),
+        };
+        let outcome = outcome.and_then(|figures| pair.check_alive().map(|()| figures));
+        match outcome {
+            Ok(figures) => {
+                for (metric, value) in figures {
+                    self.results.record(self.method, self.flavour, metric, value);
+                    self.summary.push(format!("{metric:?} {value:.1}"));
+                }
+                true
+            }
+            Err(error) => {
+                let alive = pair.check_alive();
+                let error = match &alive {
+                    Ok(()) => error,
+                    Err(dead) => error.context(dead.to_string()),
+                };
+                self.fail(name, &error);
+                alive.is_ok()
+            }
+        }
+    }
+
+    fn fail(&mut self, step: &str, error: &anyhow::Error) {
+        let message = format!("{step}: {error:#}");
+        eprintln!("FAILED {} {}: {message}", self.method, self.flavour.name());
+        self.summary.push(format!("{step} FAILED"));
+        self.results.failures.push((self.method, self.flavour, message));
+    }
+}
