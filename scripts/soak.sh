@@ -36,7 +36,10 @@ cd "$(dirname "$0")/.."
 
 seconds_of() {
     local spec="$1" number="${1%[smh]}"
-    [[ "$number" =~ ^[0-9]+$ ]] || { echo "soak: $spec is not a duration (e.g. 90, 90s, 30m, 2h)" >&2; exit 2; }
+    if [[ ! "$number" =~ ^[0-9]+$ ]]; then
+        echo "soak: $spec is not a duration (e.g. 90, 90s, 30m, 2h)" >&2
+        exit 2
+    fi
     case "$spec" in
         *h) echo $((number * 3600)) ;;
         *m) echo $((number * 60)) ;;
@@ -84,7 +87,8 @@ ports=$("$bin/soak-load" ports 2)
 server_port=${ports%%$'\n'*}
 local_port=${ports##*$'\n'}
 common=(-m "$method" --key "$key" -u --udp-timeout "$udp_timeout")
-"$bin/ss-server" -s 127.0.0.1 -p "$server_port" "${common[@]}" --allow-private-targets >"$dir/ss-server.log" 2>&1 &
+"$bin/ss-server" -s 127.0.0.1 -p "$server_port" "${common[@]}" --allow-private-targets \
+    >"$dir/ss-server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
 wait_for_port "$server_port" "$server_pid" ss-server
@@ -103,7 +107,10 @@ csv="$dir/samples.csv"
 echo "time_s,phase,server_rss_kb,server_fds,local_rss_kb,local_fds" >"$csv"
 start=$SECONDS
 sample() { # phase
-    echo "$((SECONDS - start)),$1,$(rss_kb "$server_pid"),$(fds "$server_pid"),$(rss_kb "$local_pid"),$(fds "$local_pid")" >>"$csv"
+    local server client
+    server="$(rss_kb "$server_pid"),$(fds "$server_pid")"
+    client="$(rss_kb "$local_pid"),$(fds "$local_pid")"
+    echo "$((SECONDS - start)),$1,$server,$client" >>"$csv"
 }
 sample idle
 fds_before_server=$(fds "$server_pid")
@@ -131,7 +138,9 @@ alive || { echo "soak: a proxy process died; see $dir/*.log" >&2; exit 1; }
 say "load done; waiting up to ${settle}s for connections and UDP associations to close"
 settled_at=$SECONDS
 while ((SECONDS - settled_at < settle)); do
-    if (($(fds "$server_pid") <= fds_before_server && $(fds "$local_pid") <= fds_before_local)); then break; fi
+    if (($(fds "$server_pid") <= fds_before_server && $(fds "$local_pid") <= fds_before_local)); then
+        break
+    fi
     sleep 1
 done
 sample settled
@@ -158,7 +167,10 @@ if ((warmup < 180)); then
     echo "note: a warm-up under 3 min does not cover the replay filter's 60-120 s window; expect RSS growth"
 fi
 sed 's/^/  /' "$dir/totals.txt"
-[[ "$load_status" == 0 ]] || { echo "FAIL  soak-load exited with $load_status; see $dir/soak-load.log"; failed=1; }
+if [[ "$load_status" != 0 ]]; then
+    echo "FAIL  soak-load exited with $load_status; see $dir/soak-load.log"
+    failed=1
+fi
 for process in server local; do
     column=$([[ "$process" == server ]] && echo 3 || echo 5)
     percent=$(growth "$column")
@@ -168,10 +180,11 @@ for process in server local; do
 done
 corrupted=$(($(total tcp_corrupted_bytes) + $(total udp_corrupted_bytes)))
 check "$((corrupted == 0))" "corrupted bytes: $corrupted"
-check "$(($(total tcp_errors) == 0))" "failed TCP sessions: $(total tcp_errors) of $(($(total tcp_sessions) + $(total tcp_errors)))"
+tcp_errors=$(total tcp_errors)
+check "$((tcp_errors == 0))" "failed TCP sessions: $tcp_errors of $(($(total tcp_sessions) + tcp_errors))"
 echo "info  UDP datagrams: $(total udp_sent) sent, $(total udp_lost) lost, $(total udp_late) late"
 leaked_server=$(($(fds "$server_pid") - fds_before_server))
 leaked_local=$(($(fds "$local_pid") - fds_before_local))
 check "$((leaked_server <= 0 && leaked_local <= 0))" \
-    "leaked fds: ss-server $leaked_server, ss-local $leaked_local (after $((SECONDS - settled_at))s of settling)"
+    "leaked fds: ss-server $leaked_server, ss-local $leaked_local (waited $((SECONDS - settled_at)) s)"
 exit "$failed"
