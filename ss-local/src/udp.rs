@@ -18,7 +18,7 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
 use ss_crypto::{Address, Key, Method, Salt};
-use ss_net::PacketWindow;
+use ss_net::{unmap, PacketWindow};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::debug;
@@ -187,12 +187,5 @@ impl Codec {
                 window.accept(opened.header.packet_id).then_some((opened.address, opened.payload))
             }
         }
-    }
-}
-
-fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), addr.port())),
-        IpAddr::V4(_) => addr,
     }
 }

@@ -13,4 +13,4 @@ pub mod window;
 pub use accept::{bind_tcp, serve, Limits};
 pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
-pub use window::PacketWindow;
+pub use window::{unmap, PacketWindow};

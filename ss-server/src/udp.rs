@@ -25,7 +25,7 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
 use ss_crypto::{Address, Salt};
-use ss_net::PacketWindow;
+use ss_net::{unmap, PacketWindow};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -300,13 +300,5 @@ fn outbound_addr(addr: SocketAddr, dual_stack: bool) -> SocketAddr {
     match addr {
         SocketAddr::V4(v4) if dual_stack => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
         other => other,
-    }
-}
-
-/// IPv4-mapped IPv6 addresses back in their IPv4 form.
-fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), addr.port())),
-        IpAddr::V4(_) => addr,
     }
 }
