@@ -92,6 +92,9 @@ pub struct CliArgs {
     /// Concurrent connection cap [default: 10000]
     #[arg(long = "max-connections", value_name = "N", value_parser = positive_count)]
     pub max_connections: Option<usize>,
+    /// Threads serving TCP connections [default: one per CPU]
+    #[arg(long = "threads", value_name = "N", value_parser = positive_count)]
+    pub threads: Option<usize>,
     /// UDP association idle timeout in seconds [default: 300]
     #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
     pub udp_timeout: Option<u64>,
@@ -181,6 +184,8 @@ mod tests {
             "24",
             "--max-connections",
             "25",
+            "--threads",
+            "2",
             "--udp-timeout",
             "22",
         ])
@@ -200,6 +205,7 @@ mod tests {
         assert_eq!(config.handshake_timeout, Duration::from_secs(23));
         assert_eq!(config.connect_timeout, Duration::from_secs(24));
         assert_eq!(config.max_connections, 25);
+        assert_eq!(config.threads, Some(2));
         let plugin = Plugin { command: "cli-plugin".into(), options: Some("cli-opts".into()) };
         assert_eq!(config.plugin, Some(plugin));
         assert_eq!(config.acl.as_deref(), Some(Path::new("/cli.acl")));

@@ -7,6 +7,7 @@
 //! | `mode`              | `tcp_only`  | `connect_timeout`       | 10 s    |
 //! | `timeout`           | 60 s        | `max_connections`       | 10000   |
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
+//! | `threads`           | one per CPU |                         |         |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Concurrent connections accepted before new ones wait.
     pub max_connections: usize,
+    /// Threads serving TCP connections; `None`: one per CPU (see [`Config::threads_or_cpus`]).
+    pub threads: Option<usize>,
     /// Whether ss-server may connect to loopback, private and link-local targets.
     pub allow_private_targets: bool,
     /// `TCP_NODELAY` on relayed sockets.
@@ -141,6 +144,10 @@ impl Config {
                     None => 10_000,
                 },
             },
+            threads: match args.threads {
+                Some(threads) => Some(threads),
+                None => raw.threads.as_ref().map(|threads| threads.positive("threads")).transpose()?,
+            },
             allow_private_targets: args.allow_private_targets || raw.allow_private_targets.unwrap_or(false),
             no_delay: args.no_delay || raw.no_delay.unwrap_or(false),
             fast_open: args.fast_open || raw.fast_open.unwrap_or(false),
@@ -153,6 +160,11 @@ impl Config {
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
         })
+    }
+
+    /// Threads to serve TCP connections with: as configured, else one per CPU the process may use.
+    pub fn threads_or_cpus(&self) -> usize {
+        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cpus| cpus.get()))
     }
 
     /// The level to log at: `-v` (debug) and `-vv` (trace) win over the file's `log_level`; the default
@@ -294,6 +306,8 @@ mod tests {
             (Duration::from_secs(10), Duration::from_secs(10))
         );
         assert_eq!(config.max_connections, 10_000);
+        assert_eq!(config.threads, None);
+        assert!(config.threads_or_cpus() >= 1);
         assert!(!config.allow_private_targets && !config.fast_open && !config.no_delay);
         assert_eq!((config.plugin.as_ref(), config.acl.as_ref(), config.nofile), (None, None, None));
         assert_eq!(config.effective_log_level(), LogLevel::Info);
@@ -303,12 +317,13 @@ mod tests {
     fn numbers_as_strings() {
         let config = check(&format!(
             r#"{{{BASE},"local_port":"1080","timeout":"30","udp_timeout":"40","nofile":"51200",
-                "max_connections":"7","handshake_timeout":"5","connect_timeout":"6"}}"#
+                "max_connections":"7","handshake_timeout":"5","connect_timeout":"6","threads":"3"}}"#
         ))
         .unwrap();
         assert_eq!(config.local_port, Some(1080));
         assert_eq!((config.timeout, config.udp_timeout), (Duration::from_secs(30), Duration::from_secs(40)));
         assert_eq!((config.nofile, config.max_connections), (Some(51200), 7));
+        assert_eq!((config.threads, config.threads_or_cpus()), (Some(3), 3));
         assert_eq!(config.handshake_timeout, Duration::from_secs(5));
     }
 
@@ -347,6 +362,11 @@ mod tests {
         assert_eq!(
             error(&format!(r#"{{{BASE},"max_connections":0}}"#)),
             "max_connections: must be at least 1"
+        );
+        assert_eq!(error(&format!(r#"{{{BASE},"threads":0}}"#)), "threads: must be at least 1");
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"threads":"many"}}"#)),
+            "threads: \"many\" is not a whole number"
         );
         assert_eq!(
             error(&format!(r#"{{{BASE},"local_port":0}}"#)),

@@ -74,6 +74,8 @@ pub struct RawConfig {
     pub connect_timeout: Option<NumberOrString>,
     /// `max_connections` (ours): concurrent connection cap.
     pub max_connections: Option<NumberOrString>,
+    /// `threads` (ours): threads serving TCP connections.
+    pub threads: Option<NumberOrString>,
     /// `allow_private_targets` (ours): let ss-server connect to loopback and private addresses.
     pub allow_private_targets: Option<bool>,
     /// `log_level` (ours): `error`, `warn`, `info`, `debug` or `trace`.

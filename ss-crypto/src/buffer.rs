@@ -8,6 +8,10 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Size of a connection's first buffer: enough for interactive traffic (a request, a TLS handshake
+/// message), small enough that a burst of new connections does not leave megabytes of freed 16 KiB buffers
+/// behind in the allocator. A read that fills it moves the connection to larger buffers.
+pub const START: usize = 4 * 1024;
 /// Size of a small buffer: one classic record (salt + 0x3FFF payload + tag) with room to spare.
 pub const SMALL: usize = 16 * 1024 + 128;
 /// Size of a large buffer: one AEAD-2022 record (salt + 0xFFFF payload + tag) with room to spare.
@@ -24,6 +28,7 @@ pub fn lent() -> usize {
 }
 
 thread_local! {
+    static STARTS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
     static SMALLS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
     static LARGES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
@@ -32,6 +37,7 @@ thread_local! {
 /// is enough).
 pub fn take(min_len: usize) -> Box<[u8]> {
     let (pool, size) = match min_len {
+        len if len <= START => (&STARTS, START),
         len if len <= SMALL => (&SMALLS, SMALL),
         len if len <= LARGE => (&LARGES, LARGE),
         len => return vec![0; len].into_boxed_slice(),
@@ -43,6 +49,7 @@ pub fn take(min_len: usize) -> Box<[u8]> {
 /// Gives a buffer back for reuse (empty and odd-sized buffers are simply dropped).
 pub fn give(buf: Box<[u8]>) {
     let pool = match buf.len() {
+        START => &STARTS,
         SMALL => &SMALLS,
         LARGE => &LARGES,
         _ => return,
@@ -64,7 +71,8 @@ mod tests {
     fn sizes_cover_one_record_of_each_generation() {
         const { assert!(SMALL >= 32 + 0x3FFF + 16) };
         const { assert!(LARGE >= 32 + 0xFFFF + 16) };
-        assert_eq!(take(1).len(), SMALL);
+        assert_eq!(take(1).len(), START);
+        assert_eq!(take(START + 1).len(), SMALL);
         assert_eq!(take(SMALL + 1).len(), LARGE);
         assert_eq!(take(LARGE + 1).len(), LARGE + 1);
     }

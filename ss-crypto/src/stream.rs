@@ -57,7 +57,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             inner,
             decryptor,
             buf: Box::default(),
-            next_size: buffer::SMALL,
+            next_size: buffer::START,
             pending: 0..0,
             plain: 0..0,
             target: None,

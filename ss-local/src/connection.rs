@@ -14,6 +14,7 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Decryptor, Encryptor, Salt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
@@ -22,15 +23,64 @@ use crate::socks5::{self, Command, Reply};
 use crate::{Server, Settings};
 
 /// Serves one accepted SOCKS5 connection; every outcome is logged here.
-pub(crate) async fn handle(stream: TcpStream, peer: SocketAddr, settings: Arc<Settings>) {
+///
+/// A plain function returning the instrumented future: an outer `async fn` awaiting `serve` would keep
+/// its own copies of its arguments beside the inner future's.
+pub(crate) fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<Settings>,
+    slot: ss_net::Slot,
+) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
-    if let Err(error) = serve(stream, &settings).instrument(span.clone()).await {
-        span.in_scope(|| debug!(%error, "connection ended"));
+    serve(stream, settings, slot).instrument(span)
+}
+
+async fn serve(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) {
+    let started = Instant::now();
+    // Everything before the relay lives in `open`'s future, which is gone by the time the relay (the long
+    // part) runs: the handshake, target, first payload and padding are not kept for the connection's life.
+    let Established { client, mut writer, mut reader, server, first_len } =
+        match open(client, &settings).await {
+            Ok(Some(established)) => established,
+            Ok(None) => return,
+            Err(error) => return debug!(%error, "connection ended"),
+        };
+    let (client_read, mut client_write) = client.into_split();
+    let mut client_read = ss_net::PooledReader::new(client_read);
+    let outcome = ss_net::relay(
+        (&mut client_read, &mut client_write),
+        (&mut reader, &mut writer),
+        settings.idle_timeout,
+    )
+    .await;
+    let failed = outcome.end.is_failure();
+    debug!(
+        server = %format_args!("{}:{}", server.host, server.port),
+        up = outcome.a_to_b + first_len,
+        down = outcome.b_to_a,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %outcome.end,
+        "connection closed"
+    );
+    if failed {
+        ss_net::abort(client_write);
+        ss_net::abort(writer.into_inner());
     }
 }
 
-async fn serve(mut client: TcpStream, settings: &Settings) -> io::Result<()> {
-    let started = Instant::now();
+/// A connection ready to relay: the request has gone out with the first payload.
+struct Established<'a> {
+    client: TcpStream,
+    writer: EncryptWriter<OwnedWriteHalf>,
+    reader: DecryptReader<OwnedReadHalf>,
+    server: &'a Server,
+    first_len: u64,
+}
+
+/// SOCKS5 handshake, connect to a server, reply, first payload and request header. `None` when the
+/// connection was answered and is done (UDP ASSOCIATE, refused commands).
+async fn open(mut client: TcpStream, settings: &Settings) -> io::Result<Option<Established<'_>>> {
     let _ = client.set_nodelay(settings.no_delay);
     let handshake = timeout(settings.handshake_timeout, socks5::handshake(&mut client))
         .await
@@ -43,17 +93,19 @@ async fn serve(mut client: TcpStream, settings: &Settings) -> io::Result<()> {
         Command::UdpAssociate if settings.udp => {
             let Some(server) = settings.servers.first() else {
                 socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS).await?;
-                return Ok(());
+                return Ok(None);
             };
-            return crate::udp::associate(client, server).await;
+            // Boxed: UDP associations are rare, and inline its future would make every TCP connection's
+            // future ~1 KB bigger.
+            return Box::pin(crate::udp::associate(client, server)).await.map(|()| None);
         }
         Command::Connect | Command::UdpAssociate => {
             socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;
-            return Ok(());
+            return Ok(None);
         }
         Command::Bind | Command::Other(_) => {
             socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS).await?;
-            return Ok(());
+            return Ok(None);
         }
     }
 
@@ -78,33 +130,9 @@ async fn serve(mut client: TcpStream, settings: &Settings) -> io::Result<()> {
     let mut writer = EncryptWriter::new(upstream_write, encryptor);
     writer.write_all(&first).await?;
     writer.flush().await?;
-    let first_len = first.len() as u64;
-    drop(first);
     let decryptor = Decryptor::response(server.method, &server.key, salt);
-    let mut reader = DecryptReader::new(upstream_read, decryptor);
-
-    let (client_read, mut client_write) = client.into_split();
-    let mut client_read = ss_net::PooledReader::new(client_read);
-    let outcome = ss_net::relay(
-        (&mut client_read, &mut client_write),
-        (&mut reader, &mut writer),
-        settings.idle_timeout,
-    )
-    .await;
-    let failed = outcome.end.is_failure();
-    debug!(
-        server = %format_args!("{}:{}", server.host, server.port),
-        up = outcome.a_to_b + first_len,
-        down = outcome.b_to_a,
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = %outcome.end,
-        "connection closed"
-    );
-    if failed {
-        ss_net::abort(client_write);
-        ss_net::abort(writer.into_inner());
-    }
-    Ok(())
+    let reader = DecryptReader::new(upstream_read, decryptor);
+    Ok(Some(Established { client, writer, reader, server, first_len: first.len() as u64 }))
 }
 
 /// Connects to the first server that answers, in configured order.
@@ -133,7 +161,7 @@ async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
 
 /// The application's first bytes if it sends any within the wait, so they share the header's write.
 async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::Result<Vec<u8>> {
-    let mut buf = ss_crypto::buffer::take(ss_crypto::buffer::SMALL);
+    let mut buf = ss_crypto::buffer::take(ss_crypto::buffer::START);
     let first = match timeout(settings.first_payload_wait, client.read(&mut buf)).await {
         Ok(read) => buf[..read?].to_vec(),
         Err(_) => Vec::new(),

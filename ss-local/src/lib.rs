@@ -54,6 +54,9 @@ pub struct Settings {
     pub tcp: bool,
     /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
     pub udp: bool,
+    /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
+    /// everything on the caller's runtime.
+    pub threads: usize,
 }
 
 impl Settings {
@@ -70,6 +73,7 @@ impl Settings {
             no_delay: true,
             tcp: true,
             udp: false,
+            threads: 1,
         }
     }
 }
@@ -78,6 +82,7 @@ impl Settings {
 /// the drain time and returns.
 pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    let workers = ss_net::Workers::start(settings.threads);
     let settings = Arc::new(settings);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -85,9 +90,13 @@ pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Canc
             tracing::info!(%addr, "listening (SOCKS5)");
         }
         let settings = settings.clone();
-        servers.spawn(ss_net::serve(listener, limits, shutdown.clone(), move |stream, peer| {
-            connection::handle(stream, peer, settings.clone())
-        }));
+        let (workers, shutdown) = (workers.clone(), shutdown.clone());
+        servers.spawn(async move {
+            ss_net::serve(listener, limits, &workers, shutdown, move |stream, peer, slot| {
+                connection::handle(stream, peer, settings.clone(), slot)
+            })
+            .await
+        });
     }
     while servers.join_next().await.is_some() {}
 }

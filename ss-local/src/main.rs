@@ -31,7 +31,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     ss_net::process::init_logging(config.effective_log_level().as_str());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Single-threaded: the accept loop and UDP run here, and TCP connections are spread over this thread
+    // and `threads - 1` more, each connection staying on one (ss_net::Workers).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ss-local: cannot start the runtime: {error}");
@@ -75,6 +77,7 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
     settings.connect_timeout = config.connect_timeout;
     settings.idle_timeout = config.timeout;
     settings.max_connections = config.max_connections;
+    settings.threads = config.threads_or_cpus();
     settings.tcp = config.mode.tcp();
     settings.udp = config.mode.udp();
 

@@ -15,9 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
+
+use crate::Workers;
 
 /// Length of the accept queue: a burst of connections (a browser opening a page, a scan) waits here
 /// instead of being dropped by the kernel; the usual default of 128 is too short for a proxy.
@@ -47,18 +50,30 @@ pub struct Limits {
     pub drain: Duration,
 }
 
-/// Accepts connections on `listener` and runs `handler` for each, until `shutdown` is cancelled; then
-/// waits up to `limits.drain` for the handlers still running. Returns the number still running then.
+/// One of the accept loop's `max_connections` places, held by a connection's future for as long as it
+/// runs: the handler must keep it (e.g. as an argument of its `async fn`) and drop it when done. The
+/// shutdown drain waits for every slot to be dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _tracked: TaskTrackerToken,
+}
+
+/// Accepts connections on `listener` and runs `handler` for each on one of `workers`' runtimes, until
+/// `shutdown` is cancelled; then waits up to `limits.drain` for the handlers still running. Returns the
+/// number still running then.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
+    workers: &Workers,
     shutdown: CancellationToken,
     handler: H,
 ) -> usize
 where
-    H: Fn(TcpStream, SocketAddr) -> F,
+    H: Fn(TcpStream, SocketAddr, Slot) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let tracker = TaskTracker::new();
     let mut backoff = Backoff::default();
@@ -77,13 +92,12 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 backoff.recovered();
-                // Boxed on its own: awaiting a future moved into an async block would store it twice
-                // in the task (rust-lang/rust#62958), doubling every connection's memory.
-                let connection = Box::pin(handler(stream, peer));
-                tracker.spawn(async move {
-                    connection.await;
-                    drop(permit);
-                });
+                let handler = handler.clone();
+                let slot = Slot { _permit: permit, _tracked: tracker.token() };
+                let spawned = workers.spawn(stream, move |stream| handler(stream, peer, slot));
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "cannot hand a connection to a worker");
+                }
             }
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
@@ -162,17 +176,26 @@ mod tests {
 
     #[tokio::test]
     async fn caps_connections_and_drains_on_shutdown() {
+        // With a worker thread, so the cap and the drain are shown to hold across threads.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let limits = Limits { max_connections: 2, drain: Duration::from_secs(5) };
-        let server = tokio::spawn(serve(listener, limits, shutdown.clone(), |mut stream, _| async move {
-            // Echo one line's worth of bytes, then close.
-            let mut buf = [0u8; 16];
-            if let Ok(n) = stream.read(&mut buf).await {
-                let _ = stream.write_all(&buf[..n]).await;
+        let workers = Workers::start(2);
+        let server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                serve(listener, limits, &workers, shutdown, |mut stream, _, slot| async move {
+                    let _slot = slot;
+                    // Echo one line's worth of bytes, then close.
+                    let mut buf = [0u8; 16];
+                    if let Ok(n) = stream.read(&mut buf).await {
+                        let _ = stream.write_all(&buf[..n]).await;
+                    }
+                })
+                .await
             }
-        }));
+        });
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.unwrap());

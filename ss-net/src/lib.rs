@@ -9,8 +9,10 @@ pub mod pooled;
 pub mod process;
 pub mod relay;
 pub mod window;
+pub mod workers;
 
-pub use accept::{bind_tcp, serve, Limits};
+pub use accept::{bind_tcp, serve, Limits, Slot};
 pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
 pub use window::{unmap, PacketWindow};
+pub use workers::Workers;

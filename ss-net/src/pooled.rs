@@ -31,7 +31,7 @@ pub struct PooledReader<R> {
 impl<R> PooledReader<R> {
     /// Wraps `inner`; no buffer is taken until the first read.
     pub fn new(inner: R) -> PooledReader<R> {
-        PooledReader { inner, buf: Box::default(), filled: 0..0, next_size: buffer::SMALL }
+        PooledReader { inner, buf: Box::default(), filled: 0..0, next_size: buffer::START }
     }
 
     /// The wrapped reader.

@@ -9,11 +9,13 @@
 //! dropped, so neither peer waits on a half-dead connection), or when no byte has moved in either
 //! direction for the idle timeout.
 
+use std::future::{poll_fn, Future};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
 /// How a relay ended and how many bytes moved each way.
@@ -73,6 +75,10 @@ pub fn abort(write_half: tokio::net::tcp::OwnedWriteHalf) {
 
 /// Copies what peer `a` sends to peer `b` and back until both directions end, one fails, or nothing moves
 /// for `idle`. Each peer is given as its (read half, write half).
+///
+/// Written as one hand-rolled poll loop rather than `try_join!` of two `async` pumps inside a `select!`
+/// with an idle watcher: nested async blocks store each pump future twice (rust-lang/rust#62958) and the
+/// combinators add their own state, which made this future ~1 KB per connection; this one is ~200 bytes.
 pub async fn relay<AR, AW, BR, BW>(
     a: (&mut AR, &mut AW),
     b: (&mut BR, &mut BW),
@@ -85,84 +91,100 @@ where
     BW: AsyncWrite + Unpin,
 {
     let ((a_read, a_write), (b_read, b_write)) = (a, b);
-    let activity = Activity::new();
-    let a_to_b_count = AtomicU64::new(0);
-    let b_to_a_count = AtomicU64::new(0);
-    let outbound = pump(a_read, b_write, &activity, &a_to_b_count);
-    let inbound = pump(b_read, a_write, &activity, &b_to_a_count);
-    let both = async {
-        tokio::try_join!(
-            async { outbound.await.map_err(|error| RelayEnd::Failed { a_to_b: true, error }) },
-            async { inbound.await.map_err(|error| RelayEnd::Failed { a_to_b: false, error }) },
-        )
-    };
-    let end = tokio::select! {
-        result = both => match result {
-            Ok(_) => RelayEnd::Closed,
-            Err(end) => end,
-        },
-        () = idle_watch(&activity, idle) => RelayEnd::Idle,
-    };
-    RelayOutcome { a_to_b: a_to_b_count.into_inner(), b_to_a: b_to_a_count.into_inner(), end }
-}
-
-/// Copies one direction until EOF, then shuts the writer down so the FIN reaches the other side.
-async fn pump<R, W>(reader: &mut R, writer: &mut W, activity: &Activity, count: &AtomicU64) -> io::Result<()>
-where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let chunk = reader.fill_buf().await?;
-        if chunk.is_empty() {
-            writer.shutdown().await?;
-            return Ok(());
+    let mut timer = std::pin::pin!(sleep_until(Instant::now() + idle));
+    let mut last = Instant::now();
+    let mut outbound = Pump::default();
+    let mut inbound = Pump::default();
+    let end = poll_fn(|cx| {
+        let mut moved = false;
+        if let Poll::Ready(Err(error)) = outbound.poll(cx, &mut *a_read, &mut *b_write, &mut moved) {
+            return Poll::Ready(RelayEnd::Failed { a_to_b: true, error });
         }
-        let len = chunk.len();
-        writer.write_all(chunk).await?;
-        reader.consume(len);
-        // Hand everything to the socket before waiting for more input, or it could sit in a buffer.
-        writer.flush().await?;
-        count.fetch_add(len as u64, Ordering::Relaxed);
-        activity.touch();
-    }
-}
-
-/// When bytes last moved, in milliseconds since the relay started (atomic, so the relay future is `Send`).
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
-    }
-
-    fn touch(&self) {
-        let elapsed = self.start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
-        self.last_ms.store(elapsed, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// Completes once `idle` has passed since the last recorded activity.
-async fn idle_watch(activity: &Activity, idle: Duration) {
-    loop {
-        let deadline = activity.last() + idle;
-        if Instant::now() >= deadline {
-            return;
+        if let Poll::Ready(Err(error)) = inbound.poll(cx, &mut *b_read, &mut *a_write, &mut moved) {
+            return Poll::Ready(RelayEnd::Failed { a_to_b: false, error });
         }
-        sleep_until(deadline).await;
+        if outbound.done && inbound.done {
+            return Poll::Ready(RelayEnd::Closed);
+        }
+        if moved {
+            last = Instant::now();
+        }
+        // The timer is only moved when it fires: resetting it on every chunk would cost a timer-wheel
+        // update per read.
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(RelayEnd::Idle);
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
+    RelayOutcome { a_to_b: outbound.count, b_to_a: inbound.count, end }
+}
+
+/// One direction: copy until EOF (flushing after each chunk), then shut the writer down so the FIN
+/// reaches the other side.
+#[derive(Default)]
+struct Pump {
+    /// A chunk was written in full and the writer still has to be flushed.
+    flushing: bool,
+    /// EOF was read; the writer is being shut down.
+    shutting_down: bool,
+    done: bool,
+    count: u64,
+}
+
+impl Pump {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.shutting_down {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.done = true;
+                continue;
+            }
+            if self.flushing {
+                // Hand everything to the socket before waiting for more input, or it could sit in a buffer.
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                self.flushing = false;
+            }
+            let chunk = ready!(Pin::new(&mut *reader).poll_fill_buf(cx))?;
+            if chunk.is_empty() {
+                self.shutting_down = true;
+                continue;
+            }
+            let len = chunk.len();
+            let written = ready!(Pin::new(&mut *writer).poll_write(cx, chunk))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            Pin::new(&mut *reader).consume(written);
+            self.count += written as u64;
+            *moved = true;
+            if written == len {
+                self.flushing = true;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{duplex, split, AsyncReadExt, BufReader};
+    use tokio::io::{duplex, split, AsyncReadExt, AsyncWriteExt, BufReader};
 
     use super::*;
 

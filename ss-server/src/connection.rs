@@ -27,16 +27,27 @@ use crate::policy::TargetPolicy;
 use crate::Shared;
 
 /// Serves one accepted connection; every outcome is logged here and nothing is returned.
-pub(crate) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+///
+/// A plain function returning the instrumented future rather than an `async fn` awaiting it: an outer
+/// state machine would keep its own copies of `stream` and `peer` beside the inner one.
+pub(crate) fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: ss_net::Slot,
+) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("tcp", %peer, target = tracing::field::Empty);
-    serve(stream, shared).instrument(span).await;
+    serve(stream, shared, slot).instrument(span)
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
     let accepted = Instant::now();
     let deadline = accepted + shared.settings.handshake_timeout;
-    let _ = stream.set_nodelay(shared.settings.no_delay);
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = {
+        let stream = stream;
+        let _ = stream.set_nodelay(shared.settings.no_delay);
+        stream.into_split()
+    };
     let method = shared.settings.method;
     let mut reader = DecryptReader::new(read_half, Decryptor::request(method, &shared.settings.key));
 
@@ -67,7 +78,9 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     };
 
     let settings = &shared.settings;
-    let upstream = match connect(&target, settings.policy, settings.connect_timeout).await {
+    let connected = connect(&target, settings.policy, settings.connect_timeout).await;
+    drop(target);
+    let upstream = match connected {
         Ok(upstream) => upstream,
         Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
             tracing::info!(%error, "target refused by the address policy");
@@ -78,13 +91,15 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             return close(write_half).await;
         }
     };
-    let _ = upstream.set_nodelay(settings.no_delay);
-
-    let response_salt = Salt::random(method, &mut OsRng);
-    shared.replay.insert(&response_salt);
-    let encryptor = Encryptor::response(method, &settings.key, response_salt, request_salt);
-    let mut writer = EncryptWriter::new(write_half, encryptor);
-    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let (mut writer, upstream_read, mut upstream_write) = {
+        let upstream = upstream;
+        let _ = upstream.set_nodelay(settings.no_delay);
+        let response_salt = Salt::random(method, &mut OsRng);
+        shared.replay.insert(&response_salt);
+        let encryptor = Encryptor::response(method, &settings.key, response_salt, request_salt);
+        let (upstream_read, upstream_write) = upstream.into_split();
+        (EncryptWriter::new(write_half, encryptor), upstream_read, upstream_write)
+    };
     let mut upstream_read = ss_net::PooledReader::new(upstream_read);
     let client = (&mut reader, &mut writer);
     let outcome =
@@ -118,24 +133,26 @@ pub(crate) async fn connect(
                 .collect()
         }
     };
-    let mut last_error = match candidates.as_slice() {
+    // Built only if no candidate connects: formatting it up front costs two allocations per connection.
+    let refused = |candidates: &[SocketAddr]| match candidates {
         [] => io::Error::new(io::ErrorKind::NotFound, "name resolved to no address"),
         [only] => io::Error::new(io::ErrorKind::PermissionDenied, format!("{only} is not an allowed target")),
         all => {
             io::Error::new(io::ErrorKind::PermissionDenied, format!("none of {all:?} is an allowed target"))
         }
     };
-    for addr in policy.allowed_targets(candidates) {
+    let mut last_error = None;
+    for addr in policy.allowed_targets(candidates.iter().copied()) {
         match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(error)) => last_error = error,
+            Ok(Err(error)) => last_error = Some(error),
             Err(_) => {
                 last_error =
-                    io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"))
+                    Some(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))
             }
         }
     }
-    Err(last_error)
+    Err(last_error.unwrap_or_else(|| refused(&candidates)))
 }
 
 /// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.

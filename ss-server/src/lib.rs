@@ -53,6 +53,9 @@ pub struct Settings {
     pub max_udp_associations: usize,
     /// Counters the server keeps up to date (tests and diagnostics read them).
     pub stats: Arc<Stats>,
+    /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
+    /// everything on the caller's runtime.
+    pub threads: usize,
 }
 
 /// Live counters of a running server.
@@ -88,6 +91,7 @@ impl Settings {
             udp_timeout: Duration::from_secs(300),
             max_udp_associations: 4096,
             stats: Arc::default(),
+            threads: 1,
         }
     }
 }
@@ -106,6 +110,7 @@ struct Shared {
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    let workers = ss_net::Workers::start(settings.threads);
     let shared = Arc::new(Shared { settings, replay, shutdown: shutdown.clone() });
     let mut servers = tokio::task::JoinSet::new();
     for socket in listeners.udp {
@@ -120,11 +125,12 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let serve = ss_net::serve(listener, limits, shutdown, move |stream, peer| {
-            connection::handle(stream, peer, shared.clone())
-        });
+        let workers = workers.clone();
         servers.spawn(async move {
-            serve.await;
+            ss_net::serve(listener, limits, &workers, shutdown, move |stream, peer, slot| {
+                connection::handle(stream, peer, shared.clone(), slot)
+            })
+            .await;
         });
     }
     while servers.join_next().await.is_some() {}
