@@ -146,29 +146,51 @@ impl Drop for Live {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::timeout;
 
     use super::*;
 
-    /// Each connection's thread name, as seen from inside its task.
-    async fn thread_of_each(workers: &Workers, connections: usize) -> Vec<String> {
+    /// Opens `count` connections and hands each to `workers` with an echo handler that, at EOF, says
+    /// which thread it ran on. Returns the client ends.
+    async fn spawn_echoes(workers: &Workers, count: usize) -> Vec<TcpStream> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut clients = Vec::new();
-        for _ in 0..connections {
+        for _ in 0..count {
             let client = TcpStream::connect(addr).await.unwrap();
             let (stream, _) = listener.accept().await.unwrap();
             workers
                 .spawn(stream, |mut stream| async move {
-                    let name = std::thread::current().name().unwrap_or("").to_owned();
+                    let mut buf = [0u8; 64];
+                    loop {
+                        let n = stream.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        stream.write_all(&buf[..n]).await.unwrap();
+                    }
+                    let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
                     stream.write_all(name.as_bytes()).await.unwrap();
                 })
                 .unwrap();
             clients.push(client);
         }
+        clients
+    }
+
+    /// Checks that each connection echoes, then closes it and collects the thread names.
+    async fn echo_and_name(clients: Vec<TcpStream>) -> Vec<String> {
         let mut names = Vec::new();
         for mut client in clients {
+            client.write_all(b"ping").await.unwrap();
+            let mut echo = [0u8; 4];
+            client.read_exact(&mut echo).await.unwrap();
+            assert_eq!(&echo, b"ping");
+            client.shutdown().await.unwrap();
             let mut name = String::new();
             client.read_to_string(&mut name).await.unwrap();
             names.push(name);
@@ -178,9 +200,10 @@ mod tests {
 
     #[tokio::test]
     async fn without_threads_everything_runs_on_the_caller() {
-        let caller = std::thread::current().name().unwrap_or("").to_owned();
+        let caller = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        let workers = Workers::none();
         let names =
-            tokio::time::timeout(std::time::Duration::from_secs(10), thread_of_each(&Workers::none(), 4))
+            timeout(Duration::from_secs(10), async { echo_and_name(spawn_echoes(&workers, 4).await).await })
                 .await
                 .unwrap();
         assert!(names.iter().all(|name| *name == caller), "{names:?}");
@@ -190,46 +213,11 @@ mod tests {
     async fn connections_spread_over_the_threads_and_keep_working_there() {
         let workers = Workers::start(3);
         assert_eq!(workers.count(), 3);
-        let names = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            // Long-lived connections: each new one goes to the least busy runtime.
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut clients = Vec::new();
-            for _ in 0..6 {
-                let client = TcpStream::connect(addr).await.unwrap();
-                let (stream, _) = listener.accept().await.unwrap();
-                workers
-                    .spawn(stream, |mut stream| async move {
-                        // Echo until EOF, then say where this ran.
-                        let mut buf = [0u8; 64];
-                        loop {
-                            let n = stream.read(&mut buf).await.unwrap();
-                            if n == 0 {
-                                break;
-                            }
-                            stream.write_all(&buf[..n]).await.unwrap();
-                        }
-                        let name = std::thread::current().name().unwrap_or("caller").to_owned();
-                        stream.write_all(name.as_bytes()).await.unwrap();
-                    })
-                    .unwrap();
-                clients.push(client);
-            }
-            let mut names = Vec::new();
-            for mut client in clients {
-                client.write_all(b"ping").await.unwrap();
-                let mut echo = [0u8; 4];
-                client.read_exact(&mut echo).await.unwrap();
-                assert_eq!(&echo, b"ping");
-                client.shutdown().await.unwrap();
-                let mut name = String::new();
-                client.read_to_string(&mut name).await.unwrap();
-                names.push(name);
-            }
-            names
-        })
-        .await
-        .unwrap();
+        // All six stay open until every one is placed: each goes to the least busy runtime.
+        let names =
+            timeout(Duration::from_secs(10), async { echo_and_name(spawn_echoes(&workers, 6).await).await })
+                .await
+                .unwrap();
         for worker in ["worker-1", "worker-2"] {
             assert_eq!(names.iter().filter(|name| *name == worker).count(), 2, "{names:?}");
         }
@@ -249,7 +237,7 @@ mod tests {
         drop(workers);
         // The runtime shuts down and drops the pending task: the channel disconnects.
         assert_eq!(
-            receiver.recv_timeout(std::time::Duration::from_secs(10)),
+            receiver.recv_timeout(Duration::from_secs(10)),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
         );
     }

@@ -97,15 +97,22 @@ async fn echo_transfer(stream: tokio::net::TcpStream, len: usize) -> (blake3::Ha
     (sender.await.unwrap(), hasher.finalize())
 }
 
+/// A server and a local that spread connections over `threads` threads each, as the binaries do by
+/// default.
+async fn threaded_pair(method: Method, threads: usize) -> (RunningServer, RunningServer) {
+    let mut settings = server_settings(method);
+    settings.threads = threads;
+    let server = start_server(settings).await;
+    let mut settings = local_settings(method, server.addr);
+    settings.threads = threads;
+    let local = start_local(settings).await;
+    (server, local)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mebibytes_each_way_arrive_intact() {
     for method in Method::ALL {
-        let mut settings = server_settings(method);
-        settings.threads = 2;
-        let server = start_server(settings).await;
-        let mut settings = local_settings(method, server.addr);
-        settings.threads = 2;
-        let local = start_local(settings).await;
+        let (_server, local) = threaded_pair(method, 2).await;
         let echo = echo_server("127.0.0.1:0").await;
         let stream = socks5_connect(local.addr, &Address::Ip(echo)).await.unwrap();
         let (sent, received) = timeout(Duration::from_secs(240), echo_transfer(stream, 64 << 20))
@@ -123,13 +130,7 @@ async fn two_hundred_concurrent_connections() {
 }
 
 async fn two_hundred_concurrent_connections_with(method: Method) {
-    // Spread over worker threads on both sides, as the binaries run by default.
-    let mut settings = server_settings(method);
-    settings.threads = 3;
-    let server = start_server(settings).await;
-    let mut settings = local_settings(method, server.addr);
-    settings.threads = 3;
-    let local = start_local(settings).await;
+    let (_server, local) = threaded_pair(method, 3).await;
     let echo = echo_server("127.0.0.1:0").await;
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..200u32 {
