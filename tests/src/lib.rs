@@ -160,6 +160,31 @@ pub mod peers {
     use tokio::process::{Child, Command};
     use tokio::time::Instant;
 
+    /// A peer implementation: the names of its binaries and whether it speaks AEAD-2022.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Implementation {
+        /// Server binary, looked up with [`peer`].
+        pub server: &'static str,
+        /// Local binary, looked up with [`peer`].
+        pub local: &'static str,
+        /// Whether the 2022-blake3 methods are supported.
+        pub supports_2022: bool,
+    }
+
+    /// shadowsocks-libev 3.3.5 (Debian): classic methods only.
+    pub const LIBEV: Implementation =
+        Implementation { server: "ss-server", local: "ss-local", supports_2022: false };
+    /// shadowsocks-rust 1.25.0: every method.
+    pub const SHADOWSOCKS_RUST: Implementation =
+        Implementation { server: "ssserver", local: "sslocal", supports_2022: true };
+
+    impl Implementation {
+        /// The methods this peer is tested with.
+        pub fn methods(self) -> impl Iterator<Item = Method> {
+            Method::ALL.into_iter().filter(move |method| self.supports_2022 || !method.is_2022())
+        }
+    }
+
     use crate::{test_password, STEP};
 
     /// The port Debian's shadowsocks-libev service listens on after install; never used by the tests.

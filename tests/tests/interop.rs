@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ss_crypto::{Address, Method};
-use ss_tests::peers::{peer, start_peer, PeerProcess, PeerRole};
+use ss_tests::peers::{peer, start_peer, Implementation, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST};
 use ss_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,24 +51,6 @@ async fn our_local_to_rust_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_local_to_our_server() {
     their_local_to_our_server(SHADOWSOCKS_RUST).await;
-}
-
-/// A peer implementation: its binaries and the methods it supports.
-#[derive(Clone, Copy, Debug)]
-struct Implementation {
-    server: &'static str,
-    local: &'static str,
-    supports_2022: bool,
-}
-
-const LIBEV: Implementation = Implementation { server: "ss-server", local: "ss-local", supports_2022: false };
-const SHADOWSOCKS_RUST: Implementation =
-    Implementation { server: "ssserver", local: "sslocal", supports_2022: true };
-
-impl Implementation {
-    fn methods(self) -> impl Iterator<Item = Method> {
-        Method::ALL.into_iter().filter(move |method| self.supports_2022 || !method.is_2022())
-    }
 }
 
 async fn our_local_to_their_server(implementation: Implementation) {
