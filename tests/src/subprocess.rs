@@ -104,21 +104,28 @@ impl Launch {
     fn command(&self) -> Command {
         let mut command = match self.nofile {
             Some(limit) => {
-                let mut command = Command::new("prlimit");
+                let mut command = quiet_command(Path::new("prlimit"));
                 command.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(&self.binary);
                 command
             }
-            None => Command::new(&self.binary),
+            None => quiet_command(&self.binary),
         };
-        command
-            .args(&self.args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        command.args(&self.args);
         command
     }
+}
+
+/// A command for a binary under test: no stdin, stderr captured, logs at the binary's default level
+/// whatever `RUST_LOG` the test run has, killed if the test drops it.
+pub fn quiet_command(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
 }
 
 /// A running child: its stderr collected line by line as it comes; killed when dropped.

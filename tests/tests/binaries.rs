@@ -9,7 +9,7 @@
 //! that loses that race is retried on fresh ports. Readiness of a subprocess is observed by polling its
 //! listening port in a bounded loop.
 
-use ss_tests::subprocess::{binaries as built, Binaries};
+use ss_tests::subprocess::{binaries as built, quiet_command, Binaries};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -23,7 +23,7 @@ use ss_crypto::Address;
 use ss_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::{timeout, Instant};
 
 /// What the binaries allow open connections at shutdown (their default drain time).
@@ -279,7 +279,7 @@ impl Case {
 
 /// Runs a binary on a config it must refuse; returns its one line of stderr.
 async fn refused_config(name: &str, binary: &Path, config: &Path) -> String {
-    let mut command = command(binary);
+    let mut command = quiet_command(binary);
     command.arg("-c").arg(config).stdout(Stdio::piped());
     let output = timeout(STEP, command.output()).await.expect("did not exit").expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -296,7 +296,7 @@ async fn refused_config(name: &str, binary: &Path, config: &Path) -> String {
 
 /// `ss-server --generate-key -m METHOD`: its one line of output.
 async fn generate_key(server: &Path, method: &str) -> String {
-    let mut command = command(server);
+    let mut command = quiet_command(server);
     command.args(["--generate-key", "-m", method]).stdout(Stdio::piped());
     let output = timeout(STEP, command.output()).await.expect("did not exit").expect("run");
     assert!(output.status.success(), "{}: {}", output.status, String::from_utf8_lossy(&output.stderr));
@@ -304,19 +304,6 @@ async fn generate_key(server: &Path, method: &str) -> String {
     let key = stdout.strip_suffix('\n').expect("a line");
     assert!(!key.contains('\n') && !key.is_empty(), "{stdout:?}");
     key.to_owned()
-}
-
-/// A command for a binary under test: no stdin, stderr captured, logs at the binary's default level
-/// whatever `RUST_LOG` the test run has, killed if the test drops it.
-fn command(binary: &Path) -> Command {
-    let mut command = Command::new(binary);
-    command
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
 }
 
 /// A running binary: its stderr collected as it comes, killed when dropped.
@@ -338,7 +325,7 @@ impl Running {
         addr: SocketAddr,
     ) -> Result<Running, String> {
         let mut child =
-            command(binary).args(args).spawn().map_err(|error| format!("spawn {name}: {error}"))?;
+            quiet_command(binary).args(args).spawn().map_err(|error| format!("spawn {name}: {error}"))?;
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
         let sink = log.clone();

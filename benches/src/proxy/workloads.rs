@@ -126,17 +126,23 @@ pub async fn request_response(
             anyhow::Ok(latencies)
         });
     }
+    let (latencies, elapsed) = gather(clients, started).await?;
+    Ok(RequestResponse {
+        p50_us: percentile(&latencies, 0.50) / 1e3,
+        p99_us: percentile(&latencies, 0.99) / 1e3,
+        per_second: latencies.len() as f64 / elapsed,
+    })
+}
+
+/// Every client's latencies (ns), sorted, and the seconds since `started` once the last client is done.
+async fn gather(mut clients: JoinSet<Result<Vec<u64>>>, started: Instant) -> Result<(Vec<u64>, f64)> {
     let mut latencies = Vec::new();
     while let Some(done) = clients.join_next().await {
         latencies.extend(done??);
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    Ok(RequestResponse {
-        p50_us: percentile(&latencies, 0.50) / 1e3,
-        p99_us: percentile(&latencies, 0.99) / 1e3,
-        per_second: latencies.len() as f64 / elapsed,
-    })
+    Ok((latencies, elapsed))
 }
 
 async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<()> {
@@ -180,12 +186,7 @@ pub async fn connect_rate(
             anyhow::Ok(latencies)
         });
     }
-    let mut latencies = Vec::new();
-    while let Some(done) = clients.join_next().await {
-        latencies.extend(done??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
+    let (latencies, elapsed) = gather(clients, started).await?;
     Ok(ConnectRate {
         per_second: latencies.len() as f64 / elapsed,
         p50_us: percentile(&latencies, 0.50) / 1e3,
