@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(config.connect_timeout, Duration::from_secs(24));
         assert_eq!(config.max_connections, 25);
         assert_eq!(config.threads, Some(2));
-        let plugin = Plugin { command: "cli-plugin".into(), options: Some("cli-opts".into()) };
+        let plugin = Plugin::new("cli-plugin", Some("cli-opts".into()));
         assert_eq!(config.plugin, Some(plugin));
         assert_eq!(config.acl.as_deref(), Some(Path::new("/cli.acl")));
         assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
@@ -263,10 +263,7 @@ mod tests {
         );
         assert_eq!(config.servers[3].key, ss_crypto::Key::from_password(servers[3].2, "test").unwrap());
         assert!(config.servers[3].password_is_weak);
-        assert_eq!(
-            config.plugin,
-            Some(Plugin { command: "file-plugin".into(), options: Some("file-opts".into()) })
-        );
+        assert_eq!(config.plugin, Some(Plugin::new("file-plugin", Some("file-opts".into()))));
 
         let only_urls = parse(&["--server-url", classic, "--server-url", with_plugin]).unwrap();
         let config = Config::from_raw(RawConfig::default(), &only_urls).unwrap();

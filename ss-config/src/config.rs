@@ -83,6 +83,17 @@ pub struct Plugin {
     pub command: String,
     /// `SS_PLUGIN_OPTIONS`.
     pub options: Option<String>,
+    /// Extra arguments on the plugin's command line (`plugin_args`).
+    pub args: Vec<String>,
+    /// Which traffic goes through the plugin (`plugin_mode`, default `tcp_only`); the rest bypasses it.
+    pub mode: Mode,
+}
+
+impl Plugin {
+    /// A plugin with no extra arguments that carries TCP only (the SIP003 default).
+    pub fn new(command: impl Into<String>, options: Option<String>) -> Plugin {
+        Plugin { command: command.into(), options, args: Vec::new(), mode: Mode::TcpOnly }
+    }
 }
 
 /// Log verbosity.
@@ -199,10 +210,14 @@ impl Mode {
     }
 
     fn parse(text: &str) -> Result<Mode, ConfigError> {
+        Mode::parse_field("mode", text)
+    }
+
+    pub(crate) fn parse_field(field: &str, text: &str) -> Result<Mode, ConfigError> {
         let message = || format!("unknown mode {text:?}; use tcp_only, tcp_and_udp or udp_only");
         let found =
             [Mode::TcpOnly, Mode::TcpAndUdp, Mode::UdpOnly].into_iter().find(|mode| mode.name() == text);
-        found.ok_or_else(|| ConfigError::field_error("mode", message()))
+        found.ok_or_else(|| ConfigError::field_error(field, message()))
     }
 }
 
@@ -397,10 +412,27 @@ mod tests {
     #[test]
     fn plugins() {
         let config = check(&format!(r#"{{{BASE},"plugin":"v2ray-plugin","plugin_opts":"server"}}"#)).unwrap();
+        assert_eq!(config.plugin, Some(Plugin::new("v2ray-plugin", Some("server".into()))));
+        let config = check(&format!(
+            r#"{{{BASE},"plugin":"p","plugin_args":["-v","x y"],"plugin_mode":"tcp_and_udp"}}"#
+        ))
+        .unwrap();
+        let plugin = config.plugin.unwrap();
+        assert_eq!((plugin.args, plugin.mode), (vec!["-v".to_string(), "x y".to_string()], Mode::TcpAndUdp));
+        let entries = check(
+            r#"{"password":"barfoo!","method":"aes-256-gcm","servers":[
+                {"server":"a","port":1,"plugin":"p","plugin_opts":"o","plugin_args":["1"],"plugin_mode":"udp_only"},
+                {"server":"b","port":2,"plugin":"p","plugin_opts":"o","plugin_args":["1"],"plugin_mode":"udp_only"}]}"#,
+        )
+        .unwrap();
+        let plugin = entries.plugin.unwrap();
+        assert_eq!((plugin.command.as_str(), plugin.options.as_deref()), ("p", Some("o")));
+        assert_eq!((plugin.args, plugin.mode), (vec!["1".to_string()], Mode::UdpOnly));
         assert_eq!(
-            config.plugin,
-            Some(Plugin { command: "v2ray-plugin".into(), options: Some("server".into()) })
+            error(&format!(r#"{{{BASE},"plugin":"p","plugin_mode":"both"}}"#)),
+            "plugin_mode: unknown mode \"both\"; use tcp_only, tcp_and_udp or udp_only"
         );
+        assert!(error(&format!(r#"{{{BASE},"plugin_args":["x"]}}"#)).starts_with("plugin_args: "));
         assert_eq!(check(&format!(r#"{{{BASE},"plugin":"","plugin_opts":"x"}}"#)).unwrap().plugin, None);
         assert!(error(&format!(r#"{{{BASE},"plugin_opts":"x"}}"#)).starts_with("plugin_opts: "));
     }

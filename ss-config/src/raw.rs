@@ -50,6 +50,10 @@ pub struct RawConfig {
     pub plugin: Option<String>,
     /// `plugin_opts`: the plugin's `SS_PLUGIN_OPTIONS`.
     pub plugin_opts: Option<String>,
+    /// `plugin_args`: extra arguments for the plugin's command line (shadowsocks-rust).
+    pub plugin_args: Option<Vec<String>>,
+    /// `plugin_mode`: `tcp_only` (default), `udp_only` or `tcp_and_udp` (SIP003u).
+    pub plugin_mode: Option<String>,
     /// `fast_open`: TCP Fast Open.
     pub fast_open: Option<bool>,
     /// `reuse_port`: `SO_REUSEPORT` on listeners.
@@ -103,6 +107,10 @@ pub struct RawServer {
     pub plugin: Option<String>,
     /// `plugin_opts`; all entries must agree.
     pub plugin_opts: Option<String>,
+    /// `plugin_args`; all entries must agree.
+    pub plugin_args: Option<Vec<String>>,
+    /// `plugin_mode`; all entries must agree.
+    pub plugin_mode: Option<String>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.

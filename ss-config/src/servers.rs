@@ -14,7 +14,7 @@
 
 use ss_crypto::{is_weak_password, Key, Method};
 
-use crate::config::Plugin;
+use crate::config::{Mode, Plugin};
 use crate::raw::{RawConfig, RawServer};
 use crate::url::ServerUrl;
 use crate::{CliArgs, ConfigError};
@@ -104,12 +104,29 @@ pub(crate) fn plugin(raw: &RawConfig, args: &CliArgs) -> Result<Option<Plugin>, 
         None => shared(raw, args, "plugin_opts", |_, server| Ok(server.plugin_opts.clone()))?,
     };
     let options = options.filter(|options| !options.is_empty());
+    let plugin_args = match &raw.plugin_args {
+        Some(plugin_args) => Some(plugin_args.clone()),
+        None => shared(raw, args, "plugin_args", |_, server| Ok(server.plugin_args.clone()))?,
+    };
+    let mode = match &raw.plugin_mode {
+        Some(mode) => Some(Mode::parse_field("plugin_mode", mode)?),
+        None => shared(raw, args, "plugin_mode", |prefix, server| {
+            let field = format!("{prefix}plugin_mode");
+            server.plugin_mode.as_deref().map(|mode| Mode::parse_field(&field, mode)).transpose()
+        })?,
+    };
     match command {
         // An empty plugin switches a configured one off, as in libev.
         Some(command) if command.trim().is_empty() => Ok(None),
-        Some(command) => Ok(Some(Plugin { command, options })),
-        None if options.is_some() => {
-            Err(ConfigError::field_error("plugin_opts", "set, but no plugin is (set \"plugin\" or --plugin)"))
+        Some(command) => Ok(Some(Plugin {
+            command,
+            options,
+            args: plugin_args.unwrap_or_default(),
+            mode: mode.unwrap_or_default(),
+        })),
+        None if options.is_some() || plugin_args.is_some() => {
+            let field = if options.is_some() { "plugin_opts" } else { "plugin_args" };
+            Err(ConfigError::field_error(field, "set, but no plugin is (set \"plugin\" or --plugin)"))
         }
         None => Ok(None),
     }

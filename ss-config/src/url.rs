@@ -233,7 +233,7 @@ pub(crate) fn plugin_with(global: Option<Plugin>, urls: &[ServerUrl]) -> Result<
         match (&plugin, &url.plugin) {
             (_, None) => {}
             (None, Some(own)) => plugin = Some(own.clone()),
-            (Some(set), Some(own)) if set == own => {}
+            (Some(set), Some(own)) if (&set.command, &set.options) == (&own.command, &own.options) => {}
             (Some(_), Some(_)) => {
                 let message = "its plugin differs from the one already set; a plugin applies to every server";
                 return Err(ConfigError::field_error(flag(index, urls.len()), message));
@@ -348,7 +348,7 @@ fn plugin(query: &str) -> Result<Option<Plugin>, UrlError> {
         if command.trim().is_empty() {
             return Ok(None);
         }
-        return Ok(Some(Plugin { command: command.to_string(), options }));
+        return Ok(Some(Plugin::new(command, options)));
     }
     Ok(None)
 }

@@ -33,10 +33,7 @@ fn every_method_round_trips_with_ipv6_plugin_and_tag() {
             (Some(("v2ray-plugin", Some("server;host=a b.example"))), Some("Tokyo #1 / 東京")),
             (Some(("obfs-local", None)), Some("+%&=?")),
         ] {
-            original.plugin = plugin.map(|(command, options)| Plugin {
-                command: command.into(),
-                options: options.map(Into::into),
-            });
+            original.plugin = plugin.map(|(command, options)| Plugin::new(command, options.map(Into::into)));
             original.tag = tag.map(Into::into);
             let url = format_ss_url(&original);
             assert!(!url.contains(' '), "{url}");
@@ -110,14 +107,13 @@ fn ipv6_hosts_are_bracketed() {
 fn plugin_query() {
     let base = "ss://YWVzLTEyOC1nY206dGVzdA@h:1/?";
     let url = parse(&format!("{base}plugin=obfs-local%3Bobfs%3Dhttp%3Bobfs-host%3Dexample.com"));
-    let expected =
-        Plugin { command: "obfs-local".into(), options: Some("obfs=http;obfs-host=example.com".into()) };
+    let expected = Plugin::new("obfs-local", Some("obfs=http;obfs-host=example.com".into()));
     assert_eq!(url.plugin, Some(expected));
     let url = parse(&format!("{base}group=x&plugin=v2ray-plugin;path=/a+b&plugin=ignored"));
-    let expected = Plugin { command: "v2ray-plugin".into(), options: Some("path=/a b".into()) };
+    let expected = Plugin::new("v2ray-plugin", Some("path=/a b".into()));
     assert_eq!(url.plugin, Some(expected), "form encoding: '+' is a space; the first plugin counts");
     let url = parse(&format!("{base}plugin=simple-obfs%3B"));
-    assert_eq!(url.plugin, Some(Plugin { command: "simple-obfs".into(), options: None }));
+    assert_eq!(url.plugin, Some(Plugin::new("simple-obfs", None)));
     for query in ["plugin=", "plugin", "other=1", ""] {
         assert_eq!(parse(&format!("{base}{query}")).plugin, None, "{query}");
     }
