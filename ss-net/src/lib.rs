@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod plugin;
 pub mod pooled;
 pub mod process;
 pub mod relay;
