@@ -112,7 +112,12 @@ async fn open(mut client: TcpStream, settings: &Settings) -> io::Result<Option<E
     let (upstream, server) = match connect_any(settings).await {
         Ok(connected) => connected,
         Err(error) => {
-            socks5::send_reply(&mut client, Reply::HostUnreachable, &socks5::UNSPECIFIED_ADDRESS).await?;
+            // A plugin between restarts is our failure, not the network's.
+            let reply = match error.kind() {
+                io::ErrorKind::NotConnected => Reply::GeneralFailure,
+                _ => Reply::HostUnreachable,
+            };
+            socks5::send_reply(&mut client, reply, &socks5::UNSPECIFIED_ADDRESS).await?;
             return Err(error);
         }
     };
@@ -139,8 +144,7 @@ async fn open(mut client: TcpStream, settings: &Settings) -> io::Result<Option<E
 async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
     for server in &settings.servers {
-        let attempt =
-            timeout(settings.connect_timeout, TcpStream::connect((server.host.as_str(), server.port)));
+        let attempt = timeout(settings.connect_timeout, server.connect_tcp());
         match attempt.await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(settings.no_delay);

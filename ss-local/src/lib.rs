@@ -28,6 +28,54 @@ pub struct Server {
     pub method: Method,
     /// Master key.
     pub key: Key,
+    /// A SIP003 plugin in front of this server, if any: what it carries goes to its loopback address.
+    pub plugin: Option<PluginRoute>,
+}
+
+/// How a server is reached through its plugin (see [`ss_net::plugin`]).
+#[derive(Debug, Clone)]
+pub struct PluginRoute {
+    /// The plugin's current loopback address (none while it restarts).
+    pub endpoint: ss_net::plugin::Endpoint,
+    /// TCP goes through the plugin (`plugin_mode` tcp_only or tcp_and_udp).
+    pub tcp: bool,
+    /// UDP goes through the plugin (SIP003u: `plugin_mode` udp_only or tcp_and_udp); else UDP goes to the
+    /// server's own address and port.
+    pub udp: bool,
+}
+
+impl Server {
+    /// A server reached directly, without a plugin.
+    pub fn new(host: impl Into<String>, port: u16, method: Method, key: Key) -> Server {
+        Server { host: host.into(), port, method, key, plugin: None }
+    }
+
+    /// Opens a TCP connection to the server, through its plugin when one carries TCP. While the plugin
+    /// is down this fails at once (`NotConnected`), so the client gets a prompt SOCKS5 failure.
+    pub(crate) async fn connect_tcp(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match &self.plugin {
+            Some(route) if route.tcp => tokio::net::TcpStream::connect(route.address()?).await,
+            _ => tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await,
+        }
+    }
+
+    /// Where UDP datagrams for the server go: the plugin's address when it carries UDP.
+    pub(crate) async fn udp_address(&self) -> std::io::Result<std::net::SocketAddr> {
+        if let Some(route) = self.plugin.as_ref().filter(|route| route.udp) {
+            return route.address();
+        }
+        tokio::net::lookup_host((self.host.as_str(), self.port)).await?.next().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "server name resolved to no address")
+        })
+    }
+}
+
+impl PluginRoute {
+    fn address(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.endpoint.current().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotConnected, "the plugin is not running (restarting)")
+        })
+    }
 }
 
 /// Everything ss-local needs to know, checked and typed.

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use ss_config::{CliArgs, Config};
-use ss_local::{Server, Settings};
+use ss_local::{PluginRoute, Server, Settings};
+use ss_net::plugin::{Plugin, Spec, Timing};
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks local: a SOCKS5 proxy that relays through a Shadowsocks server (shadowsocks-libev
@@ -50,9 +51,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
-    if config.plugin.is_some() {
-        anyhow::bail!("plugin: SIP003 plugins are not supported yet");
-    }
     for entry in config.servers.iter().filter(|entry| entry.password_is_weak) {
         tracing::warn!(
             "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
@@ -62,16 +60,20 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
             entry.method
         );
     }
-    let servers = config
-        .servers
-        .iter()
-        .map(|entry| Server {
-            host: entry.host.clone(),
-            port: entry.port,
-            method: entry.method,
-            key: entry.key.clone(),
-        })
-        .collect();
+    let shutdown = CancellationToken::new();
+    ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
+    // One plugin per server, each dialling its own server; started (and ready) before we listen.
+    let mut servers = Vec::new();
+    let mut plugins = Vec::new();
+    for entry in &config.servers {
+        let mut server = Server::new(entry.host.clone(), entry.port, entry.method, entry.key.clone());
+        if let Some((spec, route_tcp, route_udp)) = plugin_spec(&config) {
+            let plugin = Plugin::start_local(spec, &entry.host, entry.port, Timing::default()).await?;
+            server.plugin = Some(PluginRoute { endpoint: plugin.endpoint(), tcp: route_tcp, udp: route_udp });
+            plugins.push(plugin);
+        }
+        servers.push(server);
+    }
     let mut settings = Settings::new(servers);
     settings.handshake_timeout = config.handshake_timeout;
     settings.connect_timeout = config.connect_timeout;
@@ -81,11 +83,32 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
     settings.tcp = config.mode.tcp();
     settings.udp = config.mode.udp();
 
-    let shutdown = CancellationToken::new();
-    ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let listener = ss_net::bind_tcp(&config.local_address, local_port)
         .await
         .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
     ss_local::run(settings, vec![listener], shutdown).await;
+    // After the drain: open connections still used the plugins.
+    for plugin in plugins {
+        plugin.stop().await;
+    }
     Ok(())
+}
+
+/// The plugin to start, if the config names one that carries any traffic we relay, and whether it
+/// carries TCP and UDP (`plugin_mode`, within `mode`); what it does not carry goes to the server directly.
+fn plugin_spec(config: &Config) -> Option<(Spec, bool, bool)> {
+    let plugin = config.plugin.as_ref()?;
+    let tcp = plugin.mode.tcp() && config.mode.tcp();
+    let udp = plugin.mode.udp() && config.mode.udp();
+    if !tcp && !udp {
+        tracing::warn!(plugin = %plugin.command, "plugin_mode {} carries nothing in mode {}; not started", plugin.mode.name(), config.mode.name());
+        return None;
+    }
+    let spec = Spec {
+        command: plugin.command.clone(),
+        options: plugin.options.clone(),
+        args: plugin.args.clone(),
+        tcp,
+    };
+    Some((spec, tcp, udp))
 }

@@ -32,10 +32,7 @@ const MAX_DATAGRAM: usize = 65_535;
 pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Result<()> {
     let client_ip = unmap(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
-    let server_addr = tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "server name resolved to no address"))?;
+    let server_addr = server.udp_address().await?;
     let unspecified = if server_addr.is_ipv4() {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {

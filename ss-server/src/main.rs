@@ -6,8 +6,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use ss_config::{CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
+use ss_net::plugin::{Plugin, Spec, Timing};
 use ss_server::{Listeners, Settings, TargetPolicy};
-use tokio::net::UdpSocket;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
@@ -66,29 +68,100 @@ fn generate_key(method: &str) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    warn_about_unsupported(&config)?;
+    warn_about_unsupported(&config);
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let mut servers = tokio::task::JoinSet::new();
+    let mut plugins = Vec::new();
     for entry in &config.servers {
-        let addr = (entry.host.as_str(), entry.port);
-        let mut listeners = Listeners::default();
-        if config.mode.tcp() {
-            let listener = ss_net::bind_tcp(&entry.host, entry.port)
-                .await
-                .with_context(|| format!("binding TCP {}:{}", entry.host, entry.port))?;
-            listeners.tcp.push(listener);
-        }
-        if config.mode.udp() {
-            let socket = UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("binding UDP {}:{}", entry.host, entry.port))?;
-            listeners.udp.push(socket);
-        }
+        let (listeners, plugin) = listen(&config, entry).await?;
+        plugins.extend(plugin);
         servers.spawn(ss_server::run(settings(&config, entry), listeners, shutdown.clone()));
     }
     while servers.join_next().await.is_some() {}
+    // After the drain: open connections came in through the plugins.
+    for plugin in plugins {
+        plugin.stop().await;
+    }
     Ok(())
+}
+
+/// Binds what `entry` serves on. Without a plugin: TCP and UDP on the public address. With one, what
+/// it carries (`plugin_mode`) is bound on a loopback port of ours instead, the plugin listens on the
+/// public address and forwards to it, and it is started (and ready) before this returns.
+async fn listen(config: &Config, entry: &ServerEntry) -> anyhow::Result<(Listeners, Option<Plugin>)> {
+    let (host, port) = (entry.host.as_str(), entry.port);
+    let plugin = config.plugin.as_ref();
+    let plugin_tcp = config.mode.tcp() && plugin.is_some_and(|plugin| plugin.mode.tcp());
+    let plugin_udp = config.mode.udp() && plugin.is_some_and(|plugin| plugin.mode.udp());
+    let mut listeners = Listeners::default();
+    let mut loopback = None;
+    if plugin_tcp || plugin_udp {
+        let (tcp, udp, addr) = bind_loopback(host, plugin_tcp, plugin_udp).await?;
+        listeners.tcp.extend(tcp);
+        listeners.udp.extend(udp);
+        loopback = Some(addr);
+    }
+    if config.mode.tcp() && !plugin_tcp {
+        let listener =
+            ss_net::bind_tcp(host, port).await.with_context(|| format!("binding TCP {host}:{port}"))?;
+        listeners.tcp.push(listener);
+    }
+    if config.mode.udp() && !plugin_udp {
+        let socket =
+            UdpSocket::bind((host, port)).await.with_context(|| format!("binding UDP {host}:{port}"))?;
+        listeners.udp.push(socket);
+    }
+    let (Some(plugin), Some(ours)) = (plugin, loopback) else {
+        return Ok((listeners, None));
+    };
+    let spec = Spec {
+        command: plugin.command.clone(),
+        options: plugin.options.clone(),
+        args: plugin.args.clone(),
+        tcp: plugin_tcp,
+    };
+    let plugin = Plugin::start_server(spec, host, port, ours, Timing::default()).await?;
+    Ok((listeners, Some(plugin)))
+}
+
+/// Our side of a plugin: TCP and/or UDP on one loopback port (SIP003u gives the plugin one SS_LOCAL
+/// port for both); `::1` when the public host is an IPv6 address, else `127.0.0.1`.
+async fn bind_loopback(
+    host: &str,
+    tcp: bool,
+    udp: bool,
+) -> anyhow::Result<(Option<TcpListener>, Option<UdpSocket>, SocketAddr)> {
+    let ip = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let mut last_error = None;
+    for _ in 0..16 {
+        let listener = match tcp {
+            true => {
+                Some(TcpListener::bind((ip, 0)).await.context("binding the loopback port for the plugin")?)
+            }
+            false => None,
+        };
+        let port = match &listener {
+            Some(listener) => listener.local_addr()?.port(),
+            None => 0,
+        };
+        if !udp {
+            return Ok((listener, None, SocketAddr::new(ip, port)));
+        }
+        // The UDP port of the same number may be taken; then take another pair.
+        match UdpSocket::bind((ip, port)).await {
+            Ok(socket) => {
+                let addr = socket.local_addr()?;
+                return Ok((listener, Some(socket), addr));
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let error = last_error.unwrap_or_else(|| std::io::Error::other("no free port"));
+    Err(error).context("binding the loopback port pair for the plugin")
 }
 
 fn settings(config: &Config, entry: &ServerEntry) -> Settings {
@@ -113,11 +186,8 @@ fn settings(config: &Config, entry: &ServerEntry) -> Settings {
     settings
 }
 
-/// Refuses what would silently change behaviour if ignored; warns about tuning knobs we do not act on.
-fn warn_about_unsupported(config: &Config) -> anyhow::Result<()> {
-    if config.plugin.is_some() {
-        anyhow::bail!("plugin: SIP003 plugins are not supported yet");
-    }
+/// Warns about tuning knobs we do not act on.
+fn warn_about_unsupported(config: &Config) {
     for (set, name) in [
         (config.fast_open, "fast_open"),
         (config.reuse_port, "reuse_port"),
@@ -129,5 +199,4 @@ fn warn_about_unsupported(config: &Config) -> anyhow::Result<()> {
             tracing::warn!("{name} is not supported yet and is ignored");
         }
     }
-    Ok(())
 }

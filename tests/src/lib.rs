@@ -91,12 +91,12 @@ pub async fn start_local(settings: ss_local::Settings) -> RunningServer {
 
 /// Local settings pointing at one server on 127.0.0.1.
 pub fn local_settings(method: Method, server: SocketAddr) -> ss_local::Settings {
-    ss_local::Settings::new(vec![ss_local::Server {
-        host: server.ip().to_string(),
-        port: server.port(),
+    ss_local::Settings::new(vec![ss_local::Server::new(
+        server.ip().to_string(),
+        server.port(),
         method,
-        key: test_key(method),
-    }])
+        test_key(method),
+    )])
 }
 
 /// A TCP echo server on `bind` (a loopback address); echoes until EOF, then closes its side.

@@ -174,11 +174,11 @@ async fn forward_lines(output: impl AsyncRead + Unpin, name: String, tail: Arc<M
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buf);
-        let line = line.trim_end();
+        let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        tracing::info!(plugin = %name, "{line}");
+        tracing::info!("{name}: {line}");
         let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if tail.len() == TAIL_LINES {
             tail.pop_front();
