@@ -10,6 +10,9 @@
 //! only in whether ss-server is there, so the first page travelled through it; the control run also
 //! proves the bypass flag works, since a direct connection would still have reached the page server.
 //!
+//! A second test runs the same check through our built binaries with SIP003 plugins between them
+//! (ss-local -> obfs-local -> obfs-server -> ss-server).
+//!
 //! Chromium comes from the Debian package `chromium`. When it is missing the test fails if `CI` is set
 //! (CI must install it) and is skipped with a notice otherwise.
 
@@ -60,6 +63,41 @@ async fn headless_chromium_loads_a_page_through_ss_local_and_ss_server() {
         !without_server.dom.contains(&marker),
         "the page loaded without ss-server, so it did not come through the proxy\n{without_server}"
     );
+    assert_eq!(page.page_requests(), 1, "the page server was reached without ss-server\n{without_server}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_loads_a_page_through_sip003_plugins() {
+    use ss_tests::plugins::{our_local, our_server, PluginPair};
+    let pair = PluginPair::obfs_http();
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    if !pair.installed() {
+        return;
+    }
+    // Our binaries, each with its plugin: ss-local -> obfs-local -> obfs-server -> ss-server.
+    let mut server = our_server(pair.server, &pair.server_opts, &[]).await;
+    let local = our_local(server.addr, pair.client, &pair.client_opts).await;
+    let marker = format!("ss-rs plugin browser check {:016x}", OsRng.next_u64());
+    let page =
+        page_server(&format!("<!doctype html><html><body><p id=\"marker\">{marker}</p></body></html>")).await;
+    let url = format!("http://localhost:{}/", page.addr.port());
+
+    let through_proxy = dump_dom(&chromium, local.addr, &url).await;
+    assert!(
+        through_proxy.dom.contains(&marker),
+        "the page did not load through the plugins\n{through_proxy}\n{}\n{}",
+        local.log(),
+        server.log()
+    );
+    assert_eq!(page.page_requests(), 1, "{through_proxy}");
+
+    // Control, as above: without ss-server (and so its plugin) the same run must not load the page.
+    server.kill().await;
+    wait_until_refused(server.addr).await;
+    let without_server = dump_dom(&chromium, local.addr, &url).await;
+    assert!(!without_server.dom.contains(&marker), "loaded without ss-server\n{without_server}");
     assert_eq!(page.page_requests(), 1, "the page server was reached without ss-server\n{without_server}");
 }
 
