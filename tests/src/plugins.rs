@@ -117,6 +117,15 @@ pub fn plugin_installed(name: &str) -> bool {
     false
 }
 
+/// The test plugin `sip003-relay` (src/bin/sip003-relay.rs), built on first use.
+pub async fn relay_plugin() -> &'static Path {
+    static RELAY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let build = tokio::task::spawn_blocking(|| {
+        RELAY.get_or_init(|| crate::subprocess::build_bin("ss-tests", "sip003-relay"))
+    });
+    timeout(Duration::from_secs(900), build).await.expect("building sip003-relay timed out").expect("build")
+}
+
 /// Our ss-server binary with `plugin` on a free loopback port, ready (the plugin accepts there).
 pub async fn our_server(plugin: &str, opts: &str, extra: &[&str]) -> Subprocess {
     let binary = &binaries().await.server;

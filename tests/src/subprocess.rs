@@ -50,9 +50,14 @@ pub async fn binaries() -> &'static Binaries {
 }
 
 fn build(name: &str) -> PathBuf {
+    build_bin(name, name)
+}
+
+/// Builds binary `bin` of workspace package `package` (see [`binaries`] for how) and returns its path.
+pub fn build_bin(package: &str, bin: &str) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut build =
-        escargot::CargoBuild::new().manifest_path(workspace).package(name).bin(name).current_release();
+        escargot::CargoBuild::new().manifest_path(workspace).package(package).bin(bin).current_release();
     // Cargo gives the test process the variables of the package under test (CARGO_MANIFEST_DIR,
     // CARGO_PKG_NAME, ...). ring's build script declares those as inputs (rerun-if-env-changed), so a
     // nested cargo that inherited them would rebuild ring and everything above it, and the next plain
@@ -70,7 +75,7 @@ fn build(name: &str) -> PathBuf {
             build = build.env_remove(key);
         }
     }
-    let built = build.run().unwrap_or_else(|error| panic!("cargo build -p {name}: {error}"));
+    let built = build.run().unwrap_or_else(|error| panic!("cargo build -p {package} --bin {bin}: {error}"));
     built.path().to_owned()
 }
 
