@@ -7,7 +7,10 @@
 //! | `mode`              | `tcp_only`  | `connect_timeout`       | 10 s    |
 //! | `timeout`           | 60 s        | `max_connections`       | 10000   |
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
-//! | `threads`           | one per CPU |                         |         |
+//! | `threads`           | one per CPU | `plugin_mode`           | `tcp_only` |
+//!
+//! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries,
+//! which must then agree: one [`Plugin`] serves every server (each server gets its own plugin process).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -159,6 +159,22 @@ mod tests {
     }
 
     #[test]
+    fn plugin_example_configs_load_with_a_real_key() {
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        for (file, command, options) in [
+            ("config.plugin-server.example.json", "obfs-server", "obfs=tls"),
+            ("config.plugin-local.example.json", "obfs-local", "obfs=tls;obfs-host=www.example.com"),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+            let args = CliArgs { config: Some(path), key: Some(key.into()), ..CliArgs::default() };
+            let config = load(&args).unwrap();
+            let plugin = config.plugin.unwrap();
+            assert_eq!((plugin.command.as_str(), plugin.options.as_deref()), (command, Some(options)));
+            assert_eq!((plugin.mode, config.mode), (Mode::TcpOnly, Mode::TcpAndUdp), "{file}");
+        }
+    }
+
+    #[test]
     fn missing_file_names_the_file() {
         let args = CliArgs { config: Some(PathBuf::from("/nonexistent/ss.json")), ..CliArgs::default() };
         let error = load(&args).unwrap_err();
