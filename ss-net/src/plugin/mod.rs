@@ -286,6 +286,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_exited_plugin_is_restarted_and_has_no_endpoint_meanwhile() {
+        // UDP-only readiness (up for `udp_settle`), so `sh` can stand in for a plugin.
+        let timing = Timing {
+            udp_settle: Duration::from_millis(50),
+            first_backoff: Duration::from_millis(300),
+            ..Timing::default()
+        };
+        let spec = Spec {
+            command: "sh".into(),
+            options: None,
+            args: vec!["-c".into(), "sleep 0.3; exit 7".into()],
+            tcp: false,
+        };
+        let plugin = Plugin::start_local(spec, "127.0.0.1", 1, timing).await.unwrap();
+        let endpoint = plugin.endpoint();
+        let first = endpoint.current().expect("published once ready");
+        let mut seen = vec![Some(first)];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < 3 && std::time::Instant::now() < deadline {
+            let now = endpoint.current();
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            seen,
+            [Some(first), None, Some(first)],
+            "up, down during the backoff, up on the same port"
+        );
+        plugin.stop().await;
+        assert_eq!(endpoint.current(), None);
+    }
+
+    #[tokio::test]
     async fn a_missing_plugin_is_named() {
         let spec = Spec { command: "no-such-plugin-x".into(), options: None, args: Vec::new(), tcp: true };
         let error = Plugin::start_local(spec, "127.0.0.1", 1, Timing::default()).await.unwrap_err();
