@@ -246,6 +246,32 @@ mod tests {
         assert_eq!(backoff.next_delay(), Duration::from_millis(500));
     }
 
+    #[tokio::test]
+    async fn a_restart_whose_port_was_taken_meanwhile_moves_to_another_port() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_addr = taken.local_addr().unwrap();
+        let spec = Spec {
+            command: "sh".into(),
+            options: None,
+            args: vec!["-c".into(), "echo \"port $SS_LOCAL_PORT\" >&2; exec sleep 30".into()],
+            tcp: false,
+        };
+        let timing = Timing { udp_settle: Duration::from_millis(50), ..Timing::default() };
+        let mut launcher = Launcher {
+            spec,
+            executable: PathBuf::from("/bin/sh"),
+            setpriv: None,
+            site: Site::Local { loopback: taken_addr.ip() },
+            // As after a first run on that port.
+            wiring: Wiring { remote_host: "127.0.0.1".into(), remote_port: 1, local: taken_addr },
+            timing,
+        };
+        let (running, addr) = launcher.launch().await.unwrap();
+        assert_ne!(addr, taken_addr);
+        assert_eq!(addr.ip(), taken_addr.ip());
+        running.stop(Duration::from_secs(1)).await;
+    }
+
     #[test]
     fn wildcard_listeners_are_probed_on_loopback() {
         let probe = |text: &str| probe_address(text.parse().unwrap()).to_string();
