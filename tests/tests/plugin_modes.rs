@@ -1,7 +1,8 @@
 //! What the real plugins cannot show, with the test plugin `sip003-relay` (src/bin/sip003-relay.rs), a
 //! plain TCP and UDP relay: UDP bypasses a `tcp_only` plugin (to the server's own port), `plugin_mode`
 //! `tcp_and_udp` carries UDP through the plugin on both sides (SIP003u), and a plugin deaf to SIGTERM is
-//! killed after the grace period.
+//! killed after the grace period. Also, in-process: while a plugin is down ss-local answers SOCKS5 0x01 at
+//! once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -122,4 +123,22 @@ async fn a_plugin_deaf_to_sigterm_is_killed_after_the_grace_period() {
         took >= Duration::from_millis(2500),
         "exited after {took:?}: was the plugin asked to stop at all?"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_plugin_is_down_ss_local_answers_general_failure_at_once() {
+    let server = ss_tests::start_server(ss_tests::server_settings(METHOD)).await;
+    let mut settings = ss_tests::local_settings(METHOD, server.addr);
+    settings.servers[0].plugin = Some(ss_local::PluginRoute {
+        endpoint: ss_net::plugin::Endpoint::fixed(None),
+        tcp: true,
+        udp: false,
+    });
+    let local = ss_tests::start_local(settings).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let begun = Instant::now();
+    let outcome = timeout(STEP, socks5_connect(local.addr, &Address::Ip(echo))).await.expect("no hang");
+    let error = outcome.expect_err("no plugin, no connection");
+    assert_eq!(error.to_string(), "SOCKS5 reply code 1");
+    assert!(begun.elapsed() < Duration::from_secs(2), "{:?}", begun.elapsed());
 }

@@ -150,6 +150,11 @@ pub enum PluginError {
 pub struct Endpoint(watch::Receiver<Option<SocketAddr>>);
 
 impl Endpoint {
+    /// An endpoint that never changes: a plugin someone else runs at `addr`, or (`None`) one that is down.
+    pub fn fixed(addr: Option<SocketAddr>) -> Endpoint {
+        Endpoint(watch::channel(addr).1)
+    }
+
     /// The plugin's loopback address, or `None` while it is down (between a crash and its restart).
     pub fn current(&self) -> Option<SocketAddr> {
         *self.0.borrow()
