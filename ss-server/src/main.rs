@@ -1,5 +1,6 @@
 //! `ss-server`: command line and config file in, [`ss_server::run`] out.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -8,7 +9,6 @@ use ss_config::{CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
 use ss_net::plugin::{Plugin, Spec, Timing};
 use ss_server::{Listeners, Settings, TargetPolicy};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
