@@ -107,10 +107,7 @@ fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
         (
             "2022-plugin-tag",
             ServerUrl::new("2001:db8::1".into(), 443, Method::Blake3Aes256Gcm, psk.into()),
-            Some(Plugin {
-                command: "obfs-local".into(),
-                options: Some("obfs=http;obfs-host=a.example".into()),
-            }),
+            Some(Plugin::new("obfs-local", Some("obfs=http;obfs-host=a.example".into()))),
             Some("My server #1"),
         ),
     ];
