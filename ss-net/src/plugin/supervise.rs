@@ -39,6 +39,9 @@ pub(super) struct Launcher {
 /// How many loopback ports ss-local tries when the chosen one turns out taken.
 const PORT_ATTEMPTS: usize = 3;
 
+/// How long one readiness probe may take to connect.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Launcher {
     /// Starts the plugin and waits until it is ready; the address clients use to reach it (the
     /// loopback one on the local side, the public one on the server side).
@@ -112,7 +115,10 @@ impl Launcher {
                 });
             }
             let ready = match self.spec.tcp {
-                true => TcpStream::connect(probe).await.is_ok(),
+                // Bounded: a listener whose backlog is full drops the SYN instead of refusing it.
+                true => {
+                    matches!(tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(probe)).await, Ok(Ok(_)))
+                }
                 false => started.elapsed() >= self.timing.udp_settle,
             };
             if ready {
