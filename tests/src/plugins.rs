@@ -271,6 +271,67 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A peer (shadowsocks-libev, shadowsocks-rust) that starts its own plugin. Killing a peer leaves its
+/// plugin running (the orphans our plugin handling avoids), so dropping this kills the peer's
+/// descendants along with it.
+#[derive(Debug)]
+pub struct PeerWithPlugin(pub Subprocess);
+
+impl PeerWithPlugin {
+    /// Waits (bounded by [`STEP`]) until both ends on the loopback side of the peer's plugin accept
+    /// (`SS_LOCAL_HOST:SS_LOCAL_PORT` from the plugin's environment): the peers open their own port
+    /// without waiting for their plugin, so a connection made at once may find nobody there.
+    pub async fn wait_for_plugin(&self) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let local = children_of(self.0.pid()).into_iter().find_map(plugin_local_address);
+            if let Some(addr) = local {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the peer's plugin never listened\n{}",
+                self.0.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `SS_LOCAL_HOST:SS_LOCAL_PORT` from the environment of process `pid`, if it is a plugin.
+fn plugin_local_address(pid: u32) -> Option<SocketAddr> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let var = |name: &str| {
+        environ.split(|byte| *byte == 0).find_map(|entry| {
+            let entry = std::str::from_utf8(entry).ok()?;
+            entry.strip_prefix(name)?.strip_prefix('=').map(str::to_owned)
+        })
+    };
+    let (host, port) = (var("SS_LOCAL_HOST")?, var("SS_LOCAL_PORT")?);
+    Some(SocketAddr::new(host.parse().ok()?, port.parse().ok()?))
+}
+
+impl Drop for PeerWithPlugin {
+    fn drop(&mut self) {
+        let mut tree = vec![self.0.pid()];
+        let mut index = 0;
+        while let Some(&pid) = tree.get(index) {
+            tree.extend(children_of(pid));
+            index += 1;
+        }
+        for pid in tree {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet).
 pub fn has_ended(pid: u32) -> bool {
     stat_field(pid, 0).is_none_or(|state| state == "Z" || state == "X")

@@ -43,10 +43,14 @@ async fn our_local_to_their_server(implementation: Implementation) {
     let targets = Targets::start().await;
     for pair in pairs {
         let dir = tempfile::tempdir().expect("temp dir");
-        let theirs = Subprocess::start_on_free_port(|port| {
-            their_launch(&binary, dir.path(), port, None, pair.server, &pair.server_opts)
-        })
-        .await;
+        let theirs = PeerWithPlugin(
+            Subprocess::start_on_free_port(|port| {
+                their_launch(&binary, dir.path(), port, None, pair.server, &pair.server_opts)
+            })
+            .await,
+        );
+        theirs.wait_for_plugin().await;
+        let theirs = &theirs.0;
         let ours = our_local(theirs.addr, pair.client, &pair.client_opts).await;
         if let Err(why) = check_traffic(ours.addr, &targets).await {
             panic!("{} with {}: {why}\n{}\n{}", implementation.server, pair.label, ours.log(), theirs.log());
@@ -62,10 +66,21 @@ async fn their_local_to_our_server(implementation: Implementation) {
     for pair in pairs {
         let dir = tempfile::tempdir().expect("temp dir");
         let ours = our_server(pair.server, &pair.server_opts, &[]).await;
-        let theirs = Subprocess::start_on_free_port(|port| {
-            their_launch(&binary, dir.path(), ours.addr.port(), Some(port), pair.client, &pair.client_opts)
-        })
-        .await;
+        let theirs = PeerWithPlugin(
+            Subprocess::start_on_free_port(|port| {
+                their_launch(
+                    &binary,
+                    dir.path(),
+                    ours.addr.port(),
+                    Some(port),
+                    pair.client,
+                    &pair.client_opts,
+                )
+            })
+            .await,
+        );
+        theirs.wait_for_plugin().await;
+        let theirs = &theirs.0;
         if let Err(why) = check_traffic(theirs.addr, &targets).await {
             panic!("{} with {}: {why}\n{}\n{}", implementation.local, pair.label, theirs.log(), ours.log());
         }
