@@ -1,6 +1,6 @@
 //! Runtime pieces both Shadowsocks binaries share: the accept loop with its limits ([`accept`]) and the
 //! two-way relay with half-close and idle timeout ([`relay`]). Protocol code lives in `ss-crypto`;
-//! policy (what to accept, where to connect) lives in each binary.
+//! policy (what to accept, where to connect) lives in each binary. [`plugin`] runs SIP003 plugins for both.
 
 #![warn(missing_docs)]
 

@@ -18,7 +18,7 @@
 //! - **Restart.** A plugin that exits is started again after 0.5 s, doubling up to 30 s (back to 0.5 s
 //!   once a run lasted 30 s), with an error line giving its exit status and last output lines. Meanwhile
 //!   [`Endpoint::current`] is `None`, so ss-local fails new connections at once instead of hanging.
-//! - **Life tied to ours.** See [`child`]: parent-death signal, so a SIGKILL of ours kills the plugin;
+//! - **Life tied to ours.** See `child.rs`: parent-death signal, so a SIGKILL of ours kills the plugin;
 //!   [`Plugin::stop`] sends SIGTERM, then SIGKILL after a grace period.
 //! - **Logs.** Every line the plugin writes goes into our log with the plugin's name.
 
