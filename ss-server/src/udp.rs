@@ -202,14 +202,13 @@ impl Relay {
 
     /// Resolves a target and applies the address policy; `None` drops the datagram.
     async fn resolve(&self, target: &Address) -> Option<SocketAddr> {
-        let policy = self.shared.settings.policy;
         let candidates: Vec<SocketAddr> = match target {
             Address::Ip(addr) => vec![*addr],
             Address::Domain(host, port) => {
                 tokio::net::lookup_host((host.as_str(), *port)).await.ok()?.collect()
             }
         };
-        let allowed = policy.first_allowed(candidates.into_iter().map(unmap));
+        let allowed = self.shared.guard.first_allowed(candidates.into_iter().map(unmap));
         if allowed.is_none() {
             debug!(%target, "UDP target refused by the address policy");
         }
