@@ -44,6 +44,12 @@ pub struct CliArgs {
     /// Key in base64; wins over the password
     #[arg(long = "key", value_name = "BASE64")]
     pub key: Option<String>,
+    /// Read the password (or base64 key) from the first line of FILE instead of -k, out of sight of `ps`
+    #[arg(long = "password-file", value_name = "FILE", conflicts_with_all = ["password", "password_env"])]
+    pub password_file: Option<PathBuf>,
+    /// Read the password (or base64 key) from the environment variable NAME instead of -k
+    #[arg(long = "password-env", value_name = "NAME", conflicts_with = "password")]
+    pub password_env: Option<String>,
     /// Encryption method, e.g. 2022-blake3-aes-256-gcm or chacha20-ietf-poly1305
     #[arg(short = 'm', long = "method", value_name = "METHOD")]
     pub method: Option<String>,

@@ -62,6 +62,9 @@ pub struct Config {
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
     pub verbose: u8,
+    /// One-line warnings found while loading (e.g. a config file with a password that others can read);
+    /// the binaries log each at start.
+    pub warnings: Vec<String>,
 }
 
 /// Which protocols to relay (libev's `mode`).
@@ -159,6 +162,7 @@ impl Config {
             acl: args.acl.clone().or(raw.acl),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
+            warnings: Vec::new(),
         })
     }
 

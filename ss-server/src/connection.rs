@@ -49,12 +49,12 @@ pub(crate) fn handle(
 
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: ss_net::Slot) {
     let Some(in_handshake) = shared.admission.admit(peer) else {
-        debug!("source is at its budget of connections in their handshake; closed at once");
+        debug!("source has four times its budget of connections in their handshake; closed at once");
         shared.settings.stats.rejections.count(Reason::SourceBudget);
         return;
     };
     let accepted = Instant::now();
-    let deadline = accepted + shared.admission.deadline(shared.settings.handshake_timeout);
+    let deadline = accepted + in_handshake.deadline(shared.settings.handshake_timeout);
     let (read_half, write_half) = {
         let stream = stream;
         let _ = stream.set_nodelay(shared.settings.no_delay);

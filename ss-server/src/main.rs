@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         }
     };
     ss_net::process::init_logging(config.effective_log_level().as_str());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let descriptors = match ss_net::process::raise_descriptor_limit(config.nofile) {
         Ok(limit) => limit,
         Err(error) => {

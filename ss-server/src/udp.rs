@@ -24,7 +24,7 @@ use std::time::Duration;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
-use ss_crypto::{Address, Salt};
+use ss_crypto::{Address, Salt, SealError};
 use ss_net::{unmap, PacketWindow};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -240,7 +240,12 @@ impl Relay {
             let Ok((len, source)) = received else { continue };
             association.last_active.store(self.now_ms(), Ordering::Relaxed);
             out.clear();
-            self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out);
+            if let Err(error) =
+                self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out)
+            {
+                debug!(%error, "UDP reply not sealed; dropped");
+                continue;
+            }
             let client = *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Err(error) = self.socket.send_to(&out, client).await {
                 debug!(%error, "UDP reply to client failed");
@@ -253,7 +258,13 @@ impl Relay {
         self.shared.settings.stats.udp_associations.store(table.len(), Ordering::Relaxed);
     }
 
-    fn seal_reply(&self, association: &Association, source: &Address, payload: &[u8], out: &mut Vec<u8>) {
+    fn seal_reply(
+        &self,
+        association: &Association,
+        source: &Address,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         let settings = &self.shared.settings;
         match (&self.codec, &association.session) {
             (Some(codec), Some(session)) => {
@@ -267,11 +278,11 @@ impl Relay {
                 session.next_packet_id += 1;
                 let mut nonce = [0u8; XNONCE_LEN];
                 OsRng.fill_bytes(&mut nonce);
-                codec.seal(&header, &[], source, payload, &nonce, out);
+                codec.seal(&header, &[], source, payload, &nonce, out)
             }
             _ => {
                 let salt = Salt::random(settings.method, &mut OsRng);
-                udp::seal_classic(settings.method, &settings.key, salt, source, payload, out);
+                udp::seal_classic(settings.method, &settings.key, salt, source, payload, out)
             }
         }
     }

@@ -168,10 +168,23 @@ pub async fn round_trip_from(
     target: &Address,
     payload: &[u8],
 ) -> io::Result<Vec<u8>> {
+    let stream = bounded(connect_from(source, server)).await?;
+    round_trip_over(stream, method, target, payload).await
+}
+
+/// Connects to `server` from the loopback address `source`.
+pub async fn connect_from(source: IpAddr, server: SocketAddr) -> io::Result<TcpStream> {
     let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.bind(SocketAddr::new(source, 0))?;
-    let stream = bounded(socket.connect(server)).await?;
-    round_trip_over(stream, method, target, payload).await
+    socket.connect(server).await
+}
+
+/// Loopback address number `n` from 127.1.0.0 on (all of 127/8 is this machine's loopback). Tests that
+/// play many clients give each its own, so that the server's per-source handshake budget (ss-server's
+/// `admission` module) sees as many hosts as there are clients.
+pub fn loopback_host(n: usize) -> IpAddr {
+    let n = u32::try_from(n % (1 << 16)).unwrap_or(0);
+    IpAddr::V4(std::net::Ipv4Addr::from(0x7f01_0000 | n))
 }
 
 async fn round_trip_over(
