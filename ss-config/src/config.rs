@@ -158,7 +158,10 @@ impl Config {
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
             plugin: url::plugin_with(servers::plugin(&raw, args)?, &urls)?,
             nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
-            nofile: raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
+            nofile: match args.nofile {
+                Some(nofile) => Some(nofile),
+                None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
+            },
             acl: args.acl.clone().or(raw.acl),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
