@@ -216,13 +216,13 @@ impl Datagram {
         let address = test_address();
         let opened = match &self.codec {
             DatagramCodec::Classic { method, key, salt } => {
-                udp::seal_classic(*method, key, *salt, &address, payload, &mut self.packet);
+                udp::seal_classic(*method, key, *salt, &address, payload, &mut self.packet).expect("seals");
                 udp::open_classic(*method, key, &mut self.packet).expect("datagram just sealed opens").1
             }
             DatagramCodec::Aead2022(codec) => {
                 let header =
                     Header2022 { session_id: 1, packet_id: 1, sender: Sender::Client, timestamp: NOW };
-                codec.seal(&header, &[], &address, payload, &XNONCE, &mut self.packet);
+                codec.seal(&header, &[], &address, payload, &XNONCE, &mut self.packet).expect("seals");
                 codec.open(&mut self.packet, NOW, Origin::Client).expect("datagram just sealed opens").payload
             }
         };

@@ -44,7 +44,7 @@ fn main() {
     for method in methods(Generation::Classic) {
         let salt = Salt::from_slice(method, &[0x22; 32][..method.salt_len()]).unwrap();
         let mut packet = Vec::new();
-        udp::seal_classic(method, &key(method), salt, &v4, b"ping", &mut packet);
+        udp::seal_classic(method, &key(method), salt, &v4, b"ping", &mut packet).unwrap();
         write("udp_open", &format!("{method}"), &packet);
     }
     for method in methods(Generation::Aead2022) {
@@ -53,7 +53,7 @@ fn main() {
         let server = Header2022 { sender: Sender::Server { client_session_id: 1 }, session_id: 2, ..client };
         for (name, header) in [("client", client), ("server", server)] {
             let mut packet = Vec::new();
-            sealer.seal(&header, &[0; 3], &v6, b"ping", &[0x33; 24], &mut packet);
+            sealer.seal(&header, &[0; 3], &v6, b"ping", &[0x33; 24], &mut packet).unwrap();
             write("udp_open", &format!("{method}-{name}"), &packet);
         }
     }

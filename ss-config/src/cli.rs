@@ -44,6 +44,12 @@ pub struct CliArgs {
     /// Key in base64; wins over the password
     #[arg(long = "key", value_name = "BASE64")]
     pub key: Option<String>,
+    /// Read the password (or base64 key) from the first line of FILE instead of -k, out of sight of `ps`
+    #[arg(long = "password-file", value_name = "FILE", conflicts_with_all = ["password", "password_env"])]
+    pub password_file: Option<PathBuf>,
+    /// Read the password (or base64 key) from the environment variable NAME instead of -k
+    #[arg(long = "password-env", value_name = "NAME", conflicts_with = "password")]
+    pub password_env: Option<String>,
     /// Encryption method, e.g. 2022-blake3-aes-256-gcm or chacha20-ietf-poly1305
     #[arg(short = 'm', long = "method", value_name = "METHOD")]
     pub method: Option<String>,
@@ -98,6 +104,9 @@ pub struct CliArgs {
     /// UDP association idle timeout in seconds [default: 300]
     #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
     pub udp_timeout: Option<u64>,
+    /// Open-file limit to set at start [default: the hard limit]
+    #[arg(short = 'n', long = "nofile", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nofile: Option<u64>,
 }
 
 fn seconds_parser() -> clap::builder::RangedU64ValueParser<u64> {
@@ -138,7 +147,8 @@ mod tests {
         "server": ["file-a", "file-b"], "server_port": 1111, "local_address": "127.0.0.2", "local_port": 2222,
         "password": "file password that is long", "method": "aes-128-gcm", "timeout": 11, "udp_timeout": 12,
         "mode": "tcp_only", "plugin": "file-plugin", "plugin_opts": "file-opts", "acl": "/file.acl",
-        "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn"
+        "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn",
+        "nofile": 1024
     }"#;
 
     #[test]
@@ -188,6 +198,8 @@ mod tests {
             "2",
             "--udp-timeout",
             "22",
+            "-n",
+            "4096",
         ])
         .unwrap();
         let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
@@ -202,6 +214,7 @@ mod tests {
         assert_eq!(config.mode, Mode::TcpAndUdp);
         assert_eq!(config.timeout, Duration::from_secs(21));
         assert_eq!(config.udp_timeout, Duration::from_secs(22));
+        assert_eq!(config.nofile, Some(4096), "-n over the file's nofile");
         assert_eq!(config.handshake_timeout, Duration::from_secs(23));
         assert_eq!(config.connect_timeout, Duration::from_secs(24));
         assert_eq!(config.max_connections, 25);

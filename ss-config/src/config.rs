@@ -65,6 +65,9 @@ pub struct Config {
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
     pub verbose: u8,
+    /// One-line warnings found while loading (e.g. a config file with a password that others can read);
+    /// the binaries log each at start.
+    pub warnings: Vec<String>,
 }
 
 /// Which protocols to relay (libev's `mode`).
@@ -169,10 +172,14 @@ impl Config {
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
             plugin: url::plugin_with(servers::plugin(&raw, args)?, &urls)?,
             nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
-            nofile: raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
+            nofile: match args.nofile {
+                Some(nofile) => Some(nofile),
+                None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
+            },
             acl: args.acl.clone().or(raw.acl),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
+            warnings: Vec::new(),
         })
     }
 

@@ -57,12 +57,63 @@ pub use servers::ServerEntry;
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 
 /// Reads the config file named by `-c` (if any), lays the command line over it and checks the result.
+///
+/// `--password-file` and `--password-env` are read here and count as `-k`. A config file that holds a
+/// password or key and is readable by group or others adds a warning to [`Config::warnings`].
 pub fn load(args: &CliArgs) -> Result<Config, ConfigError> {
     let raw = match &args.config {
         Some(path) => RawConfig::from_file(path)?,
         None => RawConfig::default(),
     };
-    Config::from_raw(raw, args)
+    let mut warnings = Vec::new();
+    if let Some(path) = &args.config {
+        if raw.holds_a_secret() && readable_by_others(path) {
+            warnings.push(format!(
+                "{} holds a password and can be read by other users: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    let args = with_password_from_elsewhere(args)?;
+    let mut config = Config::from_raw(raw, &args)?;
+    config.warnings.extend(warnings);
+    Ok(config)
+}
+
+/// `args` with the password of `--password-file` or `--password-env` in `-k`'s place.
+fn with_password_from_elsewhere(args: &CliArgs) -> Result<CliArgs, ConfigError> {
+    let mut args = args.clone();
+    if let Some(path) = &args.password_file {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::field_error("--password-file", format!("{}: {error}", path.display()))
+        })?;
+        let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if password.is_empty() {
+            return Err(ConfigError::field_error(
+                "--password-file",
+                format!("{}: the first line is empty", path.display()),
+            ));
+        }
+        args.password = Some(password.to_owned());
+    } else if let Some(name) = &args.password_env {
+        match std::env::var(name) {
+            Ok(password) if !password.is_empty() => args.password = Some(password),
+            _ => return Err(ConfigError::field_error("--password-env", format!("{name} is not set"))),
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &std::path::Path) -> bool {
+    false
 }
 
 /// Why the configuration was refused. Every message is one line.
@@ -210,5 +261,65 @@ mod tests {
             let error = RawConfig::from_json(json, Path::new("c.json")).unwrap_err().to_string();
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn the_password_can_come_from_a_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("ss-config-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from the file, long enough\nsecond line ignored\n").unwrap();
+        let base = CliArgs {
+            server: vec!["s".into()],
+            server_port: Some(1),
+            method: Some("aes-256-gcm".into()),
+            ..CliArgs::default()
+        };
+        let from_file = load(&CliArgs { password_file: Some(file.clone()), ..base.clone() }).unwrap();
+        let expected =
+            ss_crypto::Key::from_password(ss_crypto::Method::Aes256Gcm, "from the file, long enough");
+        assert_eq!(from_file.servers[0].key, expected.unwrap());
+
+        std::env::set_var("SS_CONFIG_TEST_PASSWORD", "from the environment");
+        let from_env =
+            load(&CliArgs { password_env: Some("SS_CONFIG_TEST_PASSWORD".into()), ..base.clone() }).unwrap();
+        let expected = ss_crypto::Key::from_password(ss_crypto::Method::Aes256Gcm, "from the environment");
+        assert_eq!(from_env.servers[0].key, expected.unwrap());
+
+        let missing = load(&CliArgs { password_file: Some(dir.join("nope")), ..base.clone() }).unwrap_err();
+        assert_eq!(missing.field(), Some("--password-file"));
+        let unset = load(&CliArgs { password_env: Some("SS_CONFIG_TEST_UNSET".into()), ..base }).unwrap_err();
+        assert_eq!(unset.to_string(), "--password-env: SS_CONFIG_TEST_UNSET is not set");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_config_file_readable_by_others_with_a_password_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ss-config-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.json");
+        let set_mode = |mode| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let args = CliArgs { config: Some(file.clone()), ..CliArgs::default() };
+
+        std::fs::write(
+            &file,
+            r#"{"server":"s","server_port":1,"password":"a long password 1234","method":"aes-128-gcm"}"#,
+        )
+        .unwrap();
+        set_mode(0o644);
+        let warnings = load(&args).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("chmod 600") && warnings[0].contains("config.json"), "{warnings:?}");
+        set_mode(0o600);
+        assert!(load(&args).unwrap().warnings.is_empty());
+
+        // No secret in the file (the password comes from the command line): nothing to warn about.
+        std::fs::write(&file, r#"{"server":"s","server_port":1,"method":"aes-128-gcm"}"#).unwrap();
+        set_mode(0o644);
+        let args = CliArgs { password: Some("a long password 1234".into()), ..args };
+        assert!(load(&args).unwrap().warnings.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

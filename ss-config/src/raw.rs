@@ -35,8 +35,10 @@ pub struct RawConfig {
     /// `local_port`.
     pub local_port: Option<NumberOrString>,
     /// `password`: a password for classic methods, a base64 pre-shared key for 2022 methods.
+    #[serde(default, deserialize_with = "secret")]
     pub password: Option<String>,
     /// `key`: the key in base64 (libev's `--key`); wins over `password`.
+    #[serde(default, deserialize_with = "secret")]
     pub key: Option<String>,
     /// `method`.
     pub method: Option<String>,
@@ -96,8 +98,10 @@ pub struct RawServer {
     #[serde(alias = "port")]
     pub server_port: Option<NumberOrString>,
     /// `password`.
+    #[serde(default, deserialize_with = "secret")]
     pub password: Option<String>,
     /// `key` (base64).
+    #[serde(default, deserialize_with = "secret")]
     pub key: Option<String>,
     /// `method`.
     pub method: Option<String>,
@@ -141,6 +145,13 @@ impl RawConfig {
         RawConfig::from_json(&text, path)
     }
 
+    /// Whether the file holds a password or key anywhere (top level or a `servers` entry).
+    pub fn holds_a_secret(&self) -> bool {
+        self.password.is_some()
+            || self.key.is_some()
+            || self.servers.iter().flatten().any(|server| server.password.is_some() || server.key.is_some())
+    }
+
     /// Parses config text; `origin` names the file in errors (`config.json:3:17: expected ...`).
     pub fn from_json(text: &str, origin: &Path) -> Result<RawConfig, ConfigError> {
         // Editors on Windows like to start files with a byte order mark, which JSON forbids.
@@ -160,6 +171,51 @@ impl RawConfig {
             }
         })
     }
+}
+
+/// A password or key: a string or `null`. Anything else is refused without quoting the value, which
+/// serde would otherwise print in the error (and so in logs) when someone writes a numeric password
+/// unquoted.
+fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    struct Secret;
+    impl<'de> serde::de::Visitor<'de> for Secret {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(text.to_owned()))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
+            inner.deserialize_any(Secret)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(NOT_A_STRING))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(NOT_A_STRING))
+        }
+    }
+    const NOT_A_STRING: &str = "a password or key must be a string in quotes (the value is not shown)";
+    deserializer.deserialize_option(Secret)
 }
 
 impl NumberOrString {
@@ -348,5 +404,24 @@ mod tests {
     fn display_quotes_strings_only() {
         assert_eq!(NumberOrString::from(70000).to_string(), "70000");
         assert_eq!(NumberOrString::from("abc").to_string(), "\"abc\"");
+    }
+
+    #[test]
+    fn a_password_that_is_not_a_string_is_refused_without_echoing_it() {
+        for field in ["password", "key"] {
+            for value in ["123456789", "12.5", "true", "[\"hunter2\"]", "{\"p\":\"hunter2\"}"] {
+                let text = format!(r#"{{"server":"s","{field}":{value},"method":"aes-128-gcm"}}"#);
+                let error = RawConfig::from_json(&text, Path::new("c.json")).unwrap_err().to_string();
+                assert!(error.contains("must be a string"), "{error}");
+                for secret in ["123456789", "12.5", "hunter2"] {
+                    assert!(!error.contains(secret), "{field} = {value}: {error}");
+                }
+            }
+            let inside = format!(r#"{{"servers":[{{"server":"s","{field}":31337}}]}}"#);
+            let error = RawConfig::from_json(&inside, Path::new("c.json")).unwrap_err().to_string();
+            assert!(error.contains("must be a string") && !error.contains("31337"), "{error}");
+        }
+        let null = RawConfig::from_json(r#"{"password":null}"#, Path::new("c.json")).unwrap();
+        assert_eq!(null.password, None);
     }
 }

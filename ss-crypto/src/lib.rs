@@ -35,7 +35,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use address::{Address, AddressError, MAX_ADDRESS_LEN};
-pub use cipher::{NonceCounter, NonceExhausted, BACKEND, NONCE_LEN};
+pub use cipher::{NonceCounter, NonceExhausted, SealError, BACKEND, NONCE_LEN};
 pub use key::{is_weak_password, Key, KeyError, Salt};
 pub use method::{Algorithm, Generation, Method, MethodError, MAX_KEY_LEN, MAX_SALT_LEN, TAG_LEN};
 pub use tcp::{Decoded, DecryptError, Decryptor, Encryptor};

@@ -30,7 +30,7 @@ use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::cipher::{open_with_nonce, seal_with_nonce, NONCE_LEN};
+use crate::cipher::{open_with_nonce, seal_with_nonce, SealError, NONCE_LEN};
 use crate::key::{Key, Salt};
 use crate::method::{Generation, Method, TAG_LEN};
 use crate::tcp::{MAX_PADDING_LEN, MAX_TIME_SKEW};
@@ -114,7 +114,8 @@ pub struct Opened2022 {
     pub payload: Range<usize>,
 }
 
-/// Seals a classic datagram: `salt | seal(address | payload)`, appended to `out`.
+/// Seals a classic datagram: `salt | seal(address | payload)`, appended to `out`. On an error `out` is
+/// left as it was: the datagram must be dropped.
 pub fn seal_classic(
     method: Method,
     key: &Key,
@@ -122,14 +123,19 @@ pub fn seal_classic(
     address: &Address,
     payload: &[u8],
     out: &mut Vec<u8>,
-) {
+) -> Result<(), SealError> {
+    let datagram_start = out.len();
     out.extend_from_slice(salt.as_bytes());
     let start = out.len();
     address.write_to(out);
     out.extend_from_slice(payload);
     out.extend_from_slice(&[0; TAG_LEN]);
     let subkey = key.session_subkey(method, salt.as_bytes());
-    seal_with_nonce(method.algorithm(), subkey.as_bytes(), &[0; NONCE_LEN], &mut out[start..]);
+    let sealed = seal_with_nonce(method.algorithm(), subkey.as_bytes(), &[0; NONCE_LEN], &mut out[start..]);
+    if sealed.is_err() {
+        out.truncate(datagram_start);
+    }
+    sealed
 }
 
 /// Opens a classic datagram in place; returns the address and the payload's range in `packet`.
@@ -199,7 +205,8 @@ impl Udp2022 {
     }
 
     /// Seals one datagram and appends it to `out`. `nonce` is used by the ChaCha variant only (24 random
-    /// bytes per packet); padding is clamped to 900 bytes.
+    /// bytes per packet); padding is clamped to 900 bytes. On an error `out` is left as it was: the
+    /// datagram must be dropped.
     pub fn seal(
         &self,
         header: &Header2022,
@@ -208,7 +215,8 @@ impl Udp2022 {
         payload: &[u8],
         nonce: &[u8; XNONCE_LEN],
         out: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), SealError> {
+        let datagram_start = out.len();
         let mut separate = [0u8; SEPARATE_HEADER_LEN];
         separate[..8].copy_from_slice(&header.session_id.to_be_bytes());
         separate[8..].copy_from_slice(&header.packet_id.to_be_bytes());
@@ -242,20 +250,27 @@ impl Udp2022 {
         out.extend_from_slice(payload);
         out.extend_from_slice(&[0; TAG_LEN]);
         let body = &mut out[body_start..];
-        match &self.block {
+        let sealed = match &self.block {
             Block::XChaCha(cipher) => {
                 let (plaintext, tag_out) = body.split_at_mut(body.len() - TAG_LEN);
-                // Only fails for bodies beyond 2^38 bytes; datagrams are at most 64 KiB.
-                if let Ok(tag) = cipher.encrypt_in_place_detached(XNonce::from_slice(nonce), b"", plaintext) {
-                    tag_out.copy_from_slice(&tag);
+                match seal_xchacha(cipher, nonce, plaintext) {
+                    Ok(tag) => {
+                        tag_out.copy_from_slice(&tag);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
                 }
             }
             Block::Aes128(_) | Block::Aes256(_) => {
                 let subkey = self.key.blake3_subkey(&separate[..8]);
                 let nonce: [u8; NONCE_LEN] = nonce_of(&separate);
-                seal_with_nonce(self.method.algorithm(), subkey.as_bytes(), &nonce, body);
+                seal_with_nonce(self.method.algorithm(), subkey.as_bytes(), &nonce, body)
             }
+        };
+        if sealed.is_err() {
+            out.truncate(datagram_start);
         }
+        sealed
     }
 
     /// Opens one datagram in place. A server opens packets from [`Origin::Client`], a client those from
@@ -367,6 +382,22 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(value)
 }
 
+/// The XChaCha20-Poly1305 seal of 2022 ChaCha datagrams, failing closed like the other seals (the crate
+/// refuses only bodies beyond 2^38 bytes; datagrams are at most 64 KiB).
+fn seal_xchacha(
+    cipher: &XChaCha20Poly1305,
+    nonce: &[u8; XNONCE_LEN],
+    plaintext: &mut [u8],
+) -> Result<chacha20poly1305::Tag, SealError> {
+    #[cfg(test)]
+    if crate::cipher::failing_seals::active() {
+        return Err(SealError::Backend);
+    }
+    cipher
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), b"", plaintext)
+        .map_err(|_| SealError::Backend)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,11 +417,11 @@ mod tests {
         match Udp2022::new(method, &key(method)) {
             Some(udp) => {
                 let header = Header2022 { session_id: 7, packet_id: 1, sender, timestamp: NOW };
-                udp.seal(&header, &[1, 2, 3], &target(), payload, &[4; XNONCE_LEN], &mut packet);
+                udp.seal(&header, &[1, 2, 3], &target(), payload, &[4; XNONCE_LEN], &mut packet).unwrap();
             }
             None => {
                 let salt = Salt::from_slice(method, &[5; 32][..method.salt_len()]).unwrap();
-                seal_classic(method, &key(method), salt, &target(), payload, &mut packet);
+                seal_classic(method, &key(method), salt, &target(), payload, &mut packet).unwrap();
             }
         }
         packet
@@ -460,6 +491,34 @@ mod tests {
             for method in Method::ALL {
                 proptest::prop_assert!(open(method, &mut bytes.clone(), Origin::Client).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn a_failed_seal_leaves_no_datagram_behind() {
+        let target = Address::domain("example.com", 53).unwrap();
+        for method in Method::ALL {
+            let key = key(method);
+            let mut out = b"earlier".to_vec();
+            let failing = crate::cipher::failing_seals::start();
+            let sealed = match Udp2022::new(method, &key) {
+                Some(codec) => {
+                    let header =
+                        Header2022 { session_id: 1, packet_id: 1, sender: Sender::Client, timestamp: NOW };
+                    codec.seal(&header, &[], &target, b"ping", &[7; XNONCE_LEN], &mut out)
+                }
+                None => seal_classic(
+                    method,
+                    &key,
+                    Salt::from_slice(method, &[1; 32][..method.salt_len()]).unwrap(),
+                    &target,
+                    b"ping",
+                    &mut out,
+                ),
+            };
+            drop(failing);
+            assert_eq!(sealed, Err(SealError::Backend), "{method}");
+            assert_eq!(out, b"earlier", "{method}: the datagram must be dropped, not sent with a zero tag");
         }
     }
 }

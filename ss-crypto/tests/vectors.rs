@@ -303,14 +303,15 @@ fn udp_packets_seal_and_open_exactly() {
                 .map(hex)
                 .filter(|n| n.len() == 24)
                 .map_or([0; 24], |n| n.try_into().unwrap());
-            udp.seal(&header, &hex(&vector["padding"]), &addr, &payload, &nonce, &mut sealed);
+            udp.seal(&header, &hex(&vector["padding"]), &addr, &payload, &nonce, &mut sealed).unwrap();
             let origin = if from_client { Origin::Client } else { Origin::Server };
             let result = udp.open(&mut opened, timestamp(vector), origin).unwrap();
             assert_eq!(result.header, header, "{name}");
             assert_eq!(result.address, addr, "{name}");
             assert_eq!(&opened[result.payload], payload, "{name}");
         } else {
-            udp::seal_classic(method, &key, salt(method, &vector["salt"]), &addr, &payload, &mut sealed);
+            udp::seal_classic(method, &key, salt(method, &vector["salt"]), &addr, &payload, &mut sealed)
+                .unwrap();
             let (address, range) = udp::open_classic(method, &key, &mut opened).unwrap();
             assert_eq!(address, addr, "{name}");
             assert_eq!(&opened[range], payload, "{name}");

@@ -32,6 +32,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     ss_net::process::init_logging(config.effective_log_level().as_str());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let descriptors = match ss_net::process::raise_descriptor_limit(config.nofile) {
+        Ok(limit) => limit,
+        Err(error) => {
+            eprintln!("ss-local: nofile: cannot set the open-file limit: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Single-threaded: the accept loop and UDP run here, and TCP connections are spread over this thread
     // and `threads - 1` more, each connection staying on one (ss_net::Workers).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -41,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, local_port)) {
+    match runtime.block_on(serve(config, local_port, descriptors)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -50,7 +60,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
+async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Result<()> {
     for entry in config.servers.iter().filter(|entry| entry.password_is_weak) {
         tracing::warn!(
             "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
@@ -78,7 +88,13 @@ async fn serve(config: Config, local_port: u16) -> anyhow::Result<()> {
     settings.handshake_timeout = config.handshake_timeout;
     settings.connect_timeout = config.connect_timeout;
     settings.idle_timeout = config.timeout;
-    settings.max_connections = config.max_connections;
+    // A SOCKS5 connection holds two descriptors, as on the server; a UDP association three (its control
+    // connection, the relay socket and the upstream socket): the UDP share covers the third.
+    let udp_share = if config.mode.udp() { usize::MAX } else { 0 };
+    let (max_connections, _) =
+        ss_net::process::fit_to_descriptors(descriptors, 1, config.max_connections, udp_share);
+    tracing::info!(nofile = descriptors, max_connections, "limits fitted to the open-file limit");
+    settings.max_connections = max_connections;
     settings.threads = config.threads_or_cpus();
     settings.tcp = config.mode.tcp();
     settings.udp = config.mode.udp();

@@ -6,8 +6,10 @@
 //! application ◀─(RSV FRAG ATYP src  port | data)─── relay socket ◀─open─── server
 //! ```
 //!
-//! Datagrams from an IP other than the one that opened the association, and fragments (FRAG != 0), are
-//! dropped. The association ends when its TCP control connection closes.
+//! The association belongs to the first sender from the control connection's IP: its address and port
+//! are fixed by its first datagram, and datagrams from any other address or port (RFC 1928, section 7),
+//! and fragments (FRAG != 0), are dropped. Replies go only to that sender. The association ends when its
+//! TCP control connection closes.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,7 +19,7 @@ use std::sync::Mutex;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
-use ss_crypto::{Address, Key, Method, Salt};
+use ss_crypto::{Address, Key, Method, Salt, SealError};
 use ss_net::{unmap, PacketWindow};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
@@ -76,9 +78,22 @@ async fn uplink(
         if header.frag != 0 {
             continue;
         }
-        *client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(from);
+        {
+            let mut client = client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match *client {
+                None => *client = Some(from),
+                Some(first) if first == from => {}
+                Some(_) => {
+                    debug!(%from, "UDP datagram from another port of the client dropped");
+                    continue;
+                }
+            }
+        }
         out.clear();
-        codec.seal(&header.target, &buf[used..len], &mut out);
+        if let Err(error) = codec.seal(&header.target, &buf[used..len], &mut out) {
+            debug!(%error, "UDP datagram not sealed; dropped");
+            continue;
+        }
         if let Err(error) = upstream.send(&out).await {
             debug!(%error, target = %header.target, "UDP send to server failed");
         }
@@ -142,10 +157,10 @@ impl Codec {
         }
     }
 
-    fn seal(&self, target: &Address, payload: &[u8], out: &mut Vec<u8>) {
+    fn seal(&self, target: &Address, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         match self {
             Codec::Classic { method, key } => {
-                udp::seal_classic(*method, key, Salt::random(*method, &mut OsRng), target, payload, out);
+                udp::seal_classic(*method, key, Salt::random(*method, &mut OsRng), target, payload, out)
             }
             Codec::Aead2022(session) => {
                 let packet_id = {
@@ -161,7 +176,7 @@ impl Codec {
                 };
                 let mut nonce = [0u8; XNONCE_LEN];
                 OsRng.fill_bytes(&mut nonce);
-                session.cipher.seal(&header, &[], target, payload, &nonce, out);
+                session.cipher.seal(&header, &[], target, payload, &nonce, out)
             }
         }
     }

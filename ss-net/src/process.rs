@@ -1,6 +1,52 @@
-//! Process plumbing both binaries need: log setup and the shutdown signal.
+//! Process plumbing both binaries need: log setup, the descriptor limit and the shutdown signal.
 
 use tokio_util::sync::CancellationToken;
+
+/// Descriptors kept aside for what is not a connection: listeners, the runtimes' epoll and wake-up
+/// descriptors, resolver sockets, log and state files.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft limit on open files to `requested` (libev's `nofile`), or to the hard limit when not
+/// given, and returns the limit now in force. Asking for more than the hard limit raises the hard limit
+/// too where the process may (as root); otherwise the hard limit is used and the shortfall logged.
+pub fn raise_descriptor_limit(requested: Option<u64>) -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let wanted = requested.unwrap_or(hard);
+    if wanted > hard {
+        if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+            return Ok(wanted);
+        }
+        tracing::warn!(nofile = wanted, hard, "cannot raise the open-file limit above its hard limit");
+    }
+    let target = wanted.min(hard);
+    if target != soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    Ok(target)
+}
+
+/// How many TCP connections and UDP associations fit in `limit` descriptors, capped at the configured
+/// `max_connections` and `max_udp` (per listener; `listeners` share the limit; `max_udp` is 0 when UDP
+/// is off).
+///
+/// A relayed TCP connection holds two descriptors (client and target) and a UDP association one (its
+/// outbound socket); UDP gets at most a quarter of what is left after [`RESERVED_DESCRIPTORS`]. The
+/// accept loop stops at `max_connections`, so with these caps accept never fails for want of
+/// descriptors and the last connection can still open its outbound socket.
+pub fn fit_to_descriptors(
+    limit: u64,
+    listeners: usize,
+    max_connections: usize,
+    max_udp: usize,
+) -> (usize, usize) {
+    let listeners = listeners.max(1) as u64;
+    let available = limit.saturating_sub(RESERVED_DESCRIPTORS) / listeners;
+    let udp = (available / 4).min(max_udp as u64);
+    let tcp = ((available - udp) / 2).min(max_connections as u64);
+    let udp = if max_udp == 0 { 0 } else { udp.max(1) };
+    (tcp.max(1) as usize, udp as usize)
+}
 
 /// Sends logs to stderr. `RUST_LOG` wins when set; otherwise `default` (e.g. "info", "debug") applies to
 /// every target.
@@ -41,4 +87,38 @@ pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
         token.cancel();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_fit_in_the_descriptor_limit() {
+        // The common soft limit: 960 usable, 240 for UDP, 360 connections of two descriptors.
+        assert_eq!(fit_to_descriptors(1024, 1, 10_000, 4096), (360, 240));
+        let (tcp, udp) = fit_to_descriptors(1024, 1, 10_000, 4096);
+        assert!(2 * tcp as u64 + udp as u64 + RESERVED_DESCRIPTORS <= 1024);
+        // Two listeners share it.
+        assert_eq!(fit_to_descriptors(1024, 2, 10_000, 4096), (180, 120));
+        // A generous limit leaves the configured caps alone.
+        assert_eq!(fit_to_descriptors(1 << 20, 1, 10_000, 4096), (10_000, 4096));
+        // A limit below the reserve still lets one of each through rather than none.
+        assert_eq!(fit_to_descriptors(10, 1, 10_000, 4096), (1, 1));
+        // Without UDP, TCP has it all.
+        assert_eq!(fit_to_descriptors(1024, 1, 10_000, 0), (480, 0));
+    }
+
+    #[test]
+    fn the_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(raise_descriptor_limit(None).unwrap(), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, hard);
+        // A smaller request (libev's nofile) is honoured as asked.
+        let smaller = hard.min(4096) - 1;
+        assert_eq!(raise_descriptor_limit(Some(smaller)).unwrap(), smaller);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, smaller);
+        assert_eq!(raise_descriptor_limit(None).unwrap(), hard);
+    }
 }

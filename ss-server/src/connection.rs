@@ -9,7 +9,13 @@
 //! salt, stale timestamp, bad address type) gets the same silent treatment: nothing is written, nothing is
 //! connected, the server reads and discards until the handshake deadline counted from accept, then closes
 //! with a FIN. A prober learns the same thing whatever it sends: how long the deadline is.
+//!
+//! Before any of that, [`crate::admission`] decides whether the connection's source may start another
+//! handshake (one host cannot own every slot) and how long the handshake deadline is (shorter when most
+//! slots are taken by connections still in their handshake). Refusals are logged at debug and counted
+//! for the periodic summary ([`crate::rejections`]).
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +23,14 @@ use std::sync::Arc;
 use rand_core::OsRng;
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
-use crate::policy::TargetPolicy;
+use crate::policy::AddressGuard;
+use crate::rejections::Reason;
 use crate::Shared;
 
 /// Serves one accepted connection; every outcome is logged here and nothing is returned.
@@ -37,12 +44,17 @@ pub(crate) fn handle(
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("tcp", %peer, target = tracing::field::Empty);
-    serve(stream, shared, slot).instrument(span)
+    serve(stream, peer, shared, slot).instrument(span)
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: ss_net::Slot) {
+    let Some(in_handshake) = shared.admission.admit(peer) else {
+        debug!("source has four times its budget of connections in their handshake; closed at once");
+        shared.settings.stats.rejections.count(Reason::SourceBudget);
+        return;
+    };
     let accepted = Instant::now();
-    let deadline = accepted + shared.settings.handshake_timeout;
+    let deadline = accepted + in_handshake.deadline(shared.settings.handshake_timeout);
     let (read_half, write_half) = {
         let stream = stream;
         let _ = stream.set_nodelay(shared.settings.no_delay);
@@ -59,7 +71,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
     let target = match handshake {
         Ok(Ok(target)) => target,
         Ok(Err(error)) => {
-            log_probe(&error);
+            log_probe(&error, &shared);
             return tokio::select! {
                 () = reject(reader.into_inner(), write_half, deadline) => {}
                 () = shared.shutdown.cancelled() => {}
@@ -72,13 +84,16 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
     };
     tracing::Span::current().record("target", tracing::field::display(&target));
 
+    // The salt is recorded here, once its first record authenticated; `None` means it was seen before.
     let Some(request_salt) = reader.authenticated_salt().filter(|salt| shared.replay.insert(salt)) else {
-        warn!("replayed request refused");
+        debug!("replayed request refused");
+        shared.settings.stats.rejections.count(Reason::Replay);
         return reject(reader.into_inner(), write_half, deadline).await;
     };
+    drop(in_handshake);
 
     let settings = &shared.settings;
-    let connected = connect(&target, settings.policy, settings.connect_timeout).await;
+    let connected = connect(&target, &shared.guard, settings.connect_timeout).await;
     drop(target);
     let upstream = match connected {
         Ok(upstream) => upstream,
@@ -121,7 +136,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
 /// Every resolved address is checked against the policy right before it is dialled.
 pub(crate) async fn connect(
     target: &Address,
-    policy: TargetPolicy,
+    guard: &AddressGuard,
     connect_timeout: std::time::Duration,
 ) -> io::Result<TcpStream> {
     let candidates: Vec<SocketAddr> = match target {
@@ -142,7 +157,7 @@ pub(crate) async fn connect(
         }
     };
     let mut last_error = None;
-    for addr in policy.allowed_targets(candidates.iter().copied()) {
+    for addr in guard.allowed_targets(candidates.iter().copied()) {
         match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(error)) => last_error = Some(error),
@@ -156,24 +171,45 @@ pub(crate) async fn connect(
 }
 
 /// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.
-async fn reject(mut read_half: OwnedReadHalf, write_half: OwnedWriteHalf, deadline: Instant) {
-    let mut sink = [0u8; 256];
-    let _ = timeout_at(deadline, async {
-        while matches!(read_half.read(&mut sink).await, Ok(n) if n > 0) {}
-        // The peer closed early; keep the connection until the deadline all the same.
-        std::future::pending::<()>().await;
-    })
-    .await;
+async fn reject(read_half: OwnedReadHalf, write_half: OwnedWriteHalf, deadline: Instant) {
+    let _ = timeout_at(deadline, discard(&read_half)).await;
     close(write_half).await;
+}
+
+thread_local! {
+    /// Where rejected connections' bytes are read to and forgotten: one buffer per thread, large enough
+    /// that a prober sending fast costs a read call per 16 KiB rather than per 256 bytes.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 16 * 1024]);
+}
+
+/// Reads and drops everything `read_half` receives; once the peer has closed, waits forever (the caller's
+/// deadline decides when the connection ends).
+async fn discard(read_half: &OwnedReadHalf) {
+    loop {
+        if read_half.readable().await.is_err() {
+            break;
+        }
+        // No await while the thread's buffer is borrowed.
+        match SCRATCH.with_borrow_mut(|scratch| read_half.try_read(scratch)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 async fn close(mut write_half: OwnedWriteHalf) {
     let _ = write_half.shutdown().await;
 }
 
-fn log_probe(error: &io::Error) {
+fn log_probe(error: &io::Error, shared: &Shared) {
     match error.get_ref().and_then(|inner| inner.downcast_ref::<DecryptError>()) {
-        Some(reason) => warn!(%reason, "rejected a connection that failed the handshake"),
+        Some(reason) => {
+            debug!(%reason, "rejected a connection that failed the handshake");
+            shared.settings.stats.rejections.count(Reason::of(reason));
+        }
         None if error.kind() == io::ErrorKind::UnexpectedEof => debug!("closed before sending a request"),
         None => debug!(%error, "handshake read failed"),
     }

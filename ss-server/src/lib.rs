@@ -7,8 +7,11 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 mod connection;
+mod own_addresses;
 pub mod policy;
+pub mod rejections;
 pub mod replay;
 mod udp;
 
@@ -20,7 +23,9 @@ use ss_crypto::{Key, Method};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-pub use policy::TargetPolicy;
+use admission::Admission;
+pub use policy::{AddressGuard, OwnAddresses, TargetPolicy};
+use rejections::Rejections;
 use replay::ReplayFilter;
 
 /// Everything the server needs to know, checked and typed.
@@ -33,13 +38,16 @@ pub struct Settings {
     /// Which targets may be connected to.
     pub policy: TargetPolicy,
     /// Time from accept within which the request header must arrive; also when rejected
-    /// connections are closed.
+    /// connections are closed. Shorter under pressure (see [`admission`]).
     pub handshake_timeout: Duration,
+    /// Most connections from one source (IPv4 address, IPv6 /64) in their handshake at once.
+    pub max_handshakes_per_source: usize,
     /// Time allowed for resolving and connecting to a target.
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
-    /// Most connections served at once per listener; further clients wait in the backlog.
+    /// Most connections served at once per listener; further clients wait in the backlog. `main` fits it
+    /// to the descriptor limit.
     pub max_connections: usize,
     /// At shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
@@ -63,6 +71,8 @@ pub struct Settings {
 pub struct Stats {
     /// UDP associations (NAT entries) currently open.
     pub udp_associations: AtomicUsize,
+    /// Refused connections by reason.
+    pub rejections: Arc<Rejections>,
 }
 
 /// The sockets a server serves on: TCP listeners and UDP sockets.
@@ -82,6 +92,7 @@ impl Settings {
             key,
             policy: TargetPolicy::PublicOnly,
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes_per_source: admission::DEFAULT_PER_SOURCE,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
@@ -101,6 +112,10 @@ impl Settings {
 struct Shared {
     settings: Settings,
     replay: ReplayFilter,
+    /// The address policy with the host's own addresses.
+    guard: AddressGuard,
+    /// Connections in their handshake, per source.
+    admission: Arc<Admission>,
     /// Cancelled at shutdown; connections still in their handshake stop at once.
     shutdown: CancellationToken,
 }
@@ -111,8 +126,15 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
     let workers = ss_net::Workers::start(settings.threads);
-    let shared = Arc::new(Shared { settings, replay, shutdown: shutdown.clone() });
+    let own = match settings.policy {
+        TargetPolicy::PublicOnly => OwnAddresses::watch(shutdown.clone()),
+        TargetPolicy::AllowAll => OwnAddresses::default(),
+    };
+    let guard = AddressGuard::new(settings.policy, own);
+    let admission = Admission::new(settings.max_connections, settings.max_handshakes_per_source);
     let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(settings.stats.rejections.clone().report(shutdown.clone()));
+    let shared = Arc::new(Shared { settings, replay, guard, admission, shutdown: shutdown.clone() });
     for socket in listeners.udp {
         if let Ok(addr) = socket.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (UDP)");

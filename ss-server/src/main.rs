@@ -36,6 +36,16 @@ fn main() -> ExitCode {
         }
     };
     ss_net::process::init_logging(config.effective_log_level().as_str());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let descriptors = match ss_net::process::raise_descriptor_limit(config.nofile) {
+        Ok(limit) => limit,
+        Err(error) => {
+            eprintln!("ss-server: nofile: cannot set the open-file limit: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Single-threaded: the accept loop and UDP run here, and TCP connections are spread over this thread
     // and `threads - 1` more, each connection staying on one (ss_net::Workers).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -45,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, descriptors)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -67,7 +77,7 @@ fn generate_key(method: &str) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
     warn_about_unsupported(&config);
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
@@ -76,7 +86,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for entry in &config.servers {
         let (listeners, plugin) = listen(&config, entry).await?;
         plugins.extend(plugin);
-        servers.spawn(ss_server::run(settings(&config, entry), listeners, shutdown.clone()));
+        servers.spawn(ss_server::run(settings(&config, entry, descriptors), listeners, shutdown.clone()));
     }
     while servers.join_next().await.is_some() {}
     // After the drain: open connections came in through the plugins.
@@ -164,7 +174,7 @@ async fn bind_loopback(
     Err(error).context("binding the loopback port pair for the plugin")
 }
 
-fn settings(config: &Config, entry: &ServerEntry) -> Settings {
+fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings {
     if entry.password_is_weak {
         tracing::warn!(
             "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
@@ -183,6 +193,22 @@ fn settings(config: &Config, entry: &ServerEntry) -> Settings {
     settings.max_connections = config.max_connections;
     settings.threads = config.threads_or_cpus();
     settings.udp_timeout = config.udp_timeout;
+    let (max_connections, max_udp) = ss_net::process::fit_to_descriptors(
+        descriptors,
+        config.servers.len(),
+        settings.max_connections,
+        if config.mode.udp() { settings.max_udp_associations } else { 0 },
+    );
+    tracing::info!(
+        nofile = descriptors,
+        max_connections,
+        max_udp_associations = max_udp,
+        "{}:{}: limits fitted to the open-file limit",
+        entry.host,
+        entry.port
+    );
+    settings.max_connections = max_connections;
+    settings.max_udp_associations = max_udp.max(1);
     settings
 }
 
@@ -193,7 +219,6 @@ fn warn_about_unsupported(config: &Config) {
         (config.reuse_port, "reuse_port"),
         (config.acl.is_some(), "acl"),
         (config.nameserver.is_some(), "nameserver"),
-        (config.nofile.is_some(), "nofile"),
     ] {
         if set {
             tracing::warn!("{name} is not supported yet and is ignored");

@@ -13,19 +13,33 @@
 //! | link-local (incl. metadata)| 169.254.0.0/16                | fe80::/10                |
 //! | shared address space (CGNAT)| 100.64.0.0/10                | -                        |
 //! | IETF protocol assignments  | 192.0.0.0/24                  | -                        |
+//! | benchmarking               | 198.18.0.0/15                 | -                        |
+//! | local-use NAT64            | -                             | 64:ff9b:1::/48           |
 //! | multicast                  | 224.0.0.0/4                   | ff00::/8                 |
 //! | reserved and broadcast     | 240.0.0.0/4, 255.255.255.255  | -                        |
 //!
-//! IPv6 forms that embed an IPv4 address (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
-//! NAT64 `64:ff9b::a.b.c.d`) are judged by the embedded address. The check is applied to each resolved
-//! address right before connecting to it, so a name that resolves to a private address is refused too and
-//! there is no gap between checking and connecting (DNS rebinding). [`TargetPolicy::allowed_targets`] and
-//! [`TargetPolicy::first_allowed`] are that resolve-then-check step as pure functions over the resolved
-//! addresses, shared by the TCP and UDP relays and testable without a resolver.
+//! IPv6 forms that embed an IPv4 address are judged by the embedded address: IPv4-mapped
+//! `::ffff:a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64
+//! `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48`, and Teredo `2001:0::/32` (both the server address it
+//! names and the client address it carries, inverted, in its last 32 bits).
+//!
+//! On top of the ranges, [`AddressGuard`] refuses the server host's own addresses ([`OwnAddresses`]):
+//! the public IPv4 and global IPv6 addresses on a VPS's interfaces reach the host's services past
+//! firewall rules written for the external interface, and its own port makes it connect to itself.
+//! The documentation ranges 192.0.2.0/24 and 2001:db8::/32 stay allowed by the range rule, so tests can
+//! put them on a namespace's loopback and exercise the own-address rule alone.
+//!
+//! The check is applied to each resolved address right before connecting to it, so a name that resolves
+//! to a private address is refused too and there is no gap between checking and connecting (DNS
+//! rebinding). [`AddressGuard::allowed_targets`] and [`AddressGuard::first_allowed`] are that
+//! resolve-then-check step as pure functions over the resolved addresses, shared by the TCP and UDP
+//! relays and testable without a resolver.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// The server's rule for targets.
+pub use crate::own_addresses::OwnAddresses;
+
+/// The server's configured rule for targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetPolicy {
     /// Refuse every address that is not globally routable unicast (the default).
@@ -42,20 +56,47 @@ impl TargetPolicy {
             TargetPolicy::PublicOnly => !is_internal(ip),
         }
     }
+}
+
+/// The rule applied right before each connect: the configured [`TargetPolicy`] and, under
+/// [`TargetPolicy::PublicOnly`], the host's own addresses.
+#[derive(Debug, Clone)]
+pub struct AddressGuard {
+    policy: TargetPolicy,
+    own: Option<OwnAddresses>,
+}
+
+impl AddressGuard {
+    /// A guard for `policy`; `own` is consulted only when the policy is [`TargetPolicy::PublicOnly`].
+    pub fn new(policy: TargetPolicy, own: OwnAddresses) -> AddressGuard {
+        let own = (policy == TargetPolicy::PublicOnly).then_some(own);
+        AddressGuard { policy, own }
+    }
+
+    /// The range rule alone (no own addresses): for tests and tools that have no host to protect.
+    pub fn ranges_only(policy: TargetPolicy) -> AddressGuard {
+        AddressGuard { policy, own: None }
+    }
+
+    /// Whether the server may connect to `ip`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.policy.allows(ip) && !self.own.as_ref().is_some_and(|own| own.contains(ip))
+    }
 
     /// The addresses among `candidates` (what a target resolved to, in the resolver's order) that the
     /// server may use, in the same order. Lazy: each address is judged when it is taken, right before the
     /// caller dials it.
-    pub fn allowed_targets<I>(self, candidates: I) -> impl Iterator<Item = SocketAddr>
+    pub fn allowed_targets<'a, I>(&'a self, candidates: I) -> impl Iterator<Item = SocketAddr> + 'a
     where
         I: IntoIterator<Item = SocketAddr>,
+        I::IntoIter: 'a,
     {
         candidates.into_iter().filter(move |addr| self.allows(addr.ip()))
     }
 
     /// The first of `candidates` the server may use; `None` when every one is refused (or there is none).
-    pub fn first_allowed(self, candidates: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
-        self.allowed_targets(candidates).next()
+    pub fn first_allowed(&self, candidates: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
+        candidates.into_iter().find(|addr| self.allows(addr.ip()))
     }
 }
 
@@ -64,8 +105,9 @@ pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => match embedded_v4(v6) {
-            Some(v4) => is_internal_v4(v4),
-            None => is_internal_v6(v6),
+            Embedded::None => is_internal_v6(v6),
+            Embedded::One(v4) => is_internal_v4(v4),
+            Embedded::Two(first, second) => is_internal_v4(first) || is_internal_v4(second),
         },
     }
 }
@@ -80,12 +122,15 @@ fn is_internal_v4(ip: Ipv4Addr) -> bool {
         || (a == 169 && b == 254)            // link-local, cloud metadata 169.254.169.254
         || (a == 100 && (64..=127).contains(&b)) // CGNAT shared address space
         || (a == 192 && b == 0 && c == 0)    // IETF protocol assignments
+        || (a == 198 && (b & 0xfe) == 18)    // benchmarking 198.18.0.0/15
         || a >= 224 // multicast 224/4, reserved 240/4, broadcast
 }
 
 fn is_internal_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
     ip.is_unspecified()
+        || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
         || ip.is_loopback()
         || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
@@ -93,21 +138,33 @@ fn is_internal_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xff00) == 0xff00 // multicast
 }
 
-/// The IPv4 address inside an IPv4-mapped, IPv4-compatible or NAT64 (64:ff9b::/96) IPv6 address.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+/// The IPv4 addresses an IPv6 address stands for, if it is one of the embedding forms.
+enum Embedded {
+    None,
+    One(Ipv4Addr),
+    /// Teredo: the Teredo server's address and the client's (de-obfuscated) public address.
+    Two(Ipv4Addr, Ipv4Addr),
+}
+
+/// The IPv4 address(es) inside an IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64 (64:ff9b::/96),
+/// 6to4 (2002::/16) or Teredo (2001::/32) IPv6 address.
+fn embedded_v4(ip: Ipv6Addr) -> Embedded {
     if let Some(v4) = ip.to_ipv4_mapped() {
-        return Some(v4);
+        return Embedded::One(v4);
     }
-    let segments = ip.segments();
-    let tail = Ipv4Addr::new(
-        (segments[6] >> 8) as u8,
-        segments[6] as u8,
-        (segments[7] >> 8) as u8,
-        segments[7] as u8,
-    );
-    let compatible = segments[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback();
-    let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    (compatible || nat64).then_some(tail)
+    let s = ip.segments();
+    let v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    let compatible = s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback();
+    let translated = s[..6] == [0, 0, 0, 0, 0xffff, 0];
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible || translated || nat64 {
+        return Embedded::One(v4(s[6], s[7]));
+    }
+    match s[0..2] {
+        [0x2002, _] => Embedded::One(v4(s[1], s[2])),
+        [0x2001, 0x0000] => Embedded::Two(v4(s[2], s[3]), v4(!s[6], !s[7])),
+        _ => Embedded::None,
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +209,18 @@ mod tests {
         "::10.0.0.1",
         "64:ff9b::7f00:1",
         "64:ff9b::a9fe:a9fe",
+        "198.18.0.1",
+        "198.19.255.255",
+        "64:ff9b:1::1",
+        "64:ff9b:1:ffff::808:808",
+        "::ffff:0:7f00:1",
+        "::ffff:0:a00:1",
+        "2002:7f00:1::1",
+        "2002:c0a8:101:1::1",
+        "2002:a9fe:a9fe::",
+        // Teredo: a private server address, then a public server with a private client (10.0.0.1 inverted).
+        "2001:0:7f00:1::1",
+        "2001:0:808:808:0:0:f5ff:fffe",
     ];
 
     const PUBLIC: &[&str] = &[
@@ -168,6 +237,15 @@ mod tests {
         "2606:4700::1111",
         "::ffff:8.8.8.8",
         "64:ff9b::808:808",
+        "198.17.255.255",
+        "198.20.0.1",
+        "::ffff:0:808:808",
+        "2002:808:808::1",
+        // Teredo with a public server (8.8.8.8) and a public client (1.1.1.1 inverted).
+        "2001:0:808:808::fefe:fefe",
+        // The documentation ranges stay allowed by the range rule (the own-address tests use them).
+        "192.0.2.1",
+        "2001:db8::1",
     ];
 
     fn refused(text: &str) -> bool {
@@ -188,6 +266,14 @@ mod tests {
                 all.push(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port));
                 all.push(SocketAddr::new(
                     IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, embedded, low)),
+                    port,
+                ));
+                all.push(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::new(0x2002, embedded, low, 0, 0, 0, 0, 1)),
+                    port,
+                ));
+                all.push(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, embedded, low)),
                     port,
                 ));
                 if !v4.is_unspecified() {
@@ -229,11 +315,19 @@ mod tests {
     fn a_name_resolving_only_to_internal_addresses_is_refused() {
         let internal = internal_socket_addrs();
         for addr in &internal {
-            assert_eq!(TargetPolicy::PublicOnly.first_allowed([*addr]), None, "{addr}");
+            assert_eq!(
+                AddressGuard::ranges_only(TargetPolicy::PublicOnly).first_allowed([*addr]),
+                None,
+                "{addr}"
+            );
         }
-        assert_eq!(TargetPolicy::PublicOnly.first_allowed(internal.clone()), None);
-        assert_eq!(TargetPolicy::PublicOnly.allowed_targets(internal).count(), 0);
-        assert_eq!(TargetPolicy::PublicOnly.first_allowed(Vec::new()), None, "resolved to nothing");
+        assert_eq!(AddressGuard::ranges_only(TargetPolicy::PublicOnly).first_allowed(internal.clone()), None);
+        assert_eq!(AddressGuard::ranges_only(TargetPolicy::PublicOnly).allowed_targets(internal).count(), 0);
+        assert_eq!(
+            AddressGuard::ranges_only(TargetPolicy::PublicOnly).first_allowed(Vec::new()),
+            None,
+            "resolved to nothing"
+        );
     }
 
     #[test]
@@ -242,7 +336,11 @@ mod tests {
         for internal in internal_socket_addrs() {
             for allowed in &public {
                 for order in [[internal, *allowed], [*allowed, internal]] {
-                    assert_eq!(TargetPolicy::PublicOnly.first_allowed(order), Some(*allowed), "{order:?}");
+                    assert_eq!(
+                        AddressGuard::ranges_only(TargetPolicy::PublicOnly).first_allowed(order),
+                        Some(*allowed),
+                        "{order:?}"
+                    );
                 }
             }
         }
@@ -251,7 +349,8 @@ mod tests {
         let internal = internal_socket_addrs();
         let mixed: Vec<SocketAddr> =
             internal.iter().zip(public.iter().cycle()).flat_map(|(bad, good)| [*bad, *good]).collect();
-        let survivors: Vec<SocketAddr> = TargetPolicy::PublicOnly.allowed_targets(mixed).collect();
+        let survivors: Vec<SocketAddr> =
+            AddressGuard::ranges_only(TargetPolicy::PublicOnly).allowed_targets(mixed).collect();
         let expected: Vec<SocketAddr> = public.iter().cycle().take(internal.len()).copied().collect();
         assert_eq!(survivors, expected);
     }
@@ -260,8 +359,34 @@ mod tests {
     fn allow_all_takes_the_first_candidate() {
         let internal = internal_socket_addrs();
         let public = public_socket_addrs();
-        assert_eq!(TargetPolicy::AllowAll.first_allowed([internal[0], public[0]]), Some(internal[0]));
-        assert_eq!(TargetPolicy::AllowAll.allowed_targets(internal.clone()).collect::<Vec<_>>(), internal);
+        assert_eq!(
+            AddressGuard::ranges_only(TargetPolicy::AllowAll).first_allowed([internal[0], public[0]]),
+            Some(internal[0])
+        );
+        assert_eq!(
+            AddressGuard::ranges_only(TargetPolicy::AllowAll)
+                .allowed_targets(internal.clone())
+                .collect::<Vec<_>>(),
+            internal
+        );
+    }
+
+    #[test]
+    fn own_addresses_are_refused_only_under_the_default_policy() {
+        let own =
+            OwnAddresses::from_addresses(["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]);
+        let guard = AddressGuard::new(TargetPolicy::PublicOnly, own.clone());
+        for text in ["192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1"] {
+            assert!(!guard.allows(text.parse().unwrap()), "{text} is the host's own");
+        }
+        assert!(guard.allows("192.0.2.2".parse().unwrap()), "a neighbour is not");
+        assert!(!guard.allows("10.0.0.1".parse().unwrap()), "the ranges still apply");
+        let own_first = [SocketAddr::new("192.0.2.1".parse().unwrap(), 80), public_socket_addrs()[0]];
+        assert_eq!(guard.first_allowed(own_first), Some(own_first[1]));
+
+        let allow_all = AddressGuard::new(TargetPolicy::AllowAll, own);
+        assert!(allow_all.allows("192.0.2.1".parse().unwrap()));
+        assert!(allow_all.allows("2001:db8::1".parse().unwrap()));
     }
 
     /// The resolver's answer for "localhost" (from the hosts file; no query leaves the machine) goes
@@ -271,12 +396,23 @@ mod tests {
         let resolved: Vec<SocketAddr> = tokio::net::lookup_host(("localhost", 80)).await.unwrap().collect();
         assert!(!resolved.is_empty(), "localhost resolved to nothing");
         assert!(resolved.iter().all(|addr| addr.ip().is_loopback()), "localhost is {resolved:?}");
-        assert_eq!(TargetPolicy::PublicOnly.first_allowed(resolved.clone()), None, "{resolved:?}");
-        assert_eq!(TargetPolicy::AllowAll.first_allowed(resolved.clone()), resolved.first().copied());
+        assert_eq!(
+            AddressGuard::ranges_only(TargetPolicy::PublicOnly).first_allowed(resolved.clone()),
+            None,
+            "{resolved:?}"
+        );
+        assert_eq!(
+            AddressGuard::ranges_only(TargetPolicy::AllowAll).first_allowed(resolved.clone()),
+            resolved.first().copied()
+        );
         // Literals go through the same call without a resolver, the mapped form included.
         for literal in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.2"] {
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host((literal, 80)).await.unwrap().collect();
-            assert_eq!(TargetPolicy::PublicOnly.first_allowed(resolved), None, "{literal}");
+            assert_eq!(
+                AddressGuard::ranges_only(TargetPolicy::PublicOnly).first_allowed(resolved),
+                None,
+                "{literal}"
+            );
         }
     }
 }

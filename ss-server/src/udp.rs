@@ -24,7 +24,7 @@ use std::time::Duration;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
-use ss_crypto::{Address, Salt};
+use ss_crypto::{Address, Salt, SealError};
 use ss_net::{unmap, PacketWindow};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -202,14 +202,13 @@ impl Relay {
 
     /// Resolves a target and applies the address policy; `None` drops the datagram.
     async fn resolve(&self, target: &Address) -> Option<SocketAddr> {
-        let policy = self.shared.settings.policy;
         let candidates: Vec<SocketAddr> = match target {
             Address::Ip(addr) => vec![*addr],
             Address::Domain(host, port) => {
                 tokio::net::lookup_host((host.as_str(), *port)).await.ok()?.collect()
             }
         };
-        let allowed = policy.first_allowed(candidates.into_iter().map(unmap));
+        let allowed = self.shared.guard.first_allowed(candidates.into_iter().map(unmap));
         if allowed.is_none() {
             debug!(%target, "UDP target refused by the address policy");
         }
@@ -241,7 +240,12 @@ impl Relay {
             let Ok((len, source)) = received else { continue };
             association.last_active.store(self.now_ms(), Ordering::Relaxed);
             out.clear();
-            self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out);
+            if let Err(error) =
+                self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out)
+            {
+                debug!(%error, "UDP reply not sealed; dropped");
+                continue;
+            }
             let client = *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Err(error) = self.socket.send_to(&out, client).await {
                 debug!(%error, "UDP reply to client failed");
@@ -254,7 +258,13 @@ impl Relay {
         self.shared.settings.stats.udp_associations.store(table.len(), Ordering::Relaxed);
     }
 
-    fn seal_reply(&self, association: &Association, source: &Address, payload: &[u8], out: &mut Vec<u8>) {
+    fn seal_reply(
+        &self,
+        association: &Association,
+        source: &Address,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         let settings = &self.shared.settings;
         match (&self.codec, &association.session) {
             (Some(codec), Some(session)) => {
@@ -268,11 +278,11 @@ impl Relay {
                 session.next_packet_id += 1;
                 let mut nonce = [0u8; XNONCE_LEN];
                 OsRng.fill_bytes(&mut nonce);
-                codec.seal(&header, &[], source, payload, &nonce, out);
+                codec.seal(&header, &[], source, payload, &nonce, out)
             }
             _ => {
                 let salt = Salt::random(settings.method, &mut OsRng);
-                udp::seal_classic(settings.method, &settings.key, salt, source, payload, out);
+                udp::seal_classic(settings.method, &settings.key, salt, source, payload, out)
             }
         }
     }

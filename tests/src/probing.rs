@@ -4,7 +4,7 @@
 //! to them, UDP sockets that record every datagram. Every address is loopback.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use aes_gcm::aead::AeadInPlace;
@@ -16,7 +16,7 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::{unix_now, DecryptReader, EncryptWriter};
 use ss_crypto::{Address, Algorithm, Decryptor, Encryptor, Key, Method, Salt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -157,6 +157,42 @@ pub async fn round_trip(
     payload: &[u8],
 ) -> io::Result<Vec<u8>> {
     let stream = bounded(TcpStream::connect(server)).await?;
+    round_trip_over(stream, method, target, payload).await
+}
+
+/// [`round_trip`] from the loopback address `source` (another "host": 127.0.0.2, say).
+pub async fn round_trip_from(
+    source: IpAddr,
+    server: SocketAddr,
+    method: Method,
+    target: &Address,
+    payload: &[u8],
+) -> io::Result<Vec<u8>> {
+    let stream = bounded(connect_from(source, server)).await?;
+    round_trip_over(stream, method, target, payload).await
+}
+
+/// Connects to `server` from the loopback address `source`.
+pub async fn connect_from(source: IpAddr, server: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(server).await
+}
+
+/// Loopback address number `n` from 127.1.0.0 on (all of 127/8 is this machine's loopback). Tests that
+/// play many clients give each its own, so that the server's per-source handshake budget (ss-server's
+/// `admission` module) sees as many hosts as there are clients.
+pub fn loopback_host(n: usize) -> IpAddr {
+    let n = u32::try_from(n % (1 << 16)).unwrap_or(0);
+    IpAddr::V4(std::net::Ipv4Addr::from(0x7f01_0000 | n))
+}
+
+async fn round_trip_over(
+    stream: TcpStream,
+    method: Method,
+    target: &Address,
+    payload: &[u8],
+) -> io::Result<Vec<u8>> {
     let (read_half, write_half) = stream.into_split();
     let salt = random_salt(method);
     let key = test_key(method);

@@ -128,3 +128,33 @@ async fn the_association_cap_evicts_the_oldest() {
     associations[0].send(&Address::Ip(echo), b"again").await;
     assert_eq!(timeout(STEP, associations[0].recv()).await.unwrap().1, b"again");
 }
+
+/// RFC 1928, section 7: the association belongs to the address and port of its first datagram; another
+/// port of the same client IP neither reaches the target nor takes the replies over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_association_belongs_to_its_first_sender() {
+    let method = Method::Aes128Gcm;
+    let server = start_server(server_settings(method)).await;
+    let local = start_local(local_settings_udp(method, server.addr)).await;
+    let canary = ss_tests::probing::UdpCanary::bind("127.0.0.1:0").await.unwrap();
+    let target = Address::Ip(canary.addr());
+    let association = timeout(STEP, socks5_udp_associate(local.addr)).await.unwrap().unwrap();
+    association.send(&target, b"first sender").await;
+    assert_eq!(canary.datagrams_within(1, STEP).await.len(), 1, "the first sender's datagram");
+
+    let intruder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut datagram = vec![0, 0, 0];
+    target.write_to(&mut datagram);
+    datagram.extend_from_slice(b"another port");
+    intruder.send_to(&datagram, association.relay).await.unwrap();
+    // Sent after the intruder's, through the same relay socket: once it has arrived, the intruder's
+    // datagram has been dealt with.
+    association.send(&target, b"first sender again").await;
+    let arrived: Vec<Vec<u8>> =
+        canary.datagrams_within(2, STEP).await.into_iter().map(|(_, bytes)| bytes).collect();
+    assert_eq!(
+        arrived,
+        vec![b"first sender".to_vec(), b"first sender again".to_vec()],
+        "only the first sender reaches the target"
+    );
+}

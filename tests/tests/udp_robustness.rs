@@ -74,7 +74,7 @@ async fn a_replayed_2022_packet_from_elsewhere_is_dropped_and_replies_stay_home(
             let mut nonce = [0u8; 24];
             OsRng.fill_bytes(&mut nonce);
             let mut out = Vec::new();
-            cipher.seal(&header, &[], &Address::Ip(echo), payload, &nonce, &mut out);
+            cipher.seal(&header, &[], &Address::Ip(echo), payload, &nonce, &mut out).expect("seals");
             out
         };
         let open_reply = |bytes: &mut [u8]| {

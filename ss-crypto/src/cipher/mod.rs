@@ -30,6 +30,24 @@ pub const NONCE_LEN: usize = 12;
 #[error("nonce counter exhausted")]
 pub struct NonceExhausted;
 
+/// Why sealing failed. Either way nothing sealed may be sent: the caller ends the stream (TCP) or drops
+/// the datagram (UDP), and the output buffer holds nothing of the failed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The nonce counter is used up.
+    #[error("nonce counter exhausted")]
+    NonceExhausted,
+    /// The AEAD backend refused to seal (it cannot for records of our sizes; fail closed if it does).
+    #[error("the AEAD backend failed to seal")]
+    Backend,
+}
+
+impl From<NonceExhausted> for SealError {
+    fn from(_: NonceExhausted) -> SealError {
+        SealError::NonceExhausted
+    }
+}
+
 /// Why opening a record failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpenError {
@@ -52,11 +70,10 @@ impl SessionCipher {
     }
 
     /// Seals `buf[..buf.len() - TAG_LEN]` in place and writes the tag into the last `TAG_LEN` bytes.
-    pub(crate) fn seal(&mut self, buf: &mut [u8]) -> Result<(), NonceExhausted> {
+    pub(crate) fn seal(&mut self, buf: &mut [u8]) -> Result<(), SealError> {
         let nonce = self.nonce.advance()?;
         let (plaintext, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
-        self.key.seal(&nonce, plaintext, tag);
-        Ok(())
+        backend_seal(&self.key, &nonce, plaintext, tag)
     }
 
     /// Opens `ciphertext || tag` in place; on success the first `buf.len() - TAG_LEN` bytes hold the
@@ -76,9 +93,62 @@ impl SessionCipher {
 }
 
 /// One-shot seal with an explicit nonce (UDP datagrams).
-pub(crate) fn seal_with_nonce(algorithm: Algorithm, key: &[u8], nonce: &[u8; NONCE_LEN], buf: &mut [u8]) {
+pub(crate) fn seal_with_nonce(
+    algorithm: Algorithm,
+    key: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    buf: &mut [u8],
+) -> Result<(), SealError> {
     let (plaintext, tag) = buf.split_at_mut(buf.len() - TAG_LEN);
-    backend::AeadKey::new(algorithm, key).seal(nonce, plaintext, tag);
+    backend_seal(&backend::AeadKey::new(algorithm, key), nonce, plaintext, tag)
+}
+
+/// The backend's seal as a `Result`: a record whose tag was not written must never leave.
+fn backend_seal(
+    key: &backend::AeadKey,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &mut [u8],
+    tag: &mut [u8],
+) -> Result<(), SealError> {
+    #[cfg(test)]
+    if failing_seals::active() {
+        return Err(SealError::Backend);
+    }
+    if key.seal(nonce, plaintext, tag) {
+        Ok(())
+    } else {
+        Err(SealError::Backend)
+    }
+}
+
+/// A switch for tests: makes every seal on this thread fail as a broken backend would, to show that
+/// the callers fail closed. Compiled into test builds only.
+#[cfg(test)]
+pub(crate) mod failing_seals {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FAILING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Whether seals on this thread fail.
+    pub(crate) fn active() -> bool {
+        FAILING.with(Cell::get)
+    }
+
+    /// Seals on this thread fail until the guard is dropped.
+    pub(crate) fn start() -> Guard {
+        FAILING.with(|failing| failing.set(true));
+        Guard
+    }
+
+    pub(crate) struct Guard;
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            FAILING.with(|failing| failing.set(false));
+        }
+    }
 }
 
 /// One-shot open with an explicit nonce (UDP datagrams). `buf` is `ciphertext || tag`.

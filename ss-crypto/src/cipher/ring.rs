@@ -23,11 +23,16 @@ impl AeadKey {
         AeadKey(LessSafeKey::new(key))
     }
 
-    pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag_out: &mut [u8]) {
+    /// Seals in place; false (and no tag written) if ring refuses, which it does only for inputs longer
+    /// than 2^36 bytes.
+    pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag_out: &mut [u8]) -> bool {
         let nonce = Nonce::assume_unique_for_key(*nonce);
-        // ring only fails to seal inputs longer than 2^36 bytes; records are at most 64 KiB.
-        if let Ok(tag) = self.0.seal_in_place_separate_tag(nonce, Aad::empty(), in_out) {
-            tag_out.copy_from_slice(tag.as_ref());
+        match self.0.seal_in_place_separate_tag(nonce, Aad::empty(), in_out) {
+            Ok(tag) => {
+                tag_out.copy_from_slice(tag.as_ref());
+                true
+            }
+            Err(_) => false,
         }
     }
 

@@ -34,16 +34,21 @@ impl AeadKey {
         }
     }
 
-    pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag_out: &mut [u8]) {
+    /// Seals in place; false (and no tag written) if the crate refuses, which it does only for inputs
+    /// beyond 2^36 bytes.
+    pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag_out: &mut [u8]) -> bool {
         let nonce = nonce.into();
-        // These only fail for inputs beyond 2^36 bytes; records are at most 64 KiB.
         let tag = match self {
             AeadKey::Aes128(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
             AeadKey::Aes256(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
             AeadKey::ChaCha(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
         };
-        if let Ok(tag) = tag {
-            tag_out.copy_from_slice(&tag);
+        match tag {
+            Ok(tag) => {
+                tag_out.copy_from_slice(&tag);
+                true
+            }
+            Err(_) => false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The sending half of a stream: turns payload into sealed records.
 
 use super::{MAX_PADDING_LEN, TYPE_REQUEST, TYPE_RESPONSE};
-use crate::cipher::{NonceExhausted, SessionCipher};
+use crate::cipher::{SealError, SessionCipher};
 use crate::key::{Key, Salt};
 use crate::method::{Generation, Method, TAG_LEN};
 use crate::Address;
@@ -16,6 +16,9 @@ pub struct Encryptor {
     salt: Salt,
     cipher: SessionCipher,
     pending: Option<FirstFlight>,
+    /// Set by the first failed seal: the stream cannot go on (a record is missing), so every later call
+    /// fails too.
+    failed: Option<SealError>,
 }
 
 /// What the first record(s) carry besides payload.
@@ -54,7 +57,7 @@ impl Encryptor {
     fn new(method: Method, key: &Key, salt: Salt, pending: FirstFlight) -> Encryptor {
         let subkey = key.session_subkey(method, salt.as_bytes());
         let cipher = SessionCipher::new(method.algorithm(), subkey.as_bytes());
-        Encryptor { method, salt, cipher, pending: Some(pending) }
+        Encryptor { method, salt, cipher, pending: Some(pending), failed: None }
     }
 
     /// This stream's salt (the server remembers its own salts to refuse them if replayed back).
@@ -79,7 +82,23 @@ impl Encryptor {
     ///
     /// An empty `payload` emits nothing, except on a request that has not sent its header yet: then the
     /// header goes out alone (an address-only first chunk, as shadowsocks-libev's client sends).
-    pub fn encrypt(&mut self, payload: &[u8], now: u64, out: &mut Vec<u8>) -> Result<(), NonceExhausted> {
+    ///
+    /// On an error `out` is left as it was (no record of this call in it, sealed or not) and the
+    /// encryptor refuses every later call: the stream must end.
+    pub fn encrypt(&mut self, payload: &[u8], now: u64, out: &mut Vec<u8>) -> Result<(), SealError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        let start = out.len();
+        let sealed = self.encrypt_records(payload, now, out);
+        if let Err(error) = sealed {
+            out.truncate(start);
+            self.failed = Some(error);
+        }
+        sealed
+    }
+
+    fn encrypt_records(&mut self, payload: &[u8], now: u64, out: &mut Vec<u8>) -> Result<(), SealError> {
         let rest = match self.pending.take() {
             Some(first) => match self.encrypt_first(first, payload, now, out)? {
                 Some(consumed) => &payload[consumed..],
@@ -101,7 +120,7 @@ impl Encryptor {
         payload: &[u8],
         now: u64,
         out: &mut Vec<u8>,
-    ) -> Result<Option<usize>, NonceExhausted> {
+    ) -> Result<Option<usize>, SealError> {
         let max = self.method.max_chunk_payload();
         match (first, self.method.generation()) {
             (FirstFlight::Response { request_salt }, _) if payload.is_empty() => {
@@ -146,24 +165,20 @@ impl Encryptor {
     }
 
     /// A length record followed by a payload record.
-    fn seal_chunk(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), NonceExhausted> {
+    fn seal_chunk(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), SealError> {
         let len: usize = parts.iter().map(|part| part.len()).sum();
         self.seal_record(&[&(len as u16).to_be_bytes()], out)?;
         self.seal_record(parts, out)
     }
 
     /// Appends `parts` and a tag to `out`, then seals them in place.
-    fn seal_record(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), NonceExhausted> {
+    fn seal_record(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), SealError> {
         let start = out.len();
         for part in parts {
             out.extend_from_slice(part);
         }
         out.extend_from_slice(&[0; TAG_LEN]);
-        let sealed = self.cipher.seal(&mut out[start..]);
-        if sealed.is_err() {
-            out.truncate(start);
-        }
-        sealed
+        self.cipher.seal(&mut out[start..])
     }
 }
 

@@ -274,3 +274,33 @@ proptest! {
         prop_assert!(outcome.payload.is_empty());
     }
 }
+
+#[test]
+fn a_failed_seal_leaves_nothing_to_send_and_ends_the_stream() {
+    for method in Method::ALL {
+        let key = key(method);
+        let mut request = Encryptor::request(method, &key, salt(method, 1), &target(), &[]);
+        let mut out = b"earlier bytes".to_vec();
+        {
+            let _failing = crate::cipher::failing_seals::start();
+            assert_eq!(request.encrypt(b"hello", NOW, &mut out), Err(crate::SealError::Backend), "{method}");
+        }
+        assert_eq!(out, b"earlier bytes", "{method}: no record (sealed or with a zero tag) was left");
+        assert_eq!(
+            request.encrypt(b"hello", NOW, &mut out),
+            Err(crate::SealError::Backend),
+            "{method}: the stream stays failed"
+        );
+        assert_eq!(out, b"earlier bytes");
+
+        // A failure after the header went out (a data chunk) is treated the same.
+        let mut response = Encryptor::response(method, &key, salt(method, 2), salt(method, 1));
+        let mut down = Vec::new();
+        response.encrypt(b"first", NOW, &mut down).unwrap();
+        let sent = down.len();
+        let failing = crate::cipher::failing_seals::start();
+        assert!(response.encrypt(b"second", NOW, &mut down).is_err(), "{method}");
+        drop(failing);
+        assert_eq!(down.len(), sent, "{method}");
+    }
+}
