@@ -7,8 +7,8 @@
 //!
 //! `--server-url` is the exception: each `ss://` URL is a whole server (host, port, method, key) and is
 //! appended to the list built from `-s` or the file, which `-p/-m/-k/--key` shape as usual; those flags
-//! leave the URL's servers alone. A URL's `plugin` becomes the (global) plugin if none is set, and must
-//! agree with it otherwise. The URL is checked when the config is, with an error that hides the password.
+//! leave the URL's servers alone, and so do `--plugin` / `--plugin-opts`: a URL's server has the URL's
+//! `plugin`, if any. The URL is checked when the config is, with an error that hides the password.
 
 use std::path::PathBuf;
 
@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(config.max_connections, 25);
         assert_eq!(config.threads, Some(2));
         let plugin = Plugin::new("cli-plugin", Some("cli-opts".into()));
-        assert_eq!(config.plugin, Some(plugin));
+        assert!(config.servers.iter().all(|server| server.plugin == Some(plugin.clone())));
         assert_eq!(config.acl.as_deref(), Some(Path::new("/cli.acl")));
         assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
         assert!(config.allow_private_targets);
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn server_urls_come_after_the_other_servers_whole() {
         let with_plugin = "ss://2022-blake3-aes-128-gcm:AAECAwQFBgcICQoLDA0ODw%3D%3D@[::1]:9000/\
-                           ?plugin=file-plugin%3Bfile-opts#A";
+                           ?plugin=url-plugin%3Burl-opts#A";
         let classic = "ss://YWVzLTEyOC1nY206dGVzdA@url-b:9001";
         let args = parse(&["-p", "3333", "-m", "chacha20-ietf-poly1305", "-k", "cli password"]).unwrap();
         let args = CliArgs { server_url: vec![with_plugin.into(), classic.into()], ..args };
@@ -276,12 +276,18 @@ mod tests {
         );
         assert_eq!(config.servers[3].key, ss_crypto::Key::from_password(servers[3].2, "test").unwrap());
         assert!(config.servers[3].password_is_weak);
-        assert_eq!(config.plugin, Some(Plugin::new("file-plugin", Some("file-opts".into()))));
+        // Each URL server has its own URL's plugin; the file's plugin stays with the file's servers.
+        let url_plugin = Plugin::new("url-plugin", Some("url-opts".into()));
+        assert_eq!(config.servers[2].plugin, Some(url_plugin));
+        assert_eq!(config.servers[3].plugin, None);
+        assert_eq!(config.servers[0].plugin, Some(Plugin::new("file-plugin", Some("file-opts".into()))));
 
         let only_urls = parse(&["--server-url", classic, "--server-url", with_plugin]).unwrap();
         let config = Config::from_raw(RawConfig::default(), &only_urls).unwrap();
         assert_eq!(config.servers.iter().map(|s| s.host.as_str()).collect::<Vec<_>>(), ["url-b", "::1"]);
-        assert_eq!(config.plugin.map(|plugin| plugin.command).as_deref(), Some("file-plugin"));
+        let plugins: Vec<_> =
+            config.servers.iter().map(|s| s.plugin.as_ref().map(|p| p.command.as_str())).collect();
+        assert_eq!(plugins, [None, Some("url-plugin")]);
     }
 
     #[test]
@@ -294,9 +300,14 @@ mod tests {
                 .unwrap_err();
         assert_eq!(error.field(), Some("--server-url #2"));
         assert!(!error.to_string().contains("hunter2"), "{error}");
-        let error = check(&["--plugin", "other", "--server-url", "ss://YWVzLTEyOC1nY206dGVzdA@h:1?plugin=p"])
-            .unwrap_err();
-        assert!(error.to_string().starts_with("--server-url: its plugin differs"), "{error}");
+        let config =
+            check(&["--plugin", "other", "--server-url", "ss://YWVzLTEyOC1nY206dGVzdA@h:1?plugin=p"])
+                .unwrap();
+        assert_eq!(
+            config.servers[0].plugin,
+            Some(Plugin::new("p", None)),
+            "the flag leaves URL servers alone"
+        );
     }
 
     #[test]

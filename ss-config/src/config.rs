@@ -9,8 +9,8 @@
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
 //! | `threads`           | one per CPU | `plugin_mode`           | `tcp_only` |
 //!
-//! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries,
-//! which must then agree: one [`Plugin`] serves every server (each server gets its own plugin process).
+//! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries;
+//! each [`ServerEntry`] carries its own [`Plugin`] (see `servers.rs` for the precedence).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,8 +53,6 @@ pub struct Config {
     pub reuse_port: bool,
     /// Prefer IPv6 addresses when resolving.
     pub ipv6_first: bool,
-    /// SIP003 plugin.
-    pub plugin: Option<Plugin>,
     /// DNS server(s) to resolve with, as written.
     pub nameserver: Option<String>,
     /// File descriptor limit to raise to at start-up.
@@ -170,7 +168,6 @@ impl Config {
             fast_open: args.fast_open || raw.fast_open.unwrap_or(false),
             reuse_port: args.reuse_port || raw.reuse_port.unwrap_or(false),
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
-            plugin: url::plugin_with(servers::plugin(&raw, args)?, &urls)?,
             nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
             nofile: match args.nofile {
                 Some(nofile) => Some(nofile),
@@ -334,7 +331,10 @@ mod tests {
         assert_eq!(config.threads, None);
         assert!(config.threads_or_cpus() >= 1);
         assert!(!config.allow_private_targets && !config.fast_open && !config.no_delay);
-        assert_eq!((config.plugin.as_ref(), config.acl.as_ref(), config.nofile), (None, None, None));
+        assert_eq!(
+            (config.servers[0].plugin.as_ref(), config.acl.as_ref(), config.nofile),
+            (None, None, None)
+        );
         assert_eq!(config.effective_log_level(), LogLevel::Info);
     }
 
@@ -421,30 +421,45 @@ mod tests {
 
     #[test]
     fn plugins() {
-        let config = check(&format!(r#"{{{BASE},"plugin":"v2ray-plugin","plugin_opts":"server"}}"#)).unwrap();
-        assert_eq!(config.plugin, Some(Plugin::new("v2ray-plugin", Some("server".into()))));
-        let config = check(&format!(
+        let plugin_of = |json: &str| check(json).unwrap().servers[0].plugin.clone();
+        let plugin = plugin_of(&format!(r#"{{{BASE},"plugin":"v2ray-plugin","plugin_opts":"server"}}"#));
+        assert_eq!(plugin, Some(Plugin::new("v2ray-plugin", Some("server".into()))));
+        let plugin = plugin_of(&format!(
             r#"{{{BASE},"plugin":"p","plugin_args":["-v","x y"],"plugin_mode":"tcp_and_udp"}}"#
         ))
         .unwrap();
-        let plugin = config.plugin.unwrap();
         assert_eq!((plugin.args, plugin.mode), (vec!["-v".to_string(), "x y".to_string()], Mode::TcpAndUdp));
-        let entries = check(
-            r#"{"password":"barfoo!","method":"aes-256-gcm","servers":[
-                {"server":"a","port":1,"plugin":"p","plugin_opts":"o","plugin_args":["1"],"plugin_mode":"udp_only"},
-                {"server":"b","port":2,"plugin":"p","plugin_opts":"o","plugin_args":["1"],"plugin_mode":"udp_only"}]}"#,
-        )
-        .unwrap();
-        let plugin = entries.plugin.unwrap();
-        assert_eq!((plugin.command.as_str(), plugin.options.as_deref()), ("p", Some("o")));
-        assert_eq!((plugin.args, plugin.mode), (vec!["1".to_string()], Mode::UdpOnly));
         assert_eq!(
             error(&format!(r#"{{{BASE},"plugin":"p","plugin_mode":"both"}}"#)),
             "plugin_mode: unknown mode \"both\"; use tcp_only, tcp_and_udp or udp_only"
         );
         assert!(error(&format!(r#"{{{BASE},"plugin_args":["x"]}}"#)).starts_with("plugin_args: "));
-        assert_eq!(check(&format!(r#"{{{BASE},"plugin":"","plugin_opts":"x"}}"#)).unwrap().plugin, None);
+        assert_eq!(plugin_of(&format!(r#"{{{BASE},"plugin":"","plugin_opts":"x"}}"#)), None);
         assert!(error(&format!(r#"{{{BASE},"plugin_opts":"x"}}"#)).starts_with("plugin_opts: "));
+    }
+
+    #[test]
+    fn servers_entries_have_their_own_plugin_or_the_top_levels() {
+        let config = check(
+            r#"{"password":"barfoo!","method":"aes-256-gcm","plugin":"top","plugin_opts":"t=1","servers":[
+                {"server":"a","port":1,"plugin":"p","plugin_opts":"o","plugin_args":["1"],"plugin_mode":"udp_only"},
+                {"server":"b","port":2},
+                {"server":"c","port":3,"plugin":""}]}"#,
+        )
+        .unwrap();
+        let own = config.servers[0].plugin.clone().unwrap();
+        assert_eq!((own.command.as_str(), own.options.as_deref()), ("p", Some("o")));
+        assert_eq!((own.args, own.mode), (vec!["1".to_string()], Mode::UdpOnly));
+        assert_eq!(config.servers[1].plugin, Some(Plugin::new("top", Some("t=1".into()))));
+        assert_eq!(config.servers[2].plugin, None, "an empty plugin switches it off");
+        let text = error(
+            r#"{"password":"p","method":"aes-256-gcm","plugin":"top","servers":[{"server":"a","port":1,"plugin_opts":"o"}]}"#,
+        );
+        assert!(text.starts_with("servers[0].plugin_opts: set, but this entry has no \"plugin\""), "{text}");
+        let text = error(
+            r#"{"password":"p","method":"aes-256-gcm","servers":[{"server":"a","port":1,"plugin":"p","plugin_mode":"x"}]}"#,
+        );
+        assert!(text.starts_with("servers[0].plugin_mode: unknown mode"), "{text}");
     }
 
     #[test]

@@ -219,7 +219,7 @@ mod tests {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
             let args = CliArgs { config: Some(path), key: Some(key.into()), ..CliArgs::default() };
             let config = load(&args).unwrap();
-            let plugin = config.plugin.unwrap();
+            let plugin = config.servers[0].plugin.clone().unwrap();
             assert_eq!((plugin.command.as_str(), plugin.options.as_deref()), (command, Some(options)));
             assert_eq!((plugin.mode, config.mode), (Mode::TcpOnly, Mode::TcpAndUdp), "{file}");
         }

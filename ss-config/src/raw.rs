@@ -107,13 +107,13 @@ pub struct RawServer {
     pub method: Option<String>,
     /// `timeout` in seconds; all entries must agree, as the timeout is global.
     pub timeout: Option<NumberOrString>,
-    /// `plugin`; all entries must agree.
+    /// `plugin`: this server's own plugin (else the top level's; `""` for none).
     pub plugin: Option<String>,
-    /// `plugin_opts`; all entries must agree.
+    /// `plugin_opts` of this entry's own plugin.
     pub plugin_opts: Option<String>,
-    /// `plugin_args`; all entries must agree.
+    /// `plugin_args` of this entry's own plugin.
     pub plugin_args: Option<Vec<String>>,
-    /// `plugin_mode`; all entries must agree.
+    /// `plugin_mode` of this entry's own plugin.
     pub plugin_mode: Option<String>,
 }
 

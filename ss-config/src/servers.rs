@@ -8,9 +8,15 @@
 //!   port        "host:port" in the host > -p > servers[i].server_port > "server_port"
 //!   method      -m > servers[i].method > "method"
 //!   credential  --key / -k > servers[i].key / .password > "key" / "password"   (key wins over password)
+//!   plugin      --plugin > servers[i].plugin > "plugin"; options: --plugin-opts > the plugin's own level
 //! ```
 //!
-//! The servers of `--server-url` come last, whole: the flags above do not touch them.
+//! A plugin comes whole from one level: an entry that names a `plugin` takes `plugin_opts`,
+//! `plugin_args` and `plugin_mode` from the entry only (a different plugin would not understand the top
+//! level's options); an entry without one gets the top level's plugin. An empty `plugin` means none.
+//!
+//! The servers of `--server-url` come last, whole: the flags above do not touch them, and each has the
+//! plugin of its own URL, if any.
 
 use ss_crypto::{is_weak_password, Key, Method};
 
@@ -32,6 +38,8 @@ pub struct ServerEntry {
     pub key: Key,
     /// A classic method's password is short or repetitive; the binary should warn.
     pub password_is_weak: bool,
+    /// The SIP003 plugin in front of this server (ss-server: listening for it; ss-local: dialling it).
+    pub plugin: Option<Plugin>,
 }
 
 /// Builds the server list, `urls` last; at least one entry or an error.
@@ -50,6 +58,7 @@ pub(crate) fn resolve(
         },
         method: method("method", args.method.as_deref().or(raw.method.as_deref()))?,
         credential: cli_credential.clone().or(file_credential),
+        plugin: top_plugin(raw, args)?,
     };
     let hosts = if args.server.is_empty() { raw.server.as_deref().unwrap_or_default() } else { &args.server };
     let mut entries = Vec::new();
@@ -75,6 +84,7 @@ pub(crate) fn resolve(
                 .clone()
                 .or(Credential::of(&prefix, server.key.as_deref(), server.password.as_deref()))
                 .or(top.credential.clone()),
+            plugin: entry_plugin(&prefix, server, args, &top.plugin)?,
         };
         entries.push(settings.entry(&prefix, host)?);
     }
@@ -93,42 +103,74 @@ pub(crate) fn shared_timeout(raw: &RawConfig, args: &CliArgs) -> Result<Option<u
     })
 }
 
-/// The plugin from `--plugin`, the top level, or the `servers` entries (which must agree).
-pub(crate) fn plugin(raw: &RawConfig, args: &CliArgs) -> Result<Option<Plugin>, ConfigError> {
-    let command = match args.plugin.as_ref().or(raw.plugin.as_ref()) {
-        Some(command) => Some(command.clone()),
-        None => shared(raw, args, "plugin", |_, server| Ok(server.plugin.clone()))?,
+/// The top level's plugin, with `--plugin` / `--plugin-opts` laid over it.
+fn top_plugin(raw: &RawConfig, args: &CliArgs) -> Result<Option<Plugin>, ConfigError> {
+    let fields = PluginFields {
+        command: args.plugin.as_deref().or(raw.plugin.as_deref()),
+        options: args.plugin_opts.as_deref().or(raw.plugin_opts.as_deref()),
+        args: raw.plugin_args.as_deref(),
+        mode: raw.plugin_mode.as_deref(),
     };
-    let options = match args.plugin_opts.as_ref().or(raw.plugin_opts.as_ref()) {
-        Some(options) => Some(options.clone()),
-        None => shared(raw, args, "plugin_opts", |_, server| Ok(server.plugin_opts.clone()))?,
-    };
-    let options = options.filter(|options| !options.is_empty());
-    let plugin_args = match &raw.plugin_args {
-        Some(plugin_args) => Some(plugin_args.clone()),
-        None => shared(raw, args, "plugin_args", |_, server| Ok(server.plugin_args.clone()))?,
-    };
-    let mode = match &raw.plugin_mode {
-        Some(mode) => Some(Mode::parse_field("plugin_mode", mode)?),
-        None => shared(raw, args, "plugin_mode", |prefix, server| {
-            let field = format!("{prefix}plugin_mode");
-            server.plugin_mode.as_deref().map(|mode| Mode::parse_field(&field, mode)).transpose()
-        })?,
-    };
-    match command {
-        // An empty plugin switches a configured one off, as in libev.
-        Some(command) if command.trim().is_empty() => Ok(None),
-        Some(command) => Ok(Some(Plugin {
-            command,
-            options,
-            args: plugin_args.unwrap_or_default(),
-            mode: mode.unwrap_or_default(),
-        })),
-        None if options.is_some() || plugin_args.is_some() => {
-            let field = if options.is_some() { "plugin_opts" } else { "plugin_args" };
-            Err(ConfigError::field_error(field, "set, but no plugin is (set \"plugin\" or --plugin)"))
+    fields.check("")
+}
+
+/// A `servers` entry's plugin: its own when it names one (and `--plugin` does not override), else `top`.
+fn entry_plugin(
+    prefix: &str,
+    server: &RawServer,
+    args: &CliArgs,
+    top: &Option<Plugin>,
+) -> Result<Option<Plugin>, ConfigError> {
+    let (Some(command), None) = (server.plugin.as_deref(), &args.plugin) else {
+        if server.plugin.is_none() && (server.plugin_opts.is_some() || server.plugin_args.is_some()) {
+            let field = if server.plugin_opts.is_some() { "plugin_opts" } else { "plugin_args" };
+            let message =
+                "set, but this entry has no \"plugin\" (the top level's plugin has its own options)";
+            return Err(ConfigError::field_error(format!("{prefix}{field}"), message));
         }
-        None => Ok(None),
+        return Ok(top.clone());
+    };
+    let fields = PluginFields {
+        command: Some(command),
+        options: args.plugin_opts.as_deref().or(server.plugin_opts.as_deref()),
+        args: server.plugin_args.as_deref(),
+        mode: server.plugin_mode.as_deref(),
+    };
+    fields.check(prefix)
+}
+
+/// One level's plugin keys, as written.
+struct PluginFields<'a> {
+    command: Option<&'a str>,
+    options: Option<&'a str>,
+    args: Option<&'a [String]>,
+    mode: Option<&'a str>,
+}
+
+impl PluginFields<'_> {
+    /// The plugin these keys describe; `prefix` names the level in errors (`""`, `servers[1].`).
+    fn check(&self, prefix: &str) -> Result<Option<Plugin>, ConfigError> {
+        let mode = match self.mode {
+            Some(mode) => Mode::parse_field(&format!("{prefix}plugin_mode"), mode)?,
+            None => Mode::TcpOnly,
+        };
+        let options = self.options.filter(|options| !options.is_empty()).map(str::to_string);
+        match self.command {
+            // An empty plugin switches a configured one off, as in libev.
+            Some(command) if command.trim().is_empty() => Ok(None),
+            Some(command) => Ok(Some(Plugin {
+                command: command.to_string(),
+                options,
+                args: self.args.map(<[String]>::to_vec).unwrap_or_default(),
+                mode,
+            })),
+            None if options.is_some() || self.args.is_some() => {
+                let field = if options.is_some() { "plugin_opts" } else { "plugin_args" };
+                let message = "set, but no plugin is (set \"plugin\" or --plugin)";
+                Err(ConfigError::field_error(format!("{prefix}{field}"), message))
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -137,6 +179,7 @@ struct Settings<'a> {
     port: Option<u16>,
     method: Option<Method>,
     credential: Option<Credential<'a>>,
+    plugin: Option<Plugin>,
 }
 
 /// A base64 key or a password, with the field it came from.
@@ -176,7 +219,7 @@ impl Settings<'_> {
         }
         .map_err(|error| ConfigError::field_error(credential.field.as_str(), error.to_string()))?;
         let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
-        Ok(ServerEntry { host, port, method, key, password_is_weak })
+        Ok(ServerEntry { host, port, method, key, password_is_weak, plugin: self.plugin.clone() })
     }
 }
 

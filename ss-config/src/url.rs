@@ -176,7 +176,7 @@ impl ServerUrl {
         &self.password
     }
 
-    /// The server as the config holds it (plugin and tag are not part of an entry).
+    /// The server as the config holds it (the tag is not part of an entry).
     pub fn to_entry(&self) -> ServerEntry {
         ServerEntry {
             host: self.host.clone(),
@@ -184,6 +184,7 @@ impl ServerUrl {
             method: self.method,
             key: self.key.clone(),
             password_is_weak: !self.method.is_2022() && is_weak_password(&self.password),
+            plugin: self.plugin.clone(),
         }
     }
 }
@@ -224,23 +225,6 @@ pub(crate) fn cli_servers(args: &CliArgs) -> Result<Vec<ServerUrl>, ConfigError>
         parse_ss_url(text).map_err(|error| ConfigError::field_error(flag(index, count), error.to_string()))
     };
     args.server_url.iter().enumerate().map(parse).collect()
-}
-
-/// The global plugin, or else the one the URLs carry; every URL's plugin must match it.
-pub(crate) fn plugin_with(global: Option<Plugin>, urls: &[ServerUrl]) -> Result<Option<Plugin>, ConfigError> {
-    let mut plugin = global;
-    for (index, url) in urls.iter().enumerate() {
-        match (&plugin, &url.plugin) {
-            (_, None) => {}
-            (None, Some(own)) => plugin = Some(own.clone()),
-            (Some(set), Some(own)) if (&set.command, &set.options) == (&own.command, &own.options) => {}
-            (Some(_), Some(_)) => {
-                let message = "its plugin differs from the one already set; a plugin applies to every server";
-                return Err(ConfigError::field_error(flag(index, urls.len()), message));
-            }
-        }
-    }
-    Ok(plugin)
 }
 
 /// `--server-url`, numbered from 1 when there are several.

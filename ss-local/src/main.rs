@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ss_config::{CliArgs, Config};
+use ss_config::{CliArgs, Config, ServerEntry};
 use ss_local::{PluginRoute, Server, Settings};
 use ss_net::plugin::{Plugin, Spec, Timing};
 use tokio_util::sync::CancellationToken;
@@ -77,7 +77,7 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
     let mut plugins = Vec::new();
     for entry in &config.servers {
         let mut server = Server::new(entry.host.clone(), entry.port, entry.method, entry.key.clone());
-        if let Some((spec, route_tcp, route_udp)) = plugin_spec(&config) {
+        if let Some((spec, route_tcp, route_udp)) = plugin_spec(&config, entry) {
             let plugin = Plugin::start_local(spec, &entry.host, entry.port, Timing::default()).await?;
             server.plugin = Some(PluginRoute { endpoint: plugin.endpoint(), tcp: route_tcp, udp: route_udp });
             plugins.push(plugin);
@@ -110,10 +110,10 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
     Ok(())
 }
 
-/// The plugin to start, if the config names one that carries any traffic we relay, and whether it
+/// The plugin to start for `entry`, if it has one that carries any traffic we relay, and whether it
 /// carries TCP and UDP (`plugin_mode`, within `mode`); what it does not carry goes to the server directly.
-fn plugin_spec(config: &Config) -> Option<(Spec, bool, bool)> {
-    let plugin = config.plugin.as_ref()?;
+fn plugin_spec(config: &Config, entry: &ServerEntry) -> Option<(Spec, bool, bool)> {
+    let plugin = entry.plugin.as_ref()?;
     let tcp = plugin.mode.tcp() && config.mode.tcp();
     let udp = plugin.mode.udp() && config.mode.udp();
     if !tcp && !udp {

@@ -101,7 +101,7 @@ async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
 /// public address and forwards to it, and it is started (and ready) before this returns.
 async fn listen(config: &Config, entry: &ServerEntry) -> anyhow::Result<(Listeners, Option<Plugin>)> {
     let (host, port) = (entry.host.as_str(), entry.port);
-    let plugin = config.plugin.as_ref();
+    let plugin = entry.plugin.as_ref();
     let plugin_tcp = config.mode.tcp() && plugin.is_some_and(|plugin| plugin.mode.tcp());
     let plugin_udp = config.mode.udp() && plugin.is_some_and(|plugin| plugin.mode.udp());
     let mut listeners = Listeners::default();

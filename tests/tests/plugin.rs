@@ -221,3 +221,47 @@ async fn a_plugin_that_cannot_start_is_one_error_line_and_a_failed_exit() {
         "{lines:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_servers_entry_gets_its_own_plugin() {
+    let (obfs, v2ray) = (PluginPair::obfs_http(), PluginPair::v2ray_websocket());
+    if !obfs.installed() || !v2ray.installed() {
+        return;
+    }
+    let binary = &binaries().await.server;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let obfs_port = ss_tests::subprocess::free_port();
+    // The v2ray entry comes last: the server is ready when its port accepts, and entries start in order.
+    let server = Subprocess::start_on_free_port(|v2ray_port| {
+        let config = format!(
+            r#"{{"password":"{}","method":"{}","allow_private_targets":true,"servers":[
+                {{"server":"127.0.0.1","server_port":{obfs_port},"plugin":"{}","plugin_opts":"{}"}},
+                {{"server":"127.0.0.1","server_port":{v2ray_port},"plugin":"{}","plugin_opts":"{}"}}]}}"#,
+            test_password(METHOD),
+            METHOD.name(),
+            obfs.server,
+            obfs.server_opts,
+            v2ray.server,
+            v2ray.server_opts
+        );
+        let path = dir.path().join(format!("server-{v2ray_port}.json"));
+        std::fs::write(&path, config).expect("write config");
+        Launch::new(binary).args(["-c".to_string(), path.display().to_string()])
+    })
+    .await;
+    let mut names: Vec<String> = children_of(server.pid())
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["obfs-server", "ss-v2ray-plugin"], "{}", server.log());
+    let targets = Targets::start().await;
+    let obfs_addr = std::net::SocketAddr::from(([127, 0, 0, 1], obfs_port));
+    for (pair, addr) in [(&obfs, obfs_addr), (&v2ray, server.addr)] {
+        let local = our_local(addr, pair.client, &pair.client_opts).await;
+        if let Err(why) = check_traffic(local.addr, &targets).await {
+            panic!("{}: {why}\n{}\n{}", pair.label, local.log(), server.log());
+        }
+    }
+}
