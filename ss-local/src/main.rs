@@ -125,6 +125,7 @@ fn plugin_spec(config: &Config, entry: &ServerEntry) -> Option<(Spec, bool, bool
         options: plugin.options.clone(),
         args: plugin.args.clone(),
         tcp,
+        udp,
     };
     Some((spec, tcp, udp))
 }

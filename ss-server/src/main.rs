@@ -130,6 +130,7 @@ async fn listen(config: &Config, entry: &ServerEntry) -> anyhow::Result<(Listene
         options: plugin.options.clone(),
         args: plugin.args.clone(),
         tcp: plugin_tcp,
+        udp: plugin_udp,
     };
     let plugin = Plugin::start_server(spec, host, port, ours, Timing::default()).await?;
     Ok((listeners, Some(plugin)))

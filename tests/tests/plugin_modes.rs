@@ -1,6 +1,7 @@
 //! What the real plugins cannot show, with the test plugin `sip003-relay` (src/bin/sip003-relay.rs), a
 //! plain TCP and UDP relay: UDP bypasses a `tcp_only` plugin (to the server's own port), `plugin_mode`
-//! `tcp_and_udp` carries UDP through the plugin on both sides (SIP003u), and a plugin deaf to SIGTERM is
+//! `tcp_and_udp` carries UDP through the plugin on both sides (SIP003u), `udp_only` carries UDP through
+//! it and TCP past it, and a plugin deaf to SIGTERM is
 //! killed after the grace period. Also, in-process: while a plugin is down ss-local answers SOCKS5 0x01 at
 //! once.
 
@@ -49,6 +50,7 @@ async fn pair(dir: &Path, plugin_mode: &str) -> (Subprocess, Subprocess) {
     // The relay binds UDP only when asked: in tcp_only mode ss-server holds the public UDP port itself.
     let (server_opts, local_opts) = match plugin_mode {
         "tcp_only" => ("server", ""),
+        "udp_only" => ("server;udp;no_tcp", "udp;no_tcp"),
         _ => ("server;udp", "udp"),
     };
     let server = Subprocess::start_on_free_port(|port| {
@@ -98,6 +100,16 @@ async fn plugin_mode_tcp_and_udp_carries_udp_through_both_plugins() {
     tcp_and_udp_echo(&local, &server).await;
     assert_eq!(local.lines_containing("sip003-relay: UDP from"), 1, "{}", local.log());
     assert_eq!(server.lines_containing("sip003-relay: UDP from"), 1, "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_mode_udp_only_carries_udp_through_the_plugins_and_tcp_past_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, local) = pair(dir.path(), "udp_only").await;
+    tcp_and_udp_echo(&local, &server).await;
+    assert_eq!(local.lines_containing("sip003-relay: UDP from"), 1, "{}", local.log());
+    assert_eq!(server.lines_containing("sip003-relay: UDP from"), 1, "{}", server.log());
+    assert_eq!(local.lines_containing("(UDP only)"), 1, "{}", local.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

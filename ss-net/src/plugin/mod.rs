@@ -49,6 +49,8 @@ pub struct Spec {
     /// Whether the plugin carries TCP, so that readiness is "accepts on its TCP port". A UDP-only plugin
     /// (SIP003u `udp_only`) counts as ready once it has stayed up for [`Timing::udp_settle`].
     pub tcp: bool,
+    /// Whether the plugin carries UDP (SIP003u): on the server side its public UDP port must be free.
+    pub udp: bool,
 }
 
 impl Spec {
@@ -265,6 +267,7 @@ mod tests {
             options: Some("a=b\\;c".into()),
             args: vec!["-c".into(), script.into()],
             tcp: true,
+            udp: false,
         }
     }
 
@@ -298,6 +301,7 @@ mod tests {
             options: None,
             args: vec!["-c".into(), "sleep 0.3; exit 7".into()],
             tcp: false,
+            udp: true,
         };
         let plugin = Plugin::start_local(spec, "127.0.0.1", 1, timing).await.unwrap();
         let endpoint = plugin.endpoint();
@@ -322,7 +326,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_plugin_is_named() {
-        let spec = Spec { command: "no-such-plugin-x".into(), options: None, args: Vec::new(), tcp: true };
+        let spec = Spec {
+            command: "no-such-plugin-x".into(),
+            options: None,
+            args: Vec::new(),
+            tcp: true,
+            udp: false,
+        };
         let error = Plugin::start_local(spec, "127.0.0.1", 1, Timing::default()).await.unwrap_err();
         assert_eq!(
             error.to_string(),

@@ -91,9 +91,12 @@ impl Launcher {
             .next()
             .ok_or_else(|| address_error("the name has no address".to_string()))?;
         // Taken by another process: the plugin would fail, or worse, our readiness probe would reach
-        // the other process. Say so instead.
-        if let Err(error) = std::net::TcpListener::bind(public) {
-            return Err(address_error(error.to_string()));
+        // the other process. Say so instead. Only what the plugin carries: we may hold the other.
+        if self.spec.tcp {
+            std::net::TcpListener::bind(public).map_err(|error| address_error(error.to_string()))?;
+        }
+        if self.spec.udp {
+            std::net::UdpSocket::bind(public).map_err(|error| address_error(format!("UDP: {error}")))?;
         }
         let running = self.start_and_wait(probe_address(public)).await?;
         Ok((running, public))
@@ -261,6 +264,7 @@ mod tests {
             options: None,
             args: vec!["-c".into(), "echo \"port $SS_LOCAL_PORT\" >&2; exec sleep 30".into()],
             tcp: false,
+            udp: true,
         };
         let timing = Timing { udp_settle: Duration::from_millis(50), ..Timing::default() };
         let mut launcher = Launcher {

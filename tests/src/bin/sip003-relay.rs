@@ -6,8 +6,8 @@
 //!   option `server`:        listens on SS_REMOTE_HOST:SS_REMOTE_PORT, forwards to SS_LOCAL_HOST:SS_LOCAL_PORT
 //! ```
 //!
-//! Options (SS_PLUGIN_OPTIONS): `server`, `udp` (relay UDP too), `ignore_sigterm` (for the test that a
-//! plugin deaf to SIGTERM is killed after the grace period). It prints one line to stderr when it
+//! Options (SS_PLUGIN_OPTIONS): `server`, `udp` (relay UDP too), `no_tcp` (UDP only), `ignore_sigterm`
+//! (for the test that a plugin deaf to SIGTERM is killed after the grace period). It prints one line to stderr when it
 //! listens, and one line per UDP peer it sees.
 
 use std::collections::HashMap;
@@ -30,11 +30,15 @@ async fn main() -> Result<(), String> {
             .map_err(|error| error.to_string())?;
         tokio::spawn(async move { while terminate.recv().await.is_some() {} });
     }
-    let listener = TcpListener::bind(listen).await.map_err(|error| format!("bind {listen}: {error}"))?;
     if flag("udp") {
         let socket = UdpSocket::bind(listen).await.map_err(|error| format!("bind UDP {listen}: {error}"))?;
         tokio::spawn(relay_udp(Arc::new(socket), forward));
     }
+    if flag("no_tcp") {
+        eprintln!("sip003-relay: listening on {listen} (UDP only), forwarding to {forward}");
+        return std::future::pending().await;
+    }
+    let listener = TcpListener::bind(listen).await.map_err(|error| format!("bind {listen}: {error}"))?;
     eprintln!("sip003-relay: listening on {listen}, forwarding to {forward}");
     loop {
         let (mut inbound, _) = listener.accept().await.map_err(|error| error.to_string())?;
