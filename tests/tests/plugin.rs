@@ -28,7 +28,7 @@ async fn ours_to_ours(pair: PluginPair) {
         panic!("{}: {why}\n{}\n{}", pair.label, local.log(), server.log());
     }
     // Each side logs its plugin's output under the plugin's name.
-    assert!(server.lines_containing(&format!("{}: ", pair.server)) > 0, "{}", server.log());
+    assert!(server.wait_for_line(&format!("{}: ", pair.server), STEP).await, "{}", server.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
