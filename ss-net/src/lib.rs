@@ -8,11 +8,13 @@ pub mod accept;
 pub mod pooled;
 pub mod process;
 pub mod relay;
+pub mod resolve;
 pub mod window;
 pub mod workers;
 
 pub use accept::{bind_tcp, serve, Limits, Slot};
 pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
+pub use resolve::{ResolveError, ResolveSettings, Resolver};
 pub use window::{unmap, PacketWindow};
 pub use workers::Workers;

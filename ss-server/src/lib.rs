@@ -12,7 +12,7 @@ pub mod policy;
 pub mod replay;
 mod udp;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub struct Settings {
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
     pub threads: usize,
+    /// Name servers, lookup timeout and limits of the server's resolver ([`ss_net::resolve`]).
+    pub resolve: ss_net::ResolveSettings,
 }
 
 /// Live counters of a running server.
@@ -63,6 +65,11 @@ pub struct Settings {
 pub struct Stats {
     /// UDP associations (NAT entries) currently open.
     pub udp_associations: AtomicUsize,
+    /// UDP datagrams for a domain target waiting for its name to resolve (each holds its payload).
+    pub udp_awaiting_resolution: AtomicUsize,
+    /// UDP datagrams dropped because their name could not be looked up right away: every lookup slot
+    /// taken, or too many datagrams already waiting for names.
+    pub udp_unresolved_drops: AtomicU64,
 }
 
 /// The sockets a server serves on: TCP listeners and UDP sockets.
@@ -92,6 +99,7 @@ impl Settings {
             max_udp_associations: 4096,
             stats: Arc::default(),
             threads: 1,
+            resolve: ss_net::ResolveSettings::default(),
         }
     }
 }
@@ -101,6 +109,8 @@ impl Settings {
 struct Shared {
     settings: Settings,
     replay: ReplayFilter,
+    /// Resolves domain targets of TCP and UDP alike.
+    resolver: Arc<ss_net::Resolver>,
     /// Cancelled at shutdown; connections still in their handshake stop at once.
     shutdown: CancellationToken,
 }
@@ -110,8 +120,12 @@ struct Shared {
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    let resolver = match ss_net::Resolver::new(&settings.resolve) {
+        Ok(resolver) => Arc::new(resolver),
+        Err(error) => return tracing::error!(%error, "cannot set up name resolution"),
+    };
     let workers = ss_net::Workers::start(settings.threads);
-    let shared = Arc::new(Shared { settings, replay, shutdown: shutdown.clone() });
+    let shared = Arc::new(Shared { settings, replay, resolver, shutdown: shutdown.clone() });
     let mut servers = tokio::task::JoinSet::new();
     for socket in listeners.udp {
         if let Ok(addr) = socket.local_addr() {

@@ -110,6 +110,8 @@ fn settings(config: &Config, entry: &ServerEntry) -> Settings {
     settings.max_connections = config.max_connections;
     settings.threads = config.threads_or_cpus();
     settings.udp_timeout = config.udp_timeout;
+    settings.resolve.nameservers = config.nameserver.clone();
+    settings.resolve.ipv6_first = config.ipv6_first;
     settings
 }
 
@@ -122,7 +124,6 @@ fn warn_about_unsupported(config: &Config) -> anyhow::Result<()> {
         (config.fast_open, "fast_open"),
         (config.reuse_port, "reuse_port"),
         (config.acl.is_some(), "acl"),
-        (config.nameserver.is_some(), "nameserver"),
         (config.nofile.is_some(), "nofile"),
     ] {
         if set {
