@@ -355,3 +355,66 @@ fn name_server(addr: SocketAddr) -> NameServerConfig {
     tcp.port = addr.port();
     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(last: u8) -> Outcome {
+        Ok(Arc::from([IpAddr::from([192, 0, 2, last])]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_keeps_its_capacity_dropping_expired_then_soonest_to_expire() {
+        let mut state = State::default();
+        let names = |state: &State| {
+            let mut names: Vec<_> = state.cache.keys().map(|name| name.to_string()).collect();
+            names.sort();
+            names
+        };
+        for (name, ttl) in [("a", 10), ("b", 100), ("c", 50), ("d", 55)] {
+            Resolver::remember(&mut state, 3, name.into(), &found(1), Duration::from_secs(ttl));
+        }
+        assert_eq!(names(&state), ["b", "c", "d"], "the one expiring soonest made room");
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        Resolver::remember(&mut state, 3, "e".into(), &found(2), Duration::from_secs(10));
+        assert_eq!(names(&state), ["b", "e"], "every expired one went");
+    }
+
+    #[test]
+    fn zero_ttls_and_a_zero_capacity_cache_nothing() {
+        let mut state = State::default();
+        Resolver::remember(&mut state, 2, "a".into(), &found(1), Duration::ZERO);
+        Resolver::remember(&mut state, 0, "b".into(), &found(2), Duration::from_secs(10));
+        assert!(state.cache.is_empty());
+    }
+
+    #[test]
+    fn failures_map_to_their_kind() {
+        assert_eq!(failure(&NetError::Timeout), (Err(ResolveError::TimedOut), Duration::ZERO));
+        let (outcome, ttl) = failure(&NetError::from("refused"));
+        assert!(matches!(outcome, Err(ResolveError::Failed(_))) && ttl.is_zero());
+    }
+
+    #[test]
+    fn a_configured_server_is_asked_over_udp_and_tcp_on_its_port() {
+        let server = name_server("127.0.0.1:5353".parse().unwrap());
+        assert_eq!(server.ip, IpAddr::from([127, 0, 0, 1]));
+        let ports: Vec<u16> = server.connections.iter().map(|connection| connection.port).collect();
+        assert_eq!(ports, [5353, 5353]);
+    }
+
+    #[tokio::test]
+    async fn a_cached_name_needs_no_slot_and_ignores_case() {
+        let settings = ResolveSettings { max_in_flight: 1, ..ResolveSettings::default() };
+        let resolver = Arc::new(Resolver::new(&settings).unwrap());
+        resolver.lock().cache.insert(
+            "cached.test".into(),
+            Cached { outcome: found(9), expires: Instant::now() + Duration::from_secs(60) },
+        );
+        let cached = resolver.try_resolve("CACHED.test").unwrap();
+        assert_eq!(cached.ready(), Some(&found(9)));
+        assert_eq!(resolver.in_flight(), 0);
+    }
+}
