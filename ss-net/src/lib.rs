@@ -1,5 +1,6 @@
 //! Runtime pieces both Shadowsocks binaries share: the accept loop with its limits ([`accept`]) and the
-//! two-way relay with half-close and idle timeout ([`relay`]). Protocol code lives in `ss-crypto`;
+//! two-way relay with half-close and idle timeout ([`relay`]), and the bounded asynchronous resolver
+//! ([`resolve`]). Protocol code lives in `ss-crypto`;
 //! policy (what to accept, where to connect) lives in each binary.
 
 #![warn(missing_docs)]
