@@ -120,6 +120,12 @@ struct Shared {
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    match settings.resolve.nameservers.as_slice() {
+        [] => tracing::info!("resolving names with /etc/resolv.conf and /etc/hosts"),
+        servers => {
+            tracing::info!(?servers, "resolving names with the configured name servers and /etc/hosts")
+        }
+    }
     let resolver = match ss_net::Resolver::new(&settings.resolve) {
         Ok(resolver) => Arc::new(resolver),
         Err(error) => return tracing::error!(%error, "cannot set up name resolution"),
