@@ -148,10 +148,11 @@ impl Resolver {
                 ResolverConfig::from_parts(system.domain().cloned(), system.search().to_vec(), servers)
             }
         };
-        // Each try gets half the budget so a lost answer is asked again (another server, or TCP)
-        // before the lookup as a whole runs out.
-        options.timeout = settings.timeout / 2;
-        options.attempts = 2;
+        // A and AAAA are asked in parallel and both awaited: each gets two tries (hickory counts the
+        // retries) of 2/5 of the budget, so a server that never answers AAAA costs the AAAA query,
+        // not the A answer, before the lookup as a whole runs out.
+        options.timeout = settings.timeout * 2 / 5;
+        options.attempts = 1;
         options.ip_strategy =
             if settings.ipv6_first { LookupIpStrategy::Ipv6AndIpv4 } else { LookupIpStrategy::Ipv4AndIpv6 };
         // Our cache is the one that counts (tokio clock, bounded); hickory's would only hide TTL expiry.

@@ -28,6 +28,8 @@ pub enum Behaviour {
     Slow { delay: Duration, addrs: Vec<IpAddr>, ttl: u32 },
     /// Never answers.
     Never,
+    /// Answers A queries at once, never AAAA queries (a broken middlebox or server).
+    SilentAaaa { addrs: Vec<IpAddr>, ttl: u32 },
 }
 
 /// A running test DNS server; stops when dropped.
@@ -161,6 +163,8 @@ impl Server {
                 return Some((Duration::ZERO, reply.to_vec().ok()?));
             }
             Some(Behaviour::Never) => return None,
+            Some(Behaviour::SilentAaaa { .. }) if question.query_type() == RecordType::AAAA => return None,
+            Some(Behaviour::SilentAaaa { addrs, ttl }) => (Duration::ZERO, addrs, *ttl),
             Some(Behaviour::Answer { addrs, ttl }) => (Duration::ZERO, addrs, *ttl),
             Some(Behaviour::Slow { delay, addrs, ttl }) => (*delay, addrs, *ttl),
         };

@@ -74,7 +74,8 @@ async fn a_name_that_never_answers_costs_nothing_beyond_its_timeout() {
     let outcome = timeout(STEP, never).await.unwrap().unwrap();
     assert_eq!(outcome, Err(ResolveError::TimedOut));
     let took = started.elapsed();
-    assert!(took >= lookup_timeout && took < lookup_timeout * 2, "{took:?}");
+    // hickory gives up after its two tries (4/5 of the budget), the resolver's own cap at the latest.
+    assert!(took >= lookup_timeout / 2 && took < lookup_timeout + Duration::from_secs(1), "{took:?}");
     // Nothing of the lookup remains: no slot, no task.
     assert_eq!(resolver.in_flight(), 0);
     timeout(STEP, async {
@@ -93,6 +94,17 @@ async fn a_slow_answer_within_the_timeout_is_taken() {
     let dns = TestDns::start(&[("slow.test", slow)]).await;
     let resolver = resolver(&dns, Duration::from_secs(5), 8);
     assert_eq!(timeout(STEP, resolver.resolve("slow.test")).await.unwrap().unwrap()[..], [ip(7)]);
+}
+
+#[tokio::test]
+async fn an_a_answer_survives_a_server_that_never_answers_aaaa() {
+    let silent = Behaviour::SilentAaaa { addrs: vec![ip(8)], ttl: 60 };
+    let dns = TestDns::start(&[("silent.test", silent)]).await;
+    let lookup_timeout = Duration::from_secs(3);
+    let resolver = resolver(&dns, lookup_timeout, 8);
+    let started = Instant::now();
+    assert_eq!(timeout(STEP, resolver.resolve("silent.test")).await.unwrap().unwrap()[..], [ip(8)]);
+    assert!(started.elapsed() < lookup_timeout, "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -123,7 +135,8 @@ async fn the_bound_on_lookups_in_flight_holds() {
         assert_eq!(lookup.wait().await, Err(ResolveError::TimedOut));
     }
     assert_eq!(timeout(STEP, waiting).await.unwrap().unwrap(), Err(ResolveError::TimedOut));
-    assert!(started.elapsed() >= lookup_timeout * 3 / 2, "{:?}", started.elapsed());
+    // n4 waited for n1's lookup to end, then ran its own.
+    assert!(started.elapsed() >= lookup_timeout, "{:?}", started.elapsed());
     assert_eq!(resolver.in_flight(), 0);
     drop(second);
     // One lookup's queries (A and AAAA, each retried a few times), not one per caller.

