@@ -7,7 +7,7 @@
 //! | `mode`              | `tcp_only`  | `connect_timeout`       | 10 s    |
 //! | `timeout`           | 60 s        | `max_connections`       | 10000   |
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
-//! | `threads`           | one per CPU |                         |         |
+//! | `threads`           | one per CPU | `nameserver` (`-d`)     | system's |
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

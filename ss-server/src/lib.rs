@@ -35,7 +35,8 @@ pub struct Settings {
     /// Time from accept within which the request header must arrive; also when rejected
     /// connections are closed.
     pub handshake_timeout: Duration,
-    /// Time allowed for resolving and connecting to a target.
+    /// Time allowed for connecting to each resolved address of a target (name lookups are bounded by
+    /// [`ResolveSettings::timeout`](ss_net::ResolveSettings::timeout)).
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
