@@ -206,7 +206,10 @@ impl Resolver {
 
     /// The cached answer or the lookup in flight for `key`, if either exists.
     fn join(&self, key: &str) -> Option<Lookup> {
-        let mut state = self.lock();
+        Self::joined(&mut self.lock(), key)
+    }
+
+    fn joined(state: &mut State, key: &str) -> Option<Lookup> {
         if let Some(cached) = state.cache.get(key) {
             if cached.expires > Instant::now() {
                 return Some(Lookup(LookupState::Done(cached.outcome.clone())));
@@ -217,15 +220,18 @@ impl Resolver {
         Some(Lookup(LookupState::Waiting(pending.clone())))
     }
 
-    /// Starts the lookup of `key` in its own task (unless another caller started it since we looked).
+    /// Starts the lookup of `key` in its own task, unless another caller started it (or cached its
+    /// answer) while this one waited for a slot: then the slot goes back and that lookup is joined.
     fn start(self: &Arc<Self>, key: Box<str>, slot: OwnedSemaphorePermit) -> Lookup {
-        if let Some(lookup) = self.join(&key) {
-            return lookup;
-        }
         let (sender, receiver) = watch::channel(None);
-        self.lock().pending.insert(key.clone(), receiver.clone());
-        let pending = Pending { resolver: self.clone(), key, sender, _slot: slot };
-        tokio::spawn(pending.run());
+        {
+            let mut state = self.lock();
+            if let Some(lookup) = Self::joined(&mut state, &key) {
+                return lookup;
+            }
+            state.pending.insert(key.clone(), receiver.clone());
+        }
+        tokio::spawn(Pending { resolver: self.clone(), key, sender, _slot: slot }.run());
         Lookup(LookupState::Waiting(receiver))
     }
 
@@ -313,19 +319,19 @@ impl Pending {
                 }
                 Ok(Err(error)) => failure(&error),
             };
+        // Cached and no longer pending in one step: a caller sees one or the other, never neither.
         {
             let mut state = resolver.lock();
             let key = self.key.clone();
             Resolver::remember(&mut state, resolver.cache_capacity, key, &outcome, ttl);
-            state.pending.remove(&self.key);
+            self.leave(&mut state);
         }
         self.sender.send_replace(Some(outcome));
     }
-}
 
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let mut state = self.resolver.lock();
+    /// Removes this lookup from the pending table (and only this one: a later lookup of the same
+    /// name may have taken its place).
+    fn leave(&self, state: &mut State) {
         let ours = state
             .pending
             .get(&self.key)
@@ -333,6 +339,12 @@ impl Drop for Pending {
         if ours {
             state.pending.remove(&self.key);
         }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.leave(&mut self.resolver.lock());
     }
 }
 
