@@ -156,35 +156,37 @@ impl Relay {
         if target.port() != 53 {
             association.dns_only.store(false, Ordering::Relaxed);
         }
-        let (host, port) = match &target {
-            Address::Ip(addr) => return self.forward(&association, &target, [*addr], &packet[payload]).await,
-            Address::Domain(host, port) => (host, *port),
-        };
+        if let Address::Ip(addr) = target {
+            return self.forward(&association, &target, [addr], &packet[payload]).await;
+        }
+        self.resolve(association, target, &packet[payload]).await;
+    }
+
+    /// Forwards a datagram for a domain target: at once if its name is cached, else from a task of
+    /// its own once the lookup ends, if there is room to wait; otherwise it is dropped and counted.
+    async fn resolve(self: Arc<Self>, association: Arc<Association>, target: Address, payload: &[u8]) {
+        let Address::Domain(host, port) = &target else { return };
+        let port = *port;
         let lookup = match self.shared.resolver.try_resolve(host) {
             Ok(lookup) => lookup,
             Err(error) => return self.drop_unresolved(&target, &error),
         };
-        if let Some(outcome) = lookup.ready() {
-            return match outcome {
-                Ok(addrs) => {
-                    let candidates = addrs.iter().map(|&ip| SocketAddr::new(ip, port));
-                    self.forward(&association, &target, candidates, &packet[payload]).await
-                }
-                Err(error) => debug!(%error, %target, "UDP target does not resolve"),
-            };
+        let with_port = move |addrs: &ss_net::resolve::Addresses| -> Vec<SocketAddr> {
+            addrs.iter().map(|&ip| SocketAddr::new(ip, port)).collect()
+        };
+        match lookup.ready() {
+            Some(Ok(addrs)) => return self.forward(&association, &target, with_port(addrs), payload).await,
+            Some(Err(error)) => return debug!(%error, %target, "UDP target does not resolve"),
+            None => {}
         }
-        // The name is being looked up: the datagram waits for it in a task of its own, if there is room.
         let Some(place) = self.reserve_place(&association) else {
             return self.drop_unresolved(&target, &ResolveError::Busy);
         };
-        let payload = packet[payload].to_vec();
+        let payload = payload.to_vec();
         tokio::spawn(async move {
             let _place = place;
             match lookup.wait().await {
-                Ok(addrs) => {
-                    let candidates = addrs.iter().map(|&ip| SocketAddr::new(ip, port));
-                    self.forward(&association, &target, candidates, &payload).await
-                }
+                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload).await,
                 Err(error) => debug!(%error, %target, "UDP target does not resolve"),
             }
         });
