@@ -2,6 +2,7 @@
 //! relays TCP and UDP to a name that resolves to 127.0.0.1, and a flood of UDP datagrams for names that
 //! never answer neither grows its memory (datagrams waiting, tasks) nor stops other names.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +18,10 @@ use tokio::net::UdpSocket;
 use tokio::time::{timeout, Instant};
 
 const METHOD: Method = Method::Aes128Gcm;
-/// ss-server's per-association bound on datagrams waiting for a name (ss-server/src/udp.rs).
+/// ss-server's bounds on datagrams waiting for a name, per association and per server socket
+/// (ss-server/src/udp.rs).
 const MAX_AWAITING_PER_ASSOCIATION: usize = 16;
+const MAX_AWAITING_RESOLUTION: usize = 256;
 
 fn loopback() -> Behaviour {
     Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 }
@@ -90,34 +93,10 @@ async fn a_udp_flood_for_a_name_that_never_answers_stays_bounded() {
     udp_round_trip(&local, &good).await;
     let idle_tasks = tasks();
 
-    // Sealed datagrams straight to the server, from one client socket (one association), in batches
-    // the socket buffers hold, each counted before the next is sent.
     let flood = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let never = Address::domain("never.test", 9).unwrap();
-    let key = test_key(METHOD);
     let started = Instant::now();
-    let (mut most_awaiting, mut most_tasks) = (0, 0);
-    let handled = || {
-        stats.udp_unresolved_drops.load(Ordering::Relaxed) as usize
-            + stats.udp_awaiting_resolution.load(Ordering::Relaxed)
-    };
-    for batch in 1..=40 {
-        for _ in 0..50 {
-            let mut datagram = Vec::new();
-            let salt = Salt::random(METHOD, &mut OsRng);
-            ss_crypto::udp::seal_classic(METHOD, &key, salt, &never, &[0x42; 200], &mut datagram);
-            flood.send_to(&datagram, server.addr).await.unwrap();
-        }
-        timeout(STEP, async {
-            while handled() < batch * 50 {
-                most_awaiting = most_awaiting.max(stats.udp_awaiting_resolution.load(Ordering::Relaxed));
-                most_tasks = most_tasks.max(tasks());
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("batch {batch}: {} datagrams handled", handled()));
-    }
+    let peaks = flood_never(server.addr, &stats, &[flood], 40, 50).await;
+    let (most_awaiting, most_tasks) = (peaks.awaiting, peaks.tasks);
     assert!(most_awaiting <= MAX_AWAITING_PER_ASSOCIATION, "{most_awaiting} datagrams waited at once");
     let drops = stats.udp_unresolved_drops.load(Ordering::Relaxed);
     assert!(drops >= (2000 - MAX_AWAITING_PER_ASSOCIATION) as u64, "{drops} dropped");
@@ -149,6 +128,21 @@ async fn a_udp_flood_for_a_name_that_never_answers_stays_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_many_associations_stays_within_the_servers_bound() {
+    let dns = TestDns::start(&[("never.test", Behaviour::Never)]).await;
+    let (server, _local, stats) = start(&dns, Duration::from_secs(5)).await;
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        clients.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    // 32 associations x 16 datagrams: each within its own bound, twice the server's.
+    let peaks = flood_never(server.addr, &stats, &clients, 8, 2).await;
+    assert!(peaks.awaiting <= MAX_AWAITING_RESOLUTION, "{} datagrams waited at once", peaks.awaiting);
+    let drops = stats.udp_unresolved_drops.load(Ordering::Relaxed);
+    assert!(drops >= (32 * 16 - MAX_AWAITING_RESOLUTION) as u64, "{drops} dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams_over_the_in_flight_bound_are_dropped_and_counted() {
     let names = ["n1.test", "n2.test", "n3.test", "n4.test", "n5.test", "n6.test"];
     let zone: Vec<_> = names.iter().map(|&name| (name, Behaviour::Never)).collect();
@@ -174,4 +168,51 @@ async fn udp_datagrams_over_the_in_flight_bound_are_dropped_and_counted() {
     });
     assert_eq!(stats.udp_unresolved_drops.load(Ordering::Relaxed), 2);
     assert_eq!(stats.udp_awaiting_resolution.load(Ordering::Relaxed), 4);
+}
+
+/// The most datagrams waiting and live tasks seen during a flood.
+struct Peaks {
+    awaiting: usize,
+    tasks: usize,
+}
+
+/// Sends sealed datagrams for "never.test" straight to the server: `batches` rounds in which every
+/// client socket (one association each) sends `per_client`, each round small enough for the socket
+/// buffers and counted by the server (dropped or waiting) before the next.
+async fn flood_never(
+    server: SocketAddr,
+    stats: &ss_server::Stats,
+    clients: &[UdpSocket],
+    batches: usize,
+    per_client: usize,
+) -> Peaks {
+    let never = Address::domain("never.test", 9).unwrap();
+    let key = test_key(METHOD);
+    let handled = || {
+        stats.udp_unresolved_drops.load(Ordering::Relaxed) as usize
+            + stats.udp_awaiting_resolution.load(Ordering::Relaxed)
+    };
+    let mut peaks = Peaks { awaiting: 0, tasks: 0 };
+    let mut sent = handled();
+    for batch in 1..=batches {
+        for client in clients {
+            for _ in 0..per_client {
+                let mut datagram = Vec::new();
+                let salt = Salt::random(METHOD, &mut OsRng);
+                ss_crypto::udp::seal_classic(METHOD, &key, salt, &never, &[0x42; 200], &mut datagram);
+                client.send_to(&datagram, server).await.unwrap();
+                sent += 1;
+            }
+        }
+        timeout(STEP, async {
+            while handled() < sent {
+                peaks.awaiting = peaks.awaiting.max(stats.udp_awaiting_resolution.load(Ordering::Relaxed));
+                peaks.tasks = peaks.tasks.max(tasks());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("batch {batch}: {} of {sent} datagrams handled", handled()));
+    }
+    peaks
 }
