@@ -7,8 +7,9 @@
 //! | `mode`              | `tcp_only`  | `connect_timeout`       | 10 s    |
 //! | `timeout`           | 60 s        | `max_connections`       | 10000   |
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
-//! | `threads`           | one per CPU |                         |         |
+//! | `threads`           | one per CPU | `nameserver` (`-d`)     | system's |
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,8 +53,8 @@ pub struct Config {
     pub ipv6_first: bool,
     /// SIP003 plugin.
     pub plugin: Option<Plugin>,
-    /// DNS server(s) to resolve with, as written.
-    pub nameserver: Option<String>,
+    /// DNS servers to resolve with (`nameserver`, `-d`), in place of the system's; empty: the system's.
+    pub nameserver: Vec<SocketAddr>,
     /// File descriptor limit to raise to at start-up.
     pub nofile: Option<u64>,
     /// Access control list file.
@@ -157,7 +158,7 @@ impl Config {
             reuse_port: args.reuse_port || raw.reuse_port.unwrap_or(false),
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
             plugin: url::plugin_with(servers::plugin(&raw, args)?, &urls)?,
-            nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
+            nameserver: nameservers(args.nameserver.as_deref().or(raw.nameserver.as_deref()))?,
             nofile: match args.nofile {
                 Some(nofile) => Some(nofile),
                 None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
@@ -183,6 +184,22 @@ impl Config {
             _ => LogLevel::Trace,
         }
     }
+}
+
+/// libev's `nameserver` syntax: addresses separated by commas, each an IP (port 53) or an IP and port
+/// (`[v6]:port` for IPv6). Empty entries are ignored.
+fn nameservers(text: Option<&str>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let entries = text.unwrap_or("").split(',').map(str::trim).filter(|entry| !entry.is_empty());
+    entries
+        .map(|entry| match (entry.parse::<SocketAddr>(), entry.parse::<IpAddr>()) {
+            (Ok(addr), _) => Ok(addr),
+            (_, Ok(ip)) => Ok(SocketAddr::new(ip, 53)),
+            _ => Err(ConfigError::field_error(
+                "nameserver",
+                format!("{entry:?} is not an IP address or IP:port (names are not accepted here)"),
+            )),
+        })
+        .collect()
 }
 
 impl Mode {
@@ -419,11 +436,28 @@ mod tests {
             (config.effective_log_level(), config.effective_log_level().as_str()),
             (LogLevel::Warn, "warn")
         );
-        assert_eq!(config.nameserver.as_deref(), Some("1.1.1.1"));
+        assert_eq!(config.nameserver, ["1.1.1.1:53".parse::<SocketAddr>().unwrap()]);
         let verbose = Config { verbose: 1, ..config };
         assert_eq!(verbose.effective_log_level(), LogLevel::Debug);
         assert!(error(&format!(r#"{{{BASE},"log_level":"loud"}}"#))
             .starts_with("log_level: unknown level \"loud\""));
+    }
+
+    #[test]
+    fn nameservers_in_libev_syntax() {
+        let config =
+            check(&format!(r#"{{{BASE},"nameserver":"8.8.8.8, 127.0.0.1:5353,::1,[::1]:54,"}}"#)).unwrap();
+        let expected: Vec<SocketAddr> = ["8.8.8.8:53", "127.0.0.1:5353", "[::1]:53", "[::1]:54"]
+            .iter()
+            .map(|addr| addr.parse().unwrap())
+            .collect();
+        assert_eq!(config.nameserver, expected);
+        assert!(check(&format!(r#"{{{BASE},"nameserver":" "}}"#)).unwrap().nameserver.is_empty());
+        assert!(check(&format!("{{{BASE}}}")).unwrap().nameserver.is_empty());
+        for bad in ["dns.google", "1.1.1.1:99999", "1.1.1.1;8.8.8.8"] {
+            let message = error(&format!(r#"{{{BASE},"nameserver":"{bad}"}}"#));
+            assert!(message.starts_with("nameserver: "), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use rand_core::OsRng;
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
+use ss_net::{ResolveError, Resolver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -93,7 +94,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
     drop(in_handshake);
 
     let settings = &shared.settings;
-    let connected = connect(&target, &shared.guard, settings.connect_timeout).await;
+    let connected = connect(&target, &shared.resolver, &shared.guard, settings.connect_timeout).await;
     drop(target);
     let upstream = match connected {
         Ok(upstream) => upstream,
@@ -134,18 +135,20 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
 
 /// Resolves `target` and connects to the first allowed address that answers within the timeout.
 /// Every resolved address is checked against the policy right before it is dialled.
+///
+/// The lookup is bounded by the resolver: when all its slots are taken the connection waits for one
+/// up to the lookup timeout, then the lookup itself gets the lookup timeout.
 pub(crate) async fn connect(
     target: &Address,
+    resolver: &Arc<Resolver>,
     guard: &AddressGuard,
     connect_timeout: std::time::Duration,
 ) -> io::Result<TcpStream> {
     let candidates: Vec<SocketAddr> = match target {
         Address::Ip(addr) => vec![*addr],
         Address::Domain(host, port) => {
-            timeout(connect_timeout, tokio::net::lookup_host((host.as_str(), *port)))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name resolution timed out"))??
-                .collect()
+            let addresses = resolver.resolve(host).await.map_err(lookup_error)?;
+            addresses.iter().map(|&ip| SocketAddr::new(ip, *port)).collect()
         }
     };
     // Built only if no candidate connects: formatting it up front costs two allocations per connection.
@@ -168,6 +171,16 @@ pub(crate) async fn connect(
         }
     }
     Err(last_error.unwrap_or_else(|| refused(&candidates)))
+}
+
+fn lookup_error(error: ResolveError) -> io::Error {
+    let kind = match error {
+        ResolveError::Busy => io::ErrorKind::ResourceBusy,
+        ResolveError::TimedOut => io::ErrorKind::TimedOut,
+        ResolveError::NotFound => io::ErrorKind::NotFound,
+        ResolveError::Failed(_) => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, error)
 }
 
 /// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.

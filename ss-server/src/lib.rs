@@ -15,7 +15,7 @@ pub mod rejections;
 pub mod replay;
 mod udp;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +42,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Most connections from one source (IPv4 address, IPv6 /64) in their handshake at once.
     pub max_handshakes_per_source: usize,
-    /// Time allowed for resolving and connecting to a target.
+    /// Time allowed for connecting to each resolved address of a target (name lookups are bounded by
+    /// [`ResolveSettings::timeout`](ss_net::ResolveSettings::timeout)).
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
@@ -64,6 +65,8 @@ pub struct Settings {
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
     pub threads: usize,
+    /// Name servers, lookup timeout and limits of the server's resolver ([`ss_net::resolve`]).
+    pub resolve: ss_net::ResolveSettings,
 }
 
 /// Live counters of a running server.
@@ -73,6 +76,11 @@ pub struct Stats {
     pub udp_associations: AtomicUsize,
     /// Refused connections by reason.
     pub rejections: Arc<Rejections>,
+    /// UDP datagrams for a domain target waiting for its name to resolve (each holds its payload).
+    pub udp_awaiting_resolution: AtomicUsize,
+    /// UDP datagrams dropped because their name could not be looked up right away: every lookup slot
+    /// taken, or too many datagrams already waiting for names.
+    pub udp_unresolved_drops: AtomicU64,
 }
 
 /// The sockets a server serves on: TCP listeners and UDP sockets.
@@ -103,6 +111,7 @@ impl Settings {
             max_udp_associations: 4096,
             stats: Arc::default(),
             threads: 1,
+            resolve: ss_net::ResolveSettings::default(),
         }
     }
 }
@@ -116,6 +125,8 @@ struct Shared {
     guard: AddressGuard,
     /// Connections in their handshake, per source.
     admission: Arc<Admission>,
+    /// Resolves domain targets of TCP and UDP alike.
+    resolver: Arc<ss_net::Resolver>,
     /// Cancelled at shutdown; connections still in their handshake stop at once.
     shutdown: CancellationToken,
 }
@@ -125,6 +136,16 @@ struct Shared {
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
     let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    match settings.resolve.nameservers.as_slice() {
+        [] => tracing::info!("resolving names with /etc/resolv.conf and /etc/hosts"),
+        servers => {
+            tracing::info!(?servers, "resolving names with the configured name servers and /etc/hosts")
+        }
+    }
+    let resolver = match ss_net::Resolver::new(&settings.resolve) {
+        Ok(resolver) => Arc::new(resolver),
+        Err(error) => return tracing::error!(%error, "cannot set up name resolution"),
+    };
     let workers = ss_net::Workers::start(settings.threads);
     let own = match settings.policy {
         TargetPolicy::PublicOnly => OwnAddresses::watch(shutdown.clone()),
@@ -134,7 +155,8 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let admission = Admission::new(settings.max_connections, settings.max_handshakes_per_source);
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(settings.stats.rejections.clone().report(shutdown.clone()));
-    let shared = Arc::new(Shared { settings, replay, guard, admission, shutdown: shutdown.clone() });
+    let shared =
+        Arc::new(Shared { settings, replay, resolver, guard, admission, shutdown: shutdown.clone() });
     for socket in listeners.udp {
         if let Ok(addr) = socket.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (UDP)");

@@ -121,6 +121,8 @@ fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings 
     settings.max_connections = config.max_connections;
     settings.threads = config.threads_or_cpus();
     settings.udp_timeout = config.udp_timeout;
+    settings.resolve.nameservers = config.nameserver.clone();
+    settings.resolve.ipv6_first = config.ipv6_first;
     let (max_connections, max_udp) = ss_net::process::fit_to_descriptors(
         descriptors,
         config.servers.len(),
@@ -145,12 +147,9 @@ fn warn_about_unsupported(config: &Config) -> anyhow::Result<()> {
     if config.plugin.is_some() {
         anyhow::bail!("plugin: SIP003 plugins are not supported yet");
     }
-    for (set, name) in [
-        (config.fast_open, "fast_open"),
-        (config.reuse_port, "reuse_port"),
-        (config.acl.is_some(), "acl"),
-        (config.nameserver.is_some(), "nameserver"),
-    ] {
+    for (set, name) in
+        [(config.fast_open, "fast_open"), (config.reuse_port, "reuse_port"), (config.acl.is_some(), "acl")]
+    {
         if set {
             tracing::warn!("{name} is not supported yet and is ignored");
         }

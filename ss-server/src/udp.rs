@@ -11,13 +11,18 @@
 //!   type, timestamp, fresh packet id), so a replayed packet from elsewhere moves nothing.
 //! - Datagrams that fail to open are dropped silently and create no state.
 //! - Every datagram's target goes through the address policy, after resolution.
+//! - A domain target is resolved without holding up the socket: a cached name is sent at once; otherwise
+//!   the datagram waits in a task for its lookup, at most [`MAX_AWAITING_RESOLUTION`] datagrams per
+//!   server socket and [`MAX_AWAITING_PER_ASSOCIATION`] per association, each for at most the lookup
+//!   timeout. A datagram that finds every lookup slot taken, or no room to wait, is dropped and counted
+//!   (`Stats::udp_unresolved_drops`).
 //! - Associations expire after the UDP timeout without traffic (a short timeout when they only ever
 //!   spoke to port 53); beyond the cap the least recently used one is evicted.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +30,9 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
 use ss_crypto::{Address, Salt, SealError};
-use ss_net::{unmap, PacketWindow};
+use ss_net::{unmap, PacketWindow, ResolveError};
 use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -37,6 +43,11 @@ use crate::Shared;
 const MAX_DATAGRAM: usize = 65_535;
 /// Idle timeout of associations that only ever spoke to port 53.
 const DNS_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most datagrams of one server socket waiting for their target's name to resolve; with payloads of
+/// at most 64 KiB that bounds what they hold to 16 MiB.
+pub(crate) const MAX_AWAITING_RESOLUTION: usize = 256;
+/// Most datagrams of one association waiting for names, so one client cannot take every place.
+pub(crate) const MAX_AWAITING_PER_ASSOCIATION: usize = 16;
 
 /// Runs the UDP relay on `socket` until `shutdown`.
 pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -44,6 +55,7 @@ pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: Canc
         socket: Arc::new(socket),
         codec: Udp2022::new(shared.settings.method, &shared.settings.key),
         table: Mutex::new(HashMap::new()),
+        awaiting: Arc::new(Semaphore::new(MAX_AWAITING_RESOLUTION)),
         started: Instant::now(),
         shared,
     });
@@ -74,6 +86,8 @@ struct Relay {
     /// The 2022 datagram cipher, or `None` for a classic method.
     codec: Option<Udp2022>,
     table: Mutex<HashMap<Key, Arc<Association>>>,
+    /// Places for datagrams waiting for a name ([`MAX_AWAITING_RESOLUTION`]).
+    awaiting: Arc<Semaphore>,
     started: Instant,
     shared: Arc<Shared>,
 }
@@ -90,6 +104,8 @@ struct Association {
     /// Milliseconds since the relay started, at the last datagram either way.
     last_active: AtomicU64,
     dns_only: AtomicBool,
+    /// Datagrams of this association waiting for a name ([`MAX_AWAITING_PER_ASSOCIATION`]).
+    awaiting: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -140,20 +156,75 @@ impl Relay {
         if target.port() != 53 {
             association.dns_only.store(false, Ordering::Relaxed);
         }
-        if let Address::Ip(_) = target {
-            return self.forward(&association, &target, &packet[payload]).await;
+        if let Address::Ip(addr) = target {
+            return self.forward(&association, &target, [addr], &packet[payload]).await;
         }
-        // Name resolution may take a while: never hold up other clients' datagrams for it.
-        let payload = packet[payload].to_vec();
-        tokio::spawn(async move { self.forward(&association, &target, &payload).await });
+        self.resolve(association, target, &packet[payload]).await;
     }
 
-    async fn forward(&self, association: &Association, target: &Address, payload: &[u8]) {
-        let Some(destination) = self.resolve(target).await else { return };
+    /// Forwards a datagram for a domain target: at once if its name is cached, else from a task of
+    /// its own once the lookup ends, if there is room to wait; otherwise it is dropped and counted.
+    async fn resolve(self: Arc<Self>, association: Arc<Association>, target: Address, payload: &[u8]) {
+        let Address::Domain(host, port) = &target else { return };
+        let port = *port;
+        let lookup = match self.shared.resolver.try_resolve(host) {
+            Ok(lookup) => lookup,
+            Err(error) => return self.drop_unresolved(&target, &error),
+        };
+        let with_port = move |addrs: &ss_net::resolve::Addresses| -> Vec<SocketAddr> {
+            addrs.iter().map(|&ip| SocketAddr::new(ip, port)).collect()
+        };
+        match lookup.ready() {
+            Some(Ok(addrs)) => return self.forward(&association, &target, with_port(addrs), payload).await,
+            Some(Err(error)) => return debug!(%error, %target, "UDP target does not resolve"),
+            None => {}
+        }
+        let Some(place) = self.reserve_place(&association) else {
+            return self.drop_unresolved(&target, &ResolveError::Busy);
+        };
+        let payload = payload.to_vec();
+        tokio::spawn(async move {
+            let _place = place;
+            match lookup.wait().await {
+                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload).await,
+                Err(error) => debug!(%error, %target, "UDP target does not resolve"),
+            }
+        });
+    }
+
+    /// Sends `payload` to the first of `candidates` the address policy allows.
+    async fn forward(
+        &self,
+        association: &Association,
+        target: &Address,
+        candidates: impl IntoIterator<Item = SocketAddr>,
+        payload: &[u8],
+    ) {
+        let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(unmap)) else {
+            return debug!(%target, "UDP target refused by the address policy");
+        };
         let destination = outbound_addr(destination, association.dual_stack);
         if let Err(error) = association.outbound.send_to(payload, destination).await {
             debug!(%error, %target, "UDP send to target failed");
         }
+    }
+
+    fn drop_unresolved(&self, target: &Address, error: &ResolveError) {
+        if *error == ResolveError::Busy {
+            self.shared.settings.stats.udp_unresolved_drops.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(%error, %target, "UDP datagram dropped before resolution");
+    }
+
+    /// A place for one more datagram of `association` to wait for a name, if both bounds allow it.
+    fn reserve_place(&self, association: &Arc<Association>) -> Option<AwaitingPlace> {
+        let permit = self.awaiting.clone().try_acquire_owned().ok()?;
+        if association.awaiting.fetch_add(1, Ordering::Relaxed) >= MAX_AWAITING_PER_ASSOCIATION {
+            association.awaiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.shared.settings.stats.udp_awaiting_resolution.fetch_add(1, Ordering::Relaxed);
+        Some(AwaitingPlace { _permit: permit, association: association.clone(), shared: self.shared.clone() })
     }
 
     /// The association for `key`, created (and the oldest evicted beyond the cap) if new.
@@ -183,6 +254,7 @@ impl Relay {
             session,
             last_active: AtomicU64::new(self.now_ms()),
             dns_only: AtomicBool::new(true),
+            awaiting: AtomicUsize::new(0),
             stop: CancellationToken::new(),
         });
         {
@@ -198,21 +270,6 @@ impl Relay {
         }
         tokio::spawn(self.clone().replies(key, association.clone()));
         Ok(association)
-    }
-
-    /// Resolves a target and applies the address policy; `None` drops the datagram.
-    async fn resolve(&self, target: &Address) -> Option<SocketAddr> {
-        let candidates: Vec<SocketAddr> = match target {
-            Address::Ip(addr) => vec![*addr],
-            Address::Domain(host, port) => {
-                tokio::net::lookup_host((host.as_str(), *port)).await.ok()?.collect()
-            }
-        };
-        let allowed = self.shared.guard.first_allowed(candidates.into_iter().map(unmap));
-        if allowed.is_none() {
-            debug!(%target, "UDP target refused by the address policy");
-        }
-        allowed
     }
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
@@ -285,6 +342,20 @@ impl Relay {
                 udp::seal_classic(settings.method, &settings.key, salt, source, payload, out)
             }
         }
+    }
+}
+
+/// A datagram's place in the queue for name resolution; given back when dropped.
+struct AwaitingPlace {
+    _permit: OwnedSemaphorePermit,
+    association: Arc<Association>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for AwaitingPlace {
+    fn drop(&mut self) {
+        self.association.awaiting.fetch_sub(1, Ordering::Relaxed);
+        self.shared.settings.stats.udp_awaiting_resolution.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
