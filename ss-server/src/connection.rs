@@ -53,11 +53,15 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
 
     // At shutdown a connection that has not authenticated yet is not worth waiting for.
     let handshake = tokio::select! {
-        handshake = timeout_at(deadline, reader.read_target()) => handshake,
+        handshake = timeout_at(deadline, read_request(&mut reader, &shared)) => handshake,
         () = shared.shutdown.cancelled() => return close(write_half).await,
     };
-    let target = match handshake {
-        Ok(Ok(target)) => target,
+    let (request_salt, target) = match handshake {
+        Ok(Ok(Ok(request))) => request,
+        Ok(Ok(Err(Replayed))) => {
+            warn!("replayed request refused");
+            return reject(reader.into_inner(), write_half, deadline).await;
+        }
         Ok(Err(error)) => {
             log_probe(&error);
             return tokio::select! {
@@ -71,11 +75,6 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
         }
     };
     tracing::Span::current().record("target", tracing::field::display(&target));
-
-    let Some(request_salt) = reader.authenticated_salt().filter(|salt| shared.replay.insert(salt)) else {
-        warn!("replayed request refused");
-        return reject(reader.into_inner(), write_half, deadline).await;
-    };
 
     let settings = &shared.settings;
     let connected = connect(&target, settings.policy, settings.connect_timeout).await;
@@ -115,6 +114,27 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, _slot: ss_net::Slot) {
         end = %outcome.end,
         "connection closed"
     );
+}
+
+/// A request whose salt the replay filter already holds.
+struct Replayed;
+
+/// Reads the request: its salt goes into the replay filter the moment the first record authenticated
+/// (for 2022 the fixed header, timestamp checked), before the rest of the header is waited for, so two
+/// copies of one request racing through their handshakes cannot both pass.
+async fn read_request<R>(
+    reader: &mut DecryptReader<R>,
+    shared: &Shared,
+) -> io::Result<Result<(Salt, Address), Replayed>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let salt = reader.read_salt().await?;
+    if !shared.replay.insert(&salt) {
+        return Ok(Err(Replayed));
+    }
+    shared.settings.stats.salts_recorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Ok((salt, reader.read_target().await?)))
 }
 
 /// Resolves `target` and connects to the first allowed address that answers within the timeout.
