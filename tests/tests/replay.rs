@@ -140,12 +140,13 @@ impl Session2022 {
         out
     }
 
-    async fn exchange(&self, server: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    /// Sends `packet`, returns the reply's payload and the server session that sent it.
+    async fn exchange(&self, server: SocketAddr, packet: &[u8]) -> (Vec<u8>, u64) {
         self.socket.send_to(packet, server).await.unwrap();
         let mut buf = vec![0u8; 2048];
         let (len, _) = timeout(STEP, self.socket.recv_from(&mut buf)).await.unwrap().unwrap();
         let opened = self.cipher.open(&mut buf[..len], unix_now(), Origin::Server).unwrap();
-        buf[opened.payload].to_vec()
+        (buf[opened.payload].to_vec(), opened.header.session_id)
     }
 }
 
@@ -159,18 +160,21 @@ async fn an_evicted_2022_session_gets_no_fresh_window_for_a_replay() {
         let echo = udp_echo_server("127.0.0.1:0").await;
         let (first, second) = (Session2022::new(method).await, Session2022::new(method).await);
         let captured = first.packet(1, echo, b"one");
-        assert_eq!(first.exchange(server.addr, &captured).await, b"one");
+        assert_eq!(first.exchange(server.addr, &captured).await.0, b"one");
         // A second session takes the only slot: the first one's association is evicted.
-        assert_eq!(second.exchange(server.addr, &second.packet(1, echo, b"two")).await, b"two");
+        let (two, serving_second) = second.exchange(server.addr, &second.packet(1, echo, b"two")).await;
+        assert_eq!(two, b"two");
 
         let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         attacker.send_to(&captured, server.addr).await.unwrap();
         assert_silent(&attacker, "a packet of the evicted session replayed").await;
-        assert_eq!(second.exchange(server.addr, &second.packet(2, echo, b"still")).await, b"still");
+        let (still, still_serving) = second.exchange(server.addr, &second.packet(2, echo, b"still")).await;
+        assert_eq!(still, b"still");
+        assert_eq!(still_serving, serving_second, "{method}: the replay evicted the live association");
         assert_eq!(stats.udp_associations.load(Ordering::Relaxed), 1);
 
         // The real client coming back goes on where it was.
-        assert_eq!(first.exchange(server.addr, &first.packet(2, echo, b"back")).await, b"back", "{method}");
+        assert_eq!(first.exchange(server.addr, &first.packet(2, echo, b"back")).await.0, b"back", "{method}");
     }
 }
 
