@@ -260,7 +260,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_shared_2022_filter_refuses_a_replay_one_tick_before_the_retention_ends() {
         let handshake = Duration::from_secs(10);
-        let retention = retention_2022(handshake);
+        // Written out rather than taken from `retention_2022`: 30 s either side, the last whole second,
+        // and the handshake timeout.
+        let retention = Duration::from_secs(30 + 30 + 1 + 10);
         let filter = ReplayFilter::new(&key(), Generation::Aead2022, 16, handshake);
         tokio::time::advance(Duration::from_millis(59_999)).await;
         assert!(filter.insert(&salt(1)));
