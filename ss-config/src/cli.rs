@@ -98,6 +98,10 @@ pub struct CliArgs {
     /// UDP association idle timeout in seconds [default: 300]
     #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
     pub udp_timeout: Option<u64>,
+    /// ss-server: file the classic replay filter is saved to and loaded from, or `off`
+    /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs, replay-PORT.snapshot]
+    #[arg(long = "replay-snapshot", value_name = "FILE|off")]
+    pub replay_snapshot: Option<String>,
 }
 
 fn seconds_parser() -> clap::builder::RangedU64ValueParser<u64> {
@@ -138,7 +142,8 @@ mod tests {
         "server": ["file-a", "file-b"], "server_port": 1111, "local_address": "127.0.0.2", "local_port": 2222,
         "password": "file password that is long", "method": "aes-128-gcm", "timeout": 11, "udp_timeout": 12,
         "mode": "tcp_only", "plugin": "file-plugin", "plugin_opts": "file-opts", "acl": "/file.acl",
-        "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn"
+        "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn",
+        "replay_snapshot": "/file.snapshot"
     }"#;
 
     #[test]
@@ -188,6 +193,8 @@ mod tests {
             "2",
             "--udp-timeout",
             "22",
+            "--replay-snapshot",
+            "off",
         ])
         .unwrap();
         let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
@@ -213,6 +220,7 @@ mod tests {
         assert!(config.allow_private_targets);
         assert_eq!(config.verbose, 2);
         assert_eq!(config.effective_log_level(), LogLevel::Trace);
+        assert_eq!(config.replay_snapshot, crate::ReplaySnapshot::Off);
     }
 
     #[test]
@@ -226,6 +234,7 @@ mod tests {
         assert_eq!(config.max_connections, 15);
         assert_eq!(config.effective_log_level(), LogLevel::Warn);
         assert!(!config.fast_open && !config.allow_private_targets);
+        assert_eq!(config.replay_snapshot, crate::ReplaySnapshot::At("/file.snapshot".into()));
     }
 
     #[test]

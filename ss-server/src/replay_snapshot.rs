@@ -197,6 +197,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Where the snapshot of the server on `port` goes when none is configured: `replay-PORT.snapshot` in
+/// systemd's `$STATE_DIRECTORY` (set by `StateDirectory=`), else `$XDG_STATE_HOME/ss-rs`, else
+/// `$HOME/.local/state/ss-rs`; `None` when none of these is set. `env` reads an environment variable.
+pub fn default_path(port: u16, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let set = |name: &str| env(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    let dir = set("STATE_DIRECTORY")
+        // systemd passes several directories separated by colons when several are configured.
+        .map(|dirs| dirs.to_string_lossy().split(':').next().map(PathBuf::from).unwrap_or(dirs))
+        .or_else(|| set("XDG_STATE_HOME").map(|state| state.join("ss-rs")))
+        .or_else(|| set("HOME").map(|home| home.join(".local/state/ss-rs")))?;
+    Some(dir.join(format!("replay-{port}.snapshot")))
+}
+
 /// The largest snapshot a history of `capacity` salts per generation can produce.
 fn max_file_len(method: Method, capacity: usize) -> usize {
     header_len(method.name().len()) + 16 * capacity + CHECKSUM_LEN

@@ -122,3 +122,19 @@ async fn saved_then_loaded_and_a_corrupt_file_is_ignored_with_a_warning() {
     let logs = logs_of(|| load(&missing, METHOD, &fresh));
     assert!(!logs.contains("WARN"), "a missing file is a first start, not a problem: {logs}");
 }
+
+#[test]
+fn the_default_path_follows_systemd_then_xdg_then_home() {
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |name: &str| vars.iter().find(|(key, _)| *key == name).map(|(_, value)| value.into())
+    };
+    let all = env(&[("STATE_DIRECTORY", "/var/lib/ss"), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")]);
+    assert_eq!(default_path(8388, all), Some(PathBuf::from("/var/lib/ss/replay-8388.snapshot")));
+    let two = env(&[("STATE_DIRECTORY", "/var/lib/a:/var/lib/b")]);
+    assert_eq!(default_path(1, two), Some(PathBuf::from("/var/lib/a/replay-1.snapshot")));
+    let xdg = env(&[("STATE_DIRECTORY", ""), ("XDG_STATE_HOME", "/x"), ("HOME", "/h")]);
+    assert_eq!(default_path(8388, xdg), Some(PathBuf::from("/x/ss-rs/replay-8388.snapshot")));
+    let home = env(&[("HOME", "/h")]);
+    assert_eq!(default_path(8388, home), Some(PathBuf::from("/h/.local/state/ss-rs/replay-8388.snapshot")));
+    assert_eq!(default_path(8388, env(&[])), None);
+}
