@@ -135,7 +135,7 @@ impl SaltWindow {
             self.current.clear();
             self.rotated = now;
         } else if age >= self.retention {
-            self.previous = std::mem::take(&mut self.current);
+            rotate(&mut self.previous, &mut self.current);
             self.rotated = now;
         }
         if self.previous.contains(salt) {
@@ -185,7 +185,7 @@ impl SaltHistory {
             return false;
         }
         if self.current.len() >= self.capacity {
-            self.previous = std::mem::take(&mut self.current);
+            rotate(&mut self.previous, &mut self.current);
         }
         true
     }
@@ -208,6 +208,18 @@ impl SaltHistory {
         check.copy_from_slice(&hash.as_bytes()[..16]);
         check
     }
+}
+
+/// Makes `current` the older generation and starts an empty one in the table the oldest one used.
+///
+/// Reusing the table (rather than dropping the oldest generation and growing a new one from nothing)
+/// keeps the filter's memory flat under steady traffic: growing by doubling and freeing once per
+/// generation made a sawtooth in the server's RSS. The table shrinks only as far as the newest
+/// generation needs, so a burst of traffic is given back one generation later.
+fn rotate<T: std::hash::Hash + Eq>(previous: &mut HashSet<T>, current: &mut HashSet<T>) {
+    std::mem::swap(previous, current);
+    current.clear();
+    current.shrink_to(previous.len());
 }
 
 #[cfg(test)]
@@ -301,6 +313,22 @@ mod tests {
         }
         assert!(history.insert(salt(0).as_bytes()), "the oldest generation is dropped");
         assert!(history.current.len() + history.previous.len() <= 2000, "bounded");
+    }
+
+    #[test]
+    fn a_rotation_reuses_the_table_instead_of_growing_a_new_one() {
+        let mut history = SaltHistory::new(&key(), 1000);
+        for n in 0..2000 {
+            assert!(history.insert(salt(n).as_bytes()));
+        }
+        assert!(history.current.is_empty(), "just rotated");
+        assert!(history.current.capacity() >= 1000, "steady traffic: the next generation needs no regrowth");
+        let t0 = Instant::now();
+        let mut window = SaltWindow::new(Duration::from_secs(1), t0);
+        for n in 0..3000 {
+            window.insert(&salt(n), t0 + Duration::from_millis(u64::from(n)));
+        }
+        assert!(window.current.capacity() >= window.previous.len());
     }
 
     #[test]
