@@ -1,7 +1,8 @@
 //! One client connection, start to end:
 //!
 //! ```text
-//! accept ─▶ read salt + first chunk (handshake deadline) ─▶ replay check ─▶ target policy + resolve
+//! accept ─▶ read salt + first record ─▶ replay check ─▶ rest of the header ─▶ target policy + resolve
+//!        (all within the handshake deadline)
 //!        ─▶ connect (timeout) ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
