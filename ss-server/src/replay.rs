@@ -5,11 +5,11 @@
 //!   the exact salts (no false positives) for at least [`retention_2022`]; see there for the arithmetic.
 //! - Classic AEAD has no timestamp, so a replay may come at any time. [`SaltHistory`] keeps 64-bit keyed
 //!   fingerprints of the last salts in two generations of `capacity` entries each: when the current one is
-//!   full the older is forgotten. It remembers at least the last `capacity` salts (default 2^20 for TCP,
-//!   about 16 MiB when full; it grows only as salts arrive). A fresh salt is wrongly refused only if its
-//!   fingerprint collides with a remembered one: probability at most 2 x capacity / 2^64, about 1.1e-13
-//!   per connection at the default. The fingerprint is a BLAKE3 keyed hash under a key derived from the
-//!   server's key: collisions cannot be aimed at without the key, and the fingerprints stay meaningful
+//!   full the older is forgotten. It remembers at least the last `capacity` salts (default 2^20 for TCP;
+//!   it grows only as salts arrive, and when full it is two tables of 2^21 slots of 9 bytes, about
+//!   36 MiB). A fresh salt is wrongly refused only if its fingerprint collides with a remembered one:
+//!   probability at most 2 x capacity / 2^64, about 1.1e-13 per connection at the default. The
+//!   fingerprint is a BLAKE3 keyed hash under a key derived from the server's key: collisions cannot be aimed at without the key, and the fingerprints stay meaningful
 //!   across restarts, so the history can be saved and loaded ([`crate::replay_snapshot`]).
 //!
 //! Salts are recorded the moment the first record after them authenticated (the 2022 fixed header with
@@ -27,8 +27,8 @@ use tokio::time::Instant;
 
 /// Default number of classic TCP salts remembered per generation.
 pub const DEFAULT_CLASSIC_CAPACITY: usize = 1 << 20;
-/// Classic UDP salts remembered per generation (see [`crate::udp`]): 2^17, at most about 4 MiB for both
-/// generations, so a datagram flood cannot grow it further.
+/// Classic UDP salts remembered per generation (see [`crate::udp`]): 2^17, so a datagram flood cannot
+/// grow it beyond two tables of 2^18 slots, about 4.5 MiB.
 pub const CLASSIC_UDP_CAPACITY: usize = 1 << 17;
 /// The largest difference SIP022 allows between a header's timestamp and the receiver's clock.
 pub const MAX_TIME_SKEW: Duration = Duration::from_secs(ss_crypto::tcp::MAX_TIME_SKEW);
