@@ -179,6 +179,33 @@ async fn an_evicted_2022_session_gets_no_fresh_window_for_a_replay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_2022_session_gets_no_fresh_window_for_a_replay() {
+    let method = Method::Blake3Aes256Gcm;
+    let mut settings = server_settings(method);
+    settings.udp_timeout = Duration::from_secs(1);
+    let stats = settings.stats.clone();
+    let server = start_server(settings).await;
+    let echo = udp_echo_server("127.0.0.1:0").await;
+    let client = Session2022::new(method).await;
+    let captured = client.packet(1, echo, b"one");
+    assert_eq!(client.exchange(server.addr, &captured).await.0, b"one");
+    // Timing is the behaviour here: the association idles out after the (shortened) UDP timeout.
+    timeout(STEP, async {
+        while stats.udp_associations.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the association did not expire");
+
+    let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    attacker.send_to(&captured, server.addr).await.unwrap();
+    assert_silent(&attacker, "a packet of the expired session replayed").await;
+    assert_eq!(stats.udp_associations.load(Ordering::Relaxed), 0, "the replay opened an association");
+    assert_eq!(client.exchange(server.addr, &client.packet(2, echo, b"back")).await.0, b"back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ss_local_keeps_an_old_server_session_window_beside_the_new_one() {
     let method = Method::Blake3Aes256Gcm;
     // A hand-driven server: it answers from two server sessions, then replays an old packet.
