@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 /// Default number of classic TCP salts remembered per generation.
 pub const DEFAULT_CLASSIC_CAPACITY: usize = 1 << 20;
-/// Classic UDP salts remembered per generation (see [`crate::udp`]): 2^17, so a datagram flood cannot
+/// Classic UDP salts remembered per generation (by the UDP relay): 2^17, so a datagram flood cannot
 /// grow it beyond two tables of 2^18 slots, about 4.5 MiB.
 pub const CLASSIC_UDP_CAPACITY: usize = 1 << 17;
 /// The largest difference SIP022 allows between a header's timestamp and the receiver's clock.
