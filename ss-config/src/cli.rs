@@ -111,6 +111,10 @@ pub struct CliArgs {
     /// Open-file limit to set at start [default: the hard limit]
     #[arg(short = 'n', long = "nofile", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub nofile: Option<u64>,
+    /// ss-server: file the classic replay filter is saved to and loaded from, or `off`
+    /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs, replay-PORT.snapshot]
+    #[arg(long = "replay-snapshot", value_name = "FILE|off")]
+    pub replay_snapshot: Option<String>,
 }
 
 fn seconds_parser() -> clap::builder::RangedU64ValueParser<u64> {
@@ -153,7 +157,8 @@ mod tests {
         "mode": "tcp_only", "plugin": "file-plugin", "plugin_opts": "file-opts", "acl": "/file.acl",
         "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn",
         "nofile": 1024,
-        "nameserver": "192.0.2.53"
+        "nameserver": "192.0.2.53",
+        "replay_snapshot": "/file.snapshot"
     }"#;
 
     #[test]
@@ -207,6 +212,8 @@ mod tests {
             "4096",
             "-d",
             "127.0.0.1:5353,::1",
+            "--replay-snapshot",
+            "off",
         ])
         .unwrap();
         let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
@@ -235,6 +242,7 @@ mod tests {
         assert_eq!(config.effective_log_level(), LogLevel::Trace);
         let nameservers: Vec<String> = config.nameserver.iter().map(ToString::to_string).collect();
         assert_eq!(nameservers, ["127.0.0.1:5353", "[::1]:53"]);
+        assert_eq!(config.replay_snapshot, crate::ReplaySnapshot::Off);
     }
 
     #[test]
@@ -249,6 +257,7 @@ mod tests {
         assert_eq!(config.effective_log_level(), LogLevel::Warn);
         assert!(!config.fast_open && !config.allow_private_targets);
         assert_eq!(config.nameserver, ["192.0.2.53:53".parse::<std::net::SocketAddr>().unwrap()]);
+        assert_eq!(config.replay_snapshot, crate::ReplaySnapshot::At("/file.snapshot".into()));
     }
 
     #[test]

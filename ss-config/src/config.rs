@@ -59,6 +59,8 @@ pub struct Config {
     pub nofile: Option<u64>,
     /// Access control list file.
     pub acl: Option<PathBuf>,
+    /// Where ss-server keeps its classic replay filter across restarts.
+    pub replay_snapshot: ReplaySnapshot,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -102,6 +104,28 @@ pub enum LogLevel {
     Debug,
     /// `-vv`.
     Trace,
+}
+
+/// Where the classic replay filter is saved (`replay_snapshot` key, `--replay-snapshot` flag).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReplaySnapshot {
+    /// Not configured: the binary picks its default location.
+    #[default]
+    Default,
+    /// `off` (or an empty string): kept in memory only.
+    Off,
+    /// This file.
+    At(PathBuf),
+}
+
+impl ReplaySnapshot {
+    fn parse(text: Option<&str>) -> ReplaySnapshot {
+        match text {
+            None => ReplaySnapshot::Default,
+            Some(text) if matches!(text.trim(), "" | "off") => ReplaySnapshot::Off,
+            Some(path) => ReplaySnapshot::At(PathBuf::from(path)),
+        }
+    }
 }
 
 impl Config {
@@ -164,6 +188,9 @@ impl Config {
                 None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
             },
             acl: args.acl.clone().or(raw.acl),
+            replay_snapshot: ReplaySnapshot::parse(
+                args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
+            ),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings: Vec::new(),
@@ -457,6 +484,17 @@ mod tests {
         for bad in ["dns.google", "1.1.1.1:99999", "1.1.1.1;8.8.8.8"] {
             let message = error(&format!(r#"{{{BASE},"nameserver":"{bad}"}}"#));
             assert!(message.starts_with("nameserver: "), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn replay_snapshot_path_off_or_default() {
+        assert_eq!(check(&format!("{{{BASE}}}")).unwrap().replay_snapshot, ReplaySnapshot::Default);
+        let at = check(&format!(r#"{{{BASE},"replay_snapshot":"/var/lib/ss/replay"}}"#)).unwrap();
+        assert_eq!(at.replay_snapshot, ReplaySnapshot::At(PathBuf::from("/var/lib/ss/replay")));
+        for off in ["off", "", " off "] {
+            let config = check(&format!(r#"{{{BASE},"replay_snapshot":"{off}"}}"#)).unwrap();
+            assert_eq!(config.replay_snapshot, ReplaySnapshot::Off, "{off:?}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! One client connection, start to end:
 //!
 //! ```text
-//! accept ─▶ read salt + first chunk (handshake deadline) ─▶ replay check ─▶ target policy + resolve
+//! accept ─▶ read salt + first record ─▶ replay check ─▶ rest of the header ─▶ target policy + resolve
+//!        (all within the handshake deadline)
 //!        ─▶ connect (timeout) ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
@@ -66,11 +67,16 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
 
     // At shutdown a connection that has not authenticated yet is not worth waiting for.
     let handshake = tokio::select! {
-        handshake = timeout_at(deadline, reader.read_target()) => handshake,
+        handshake = timeout_at(deadline, read_request(&mut reader, &shared)) => handshake,
         () = shared.shutdown.cancelled() => return close(write_half).await,
     };
-    let target = match handshake {
-        Ok(Ok(target)) => target,
+    let (request_salt, target) = match handshake {
+        Ok(Ok(Ok(request))) => request,
+        Ok(Ok(Err(Replayed))) => {
+            debug!("replayed request refused");
+            shared.settings.stats.rejections.count(Reason::Replay);
+            return reject(reader.into_inner(), write_half, deadline).await;
+        }
         Ok(Err(error)) => {
             log_probe(&error, &shared);
             return tokio::select! {
@@ -85,12 +91,6 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
     };
     tracing::Span::current().record("target", tracing::field::display(&target));
 
-    // The salt is recorded here, once its first record authenticated; `None` means it was seen before.
-    let Some(request_salt) = reader.authenticated_salt().filter(|salt| shared.replay.insert(salt)) else {
-        debug!("replayed request refused");
-        shared.settings.stats.rejections.count(Reason::Replay);
-        return reject(reader.into_inner(), write_half, deadline).await;
-    };
     drop(in_handshake);
 
     let settings = &shared.settings;
@@ -131,6 +131,27 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
         end = %outcome.end,
         "connection closed"
     );
+}
+
+/// A request whose salt the replay filter already holds.
+struct Replayed;
+
+/// Reads the request: its salt goes into the replay filter the moment the first record authenticated
+/// (for 2022 the fixed header, timestamp checked), before the rest of the header is waited for, so two
+/// copies of one request racing through their handshakes cannot both pass.
+async fn read_request<R>(
+    reader: &mut DecryptReader<R>,
+    shared: &Shared,
+) -> io::Result<Result<(Salt, Address), Replayed>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let salt = reader.read_salt().await?;
+    if !shared.replay.insert(&salt) {
+        return Ok(Err(Replayed));
+    }
+    shared.settings.stats.salts_recorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Ok((salt, reader.read_target().await?)))
 }
 
 /// Resolves `target` and connects to the first allowed address that answers within the timeout.

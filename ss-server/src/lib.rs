@@ -13,8 +13,11 @@ mod own_addresses;
 pub mod policy;
 pub mod rejections;
 pub mod replay;
+pub mod replay_snapshot;
 mod udp;
+pub mod udp_replay;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +59,9 @@ pub struct Settings {
     pub no_delay: bool,
     /// Classic salts remembered by the replay filter (see [`replay`]).
     pub replay_capacity: usize,
+    /// Where the classic replay filter is saved and loaded from ([`replay_snapshot`]); `None` keeps it
+    /// in memory only. Unused for 2022 methods.
+    pub replay_snapshot: Option<PathBuf>,
     /// A UDP association with no datagram either way for this long is dropped.
     pub udp_timeout: Duration,
     /// Most UDP associations at once; beyond it the least recently used is evicted.
@@ -81,6 +87,9 @@ pub struct Stats {
     /// UDP datagrams dropped because their name could not be looked up right away: every lookup slot
     /// taken, or too many datagrams already waiting for names.
     pub udp_unresolved_drops: AtomicU64,
+    /// Client request salts entered into the replay filter (each at the moment its first record
+    /// authenticated).
+    pub salts_recorded: AtomicU64,
 }
 
 /// The sockets a server serves on: TCP listeners and UDP sockets.
@@ -107,6 +116,7 @@ impl Settings {
             drain_timeout: Duration::from_secs(5),
             no_delay: true,
             replay_capacity: replay::DEFAULT_CLASSIC_CAPACITY,
+            replay_snapshot: None,
             udp_timeout: Duration::from_secs(300),
             max_udp_associations: 4096,
             stats: Arc::default(),
@@ -134,7 +144,17 @@ struct Shared {
 /// Serves TCP and UDP on every listener until `shutdown` is cancelled, then lets open TCP connections
 /// finish for the drain time and returns.
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
-    let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
+    let replay = ReplayFilter::new(
+        &settings.key,
+        settings.method.generation(),
+        settings.replay_capacity,
+        settings.handshake_timeout,
+    );
+    let method = settings.method;
+    let snapshot = settings.replay_snapshot.clone().filter(|_| !method.is_2022());
+    if let Some(path) = &snapshot {
+        replay_snapshot::load(path, method, &replay);
+    }
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
     match settings.resolve.nameservers.as_slice() {
         [] => tracing::info!("resolving names with /etc/resolv.conf and /etc/hosts"),
@@ -177,5 +197,15 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
             .await;
         });
     }
+    if let Some(path) = snapshot.clone() {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        servers.spawn(async move {
+            replay_snapshot::save_periodically(&shared.replay, method, &path, shutdown).await;
+        });
+    }
     while servers.join_next().await.is_some() {}
+    // After the drain: every salt a connection recorded is in the snapshot.
+    if let Some(path) = snapshot {
+        replay_snapshot::save(&shared.replay, method, &path).await;
+    }
 }

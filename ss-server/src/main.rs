@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ss_config::{CliArgs, Config, ServerEntry};
+use ss_config::{CliArgs, Config, ReplaySnapshot, ServerEntry};
 use ss_crypto::{Key, Method};
 use ss_server::{Listeners, Settings, TargetPolicy};
 use tokio::net::UdpSocket;
@@ -139,6 +139,20 @@ fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings 
     );
     settings.max_connections = max_connections;
     settings.max_udp_associations = max_udp.max(1);
+    settings.replay_snapshot = match &config.replay_snapshot {
+        ReplaySnapshot::Off => None,
+        ReplaySnapshot::At(path) => Some(path.clone()),
+        ReplaySnapshot::Default => {
+            let path = ss_server::replay_snapshot::default_path(entry.port, |name| std::env::var_os(name));
+            if path.is_none() && !entry.method.is_2022() {
+                tracing::warn!(
+                    "no state directory (STATE_DIRECTORY, XDG_STATE_HOME, HOME) for the replay filter: \
+                     it is kept in memory only; set replay_snapshot to keep it across restarts"
+                );
+            }
+            path
+        }
+    };
     settings
 }
 
