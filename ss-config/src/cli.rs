@@ -1,7 +1,7 @@
 //! The command line both binaries share, with shadowsocks-libev's flags and meanings.
 //!
 //! Each binary flattens [`CliArgs`] into its own parser (`#[command(flatten)]`) and adds its own flags.
-//! Taken here: `-c -s -p -l -b -k -m -t -u -U -v -6` and the long names below. clap keeps `-h/--help`
+//! Taken here: `-c -s -p -l -b -k -m -t -u -U -v -6 -d` and the long names below. clap keeps `-h/--help`
 //! (libev's `-h` too); the binary's `#[command(version)]` adds `-V/--version`. Values given here win
 //! over the config file.
 //!
@@ -101,12 +101,20 @@ pub struct CliArgs {
     /// Threads serving TCP connections [default: one per CPU]
     #[arg(long = "threads", value_name = "N", value_parser = positive_count)]
     pub threads: Option<usize>,
+    /// Name servers for ss-server's resolver, in place of /etc/resolv.conf's: IP or IP:port, comma
+    /// separated (libev's -d)
+    #[arg(short = 'd', long = "nameserver", value_name = "ADDR[,ADDR]")]
+    pub nameserver: Option<String>,
     /// UDP association idle timeout in seconds [default: 300]
     #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
     pub udp_timeout: Option<u64>,
     /// Open-file limit to set at start [default: the hard limit]
     #[arg(short = 'n', long = "nofile", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub nofile: Option<u64>,
+    /// ss-server: file the classic replay filter is saved to and loaded from, or `off`
+    /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs, replay-PORT.snapshot]
+    #[arg(long = "replay-snapshot", value_name = "FILE|off")]
+    pub replay_snapshot: Option<String>,
 }
 
 fn seconds_parser() -> clap::builder::RangedU64ValueParser<u64> {
@@ -148,7 +156,9 @@ mod tests {
         "password": "file password that is long", "method": "aes-128-gcm", "timeout": 11, "udp_timeout": 12,
         "mode": "tcp_only", "plugin": "file-plugin", "plugin_opts": "file-opts", "acl": "/file.acl",
         "handshake_timeout": 13, "connect_timeout": 14, "max_connections": 15, "log_level": "warn",
-        "nofile": 1024
+        "nofile": 1024,
+        "nameserver": "192.0.2.53",
+        "replay_snapshot": "/file.snapshot"
     }"#;
 
     #[test]
@@ -200,6 +210,10 @@ mod tests {
             "22",
             "-n",
             "4096",
+            "-d",
+            "127.0.0.1:5353,::1",
+            "--replay-snapshot",
+            "off",
         ])
         .unwrap();
         let raw = RawConfig::from_json(FILE, Path::new("file.json")).unwrap();
@@ -226,6 +240,9 @@ mod tests {
         assert!(config.allow_private_targets);
         assert_eq!(config.verbose, 2);
         assert_eq!(config.effective_log_level(), LogLevel::Trace);
+        let nameservers: Vec<String> = config.nameserver.iter().map(ToString::to_string).collect();
+        assert_eq!(nameservers, ["127.0.0.1:5353", "[::1]:53"]);
+        assert_eq!(config.replay_snapshot, crate::ReplaySnapshot::Off);
     }
 
     #[test]
@@ -239,6 +256,8 @@ mod tests {
         assert_eq!(config.max_connections, 15);
         assert_eq!(config.effective_log_level(), LogLevel::Warn);
         assert!(!config.fast_open && !config.allow_private_targets);
+        assert_eq!(config.nameserver, ["192.0.2.53:53".parse::<std::net::SocketAddr>().unwrap()]);
+        assert_eq!(config.replay_snapshot, crate::ReplaySnapshot::At("/file.snapshot".into()));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! | `mode`              | `tcp_only`  | `connect_timeout`       | 10 s    |
 //! | `timeout`           | 60 s        | `max_connections`       | 10000   |
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
-//! | `threads`           | one per CPU | `plugin_mode`           | `tcp_only` |
+//! | `threads`           | one per CPU | `nameserver` (`-d`)     | system's |
+//! | `plugin_mode`       | `tcp_only`  |                         |         |
 //!
 //! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries;
 //! each [`ServerEntry`] carries its own [`Plugin`] (see `servers.rs` for the precedence).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,12 +55,14 @@ pub struct Config {
     pub reuse_port: bool,
     /// Prefer IPv6 addresses when resolving.
     pub ipv6_first: bool,
-    /// DNS server(s) to resolve with, as written.
-    pub nameserver: Option<String>,
+    /// DNS servers to resolve with (`nameserver`, `-d`), in place of the system's; empty: the system's.
+    pub nameserver: Vec<SocketAddr>,
     /// File descriptor limit to raise to at start-up.
     pub nofile: Option<u64>,
     /// Access control list file.
     pub acl: Option<PathBuf>,
+    /// Where ss-server keeps its classic replay filter across restarts.
+    pub replay_snapshot: ReplaySnapshot,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -115,6 +119,28 @@ pub enum LogLevel {
     Trace,
 }
 
+/// Where the classic replay filter is saved (`replay_snapshot` key, `--replay-snapshot` flag).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReplaySnapshot {
+    /// Not configured: the binary picks its default location.
+    #[default]
+    Default,
+    /// `off` (or an empty string): kept in memory only.
+    Off,
+    /// This file.
+    At(PathBuf),
+}
+
+impl ReplaySnapshot {
+    fn parse(text: Option<&str>) -> ReplaySnapshot {
+        match text {
+            None => ReplaySnapshot::Default,
+            Some(text) if matches!(text.trim(), "" | "off") => ReplaySnapshot::Off,
+            Some(path) => ReplaySnapshot::At(PathBuf::from(path)),
+        }
+    }
+}
+
 impl Config {
     /// Checks a raw config with the command line laid over it.
     pub fn from_raw(raw: RawConfig, args: &CliArgs) -> Result<Config, ConfigError> {
@@ -168,12 +194,15 @@ impl Config {
             fast_open: args.fast_open || raw.fast_open.unwrap_or(false),
             reuse_port: args.reuse_port || raw.reuse_port.unwrap_or(false),
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
-            nameserver: raw.nameserver.filter(|name| !name.trim().is_empty()),
+            nameserver: nameservers(args.nameserver.as_deref().or(raw.nameserver.as_deref()))?,
             nofile: match args.nofile {
                 Some(nofile) => Some(nofile),
                 None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
             },
             acl: args.acl.clone().or(raw.acl),
+            replay_snapshot: ReplaySnapshot::parse(
+                args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
+            ),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings: Vec::new(),
@@ -194,6 +223,22 @@ impl Config {
             _ => LogLevel::Trace,
         }
     }
+}
+
+/// libev's `nameserver` syntax: addresses separated by commas, each an IP (port 53) or an IP and port
+/// (`[v6]:port` for IPv6). Empty entries are ignored.
+fn nameservers(text: Option<&str>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let entries = text.unwrap_or("").split(',').map(str::trim).filter(|entry| !entry.is_empty());
+    entries
+        .map(|entry| match (entry.parse::<SocketAddr>(), entry.parse::<IpAddr>()) {
+            (Ok(addr), _) => Ok(addr),
+            (_, Ok(ip)) => Ok(SocketAddr::new(ip, 53)),
+            _ => Err(ConfigError::field_error(
+                "nameserver",
+                format!("{entry:?} is not an IP address or IP:port (names are not accepted here)"),
+            )),
+        })
+        .collect()
 }
 
 impl Mode {
@@ -469,11 +514,39 @@ mod tests {
             (config.effective_log_level(), config.effective_log_level().as_str()),
             (LogLevel::Warn, "warn")
         );
-        assert_eq!(config.nameserver.as_deref(), Some("1.1.1.1"));
+        assert_eq!(config.nameserver, ["1.1.1.1:53".parse::<SocketAddr>().unwrap()]);
         let verbose = Config { verbose: 1, ..config };
         assert_eq!(verbose.effective_log_level(), LogLevel::Debug);
         assert!(error(&format!(r#"{{{BASE},"log_level":"loud"}}"#))
             .starts_with("log_level: unknown level \"loud\""));
+    }
+
+    #[test]
+    fn nameservers_in_libev_syntax() {
+        let config =
+            check(&format!(r#"{{{BASE},"nameserver":"8.8.8.8, 127.0.0.1:5353,::1,[::1]:54,"}}"#)).unwrap();
+        let expected: Vec<SocketAddr> = ["8.8.8.8:53", "127.0.0.1:5353", "[::1]:53", "[::1]:54"]
+            .iter()
+            .map(|addr| addr.parse().unwrap())
+            .collect();
+        assert_eq!(config.nameserver, expected);
+        assert!(check(&format!(r#"{{{BASE},"nameserver":" "}}"#)).unwrap().nameserver.is_empty());
+        assert!(check(&format!("{{{BASE}}}")).unwrap().nameserver.is_empty());
+        for bad in ["dns.google", "1.1.1.1:99999", "1.1.1.1;8.8.8.8"] {
+            let message = error(&format!(r#"{{{BASE},"nameserver":"{bad}"}}"#));
+            assert!(message.starts_with("nameserver: "), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn replay_snapshot_path_off_or_default() {
+        assert_eq!(check(&format!("{{{BASE}}}")).unwrap().replay_snapshot, ReplaySnapshot::Default);
+        let at = check(&format!(r#"{{{BASE},"replay_snapshot":"/var/lib/ss/replay"}}"#)).unwrap();
+        assert_eq!(at.replay_snapshot, ReplaySnapshot::At(PathBuf::from("/var/lib/ss/replay")));
+        for off in ["off", "", " off "] {
+            let config = check(&format!(r#"{{{BASE},"replay_snapshot":"{off}"}}"#)).unwrap();
+            assert_eq!(config.replay_snapshot, ReplaySnapshot::Off, "{off:?}");
+        }
     }
 
     #[test]

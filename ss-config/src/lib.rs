@@ -51,7 +51,7 @@ mod servers;
 mod url;
 
 pub use cli::CliArgs;
-pub use config::{Config, LogLevel, Mode, Plugin};
+pub use config::{Config, LogLevel, Mode, Plugin, ReplaySnapshot};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
 pub use servers::ServerEntry;
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};

@@ -86,6 +86,8 @@ pub struct RawConfig {
     pub allow_private_targets: Option<bool>,
     /// `log_level` (ours): `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: Option<String>,
+    /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
+    pub replay_snapshot: Option<String>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.

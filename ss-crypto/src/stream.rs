@@ -78,6 +78,16 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         poll_fn(|cx| self.poll_target(cx)).await
     }
 
+    /// Reads until the first record after the salt has authenticated and returns the salt (server side).
+    ///
+    /// For AEAD-2022 that record is the fixed header, its type and timestamp checked; for classic AEAD the
+    /// first length record. The variable header and payload are not waited for: the caller can check the
+    /// salt against its replay filter the moment it is authentic, before a slow client sends the rest.
+    /// Bytes already received after the record stay buffered for [`DecryptReader::read_target`].
+    pub async fn read_salt(&mut self) -> io::Result<Salt> {
+        poll_fn(|cx| self.poll_salt(cx)).await
+    }
+
     /// The peer's salt once authenticated; see [`Decryptor::authenticated_salt`].
     pub fn authenticated_salt(&self) -> Option<Salt> {
         self.decryptor.authenticated_salt()
@@ -104,6 +114,29 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             if !ready!(self.poll_fill_plain(cx))? {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
+        }
+    }
+
+    fn poll_salt(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Salt>> {
+        loop {
+            if let Some(salt) = self.decryptor.authenticated_salt() {
+                return Poll::Ready(Ok(salt));
+            }
+            // One record at a time: handing the decryptor only what it wants stops it right after the
+            // authenticating record instead of running on through the rest of the header.
+            let wanted = self.decryptor.wanted();
+            if self.pending.len() >= wanted {
+                let record = self.pending.start..self.pending.start + wanted;
+                let decoded =
+                    self.decryptor.decrypt(&mut self.buf[record], (self.clock)()).map_err(invalid_data)?;
+                self.pending.start += decoded.consumed;
+                continue;
+            }
+            if self.eof {
+                self.decryptor.finish(self.pending.len()).map_err(invalid_data)?;
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            ready!(self.poll_read_ciphertext(cx))?;
         }
     }
 
@@ -370,6 +403,53 @@ mod tests {
             let mut reply = Vec::new();
             client_reader.read_to_end(&mut reply).await.unwrap();
             assert_eq!(reply, b"reply");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_salt_is_known_before_the_rest_of_the_header_arrives() {
+        for method in Method::ALL {
+            let (key, client_salt, _) = pair(method);
+            let target = Address::domain("localhost", 8080).unwrap();
+            let mut request = Vec::new();
+            let mut up =
+                EncryptWriter::new(&mut request, Encryptor::request(method, &key, client_salt, &target, &[]))
+                    .with_clock(fixed_clock);
+            up.write_all(b"hello").await.unwrap();
+            // Salt and the first record: the fixed header (2022) or the first length (classic).
+            let first_record = if method.is_2022() { 1 + 8 + 2 } else { 2 } + crate::TAG_LEN;
+            let split = method.salt_len() + first_record;
+
+            let (mut client, server) = tokio::io::duplex(4096);
+            client.write_all(&request[..split]).await.unwrap();
+            let mut reader =
+                DecryptReader::new(server, Decryptor::request(method, &key)).with_clock(fixed_clock);
+            let salt = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_salt()).await;
+            assert_eq!(salt.expect("read_salt waited for more than the first record").unwrap(), client_salt);
+            client.write_all(&request[split..]).await.unwrap();
+            assert_eq!(reader.read_target().await.unwrap(), target, "{method}");
+            let mut hello = [0u8; 5];
+            reader.read_exact(&mut hello).await.unwrap();
+            assert_eq!(&hello, b"hello", "{method}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_2022_header_yields_no_salt() {
+        for method in Method::ALL.into_iter().filter(|m| m.is_2022()) {
+            let (key, client_salt, _) = pair(method);
+            let target = Address::Ip("127.0.0.1:80".parse().unwrap());
+            let mut request = Vec::new();
+            let mut up =
+                EncryptWriter::new(&mut request, Encryptor::request(method, &key, client_salt, &target, &[]))
+                    .with_clock(|| NOW - 31);
+            up.flush().await.unwrap();
+            let mut reader =
+                DecryptReader::new(&request[..], Decryptor::request(method, &key)).with_clock(fixed_clock);
+            let error = reader.read_salt().await.unwrap_err();
+            let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
+            assert_eq!(inner, Some(&DecryptError::BadTimestamp), "{method}");
+            assert_eq!(reader.authenticated_salt(), None, "{method}");
         }
     }
 

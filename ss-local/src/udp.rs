@@ -15,6 +15,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
@@ -23,6 +24,7 @@ use ss_crypto::{Address, Key, Method, Salt, SealError};
 use ss_net::{unmap, PacketWindow};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::socks5::{self, Reply};
@@ -141,8 +143,57 @@ struct Session2022 {
 
 struct SessionState {
     next_packet_id: u64,
-    /// The server's session id and its packet window (reset if the server starts a new session).
-    server: Option<(u64, PacketWindow)>,
+    /// The server sessions answering this one, each with its packet window.
+    servers: ServerSessions,
+}
+
+/// How long a server session's window outlives its last packet: a copy of one of its packets passes the
+/// timestamp check for at most 2 x 30 s + the last whole second.
+const SERVER_SESSION_RETENTION: Duration = Duration::from_secs(2 * ss_crypto::tcp::MAX_TIME_SKEW + 1);
+/// Server sessions tracked at once; a server starts a new one only when it loses the old association, so
+/// more than two at a time is already unusual.
+const MAX_SERVER_SESSIONS: usize = 8;
+
+/// Packet windows of the server sessions seen recently, so that packets of an old session mixed with
+/// those of a new one are each checked against their own window (instead of a session switch restarting
+/// the window, which let every old packet through again).
+#[derive(Default)]
+struct ServerSessions {
+    sessions: Vec<ServerSession>,
+}
+
+struct ServerSession {
+    id: u64,
+    window: PacketWindow,
+    last_seen: Instant,
+}
+
+impl ServerSessions {
+    /// Records `packet_id` of server session `id` at `now`; false for a duplicate or too old a packet.
+    fn accept(&mut self, id: u64, packet_id: u64, now: Instant) -> bool {
+        self.sessions
+            .retain(|session| now.saturating_duration_since(session.last_seen) < SERVER_SESSION_RETENTION);
+        let index = match self.sessions.iter().position(|session| session.id == id) {
+            Some(index) => index,
+            None => {
+                if self.sessions.len() >= MAX_SERVER_SESSIONS {
+                    let quietest =
+                        self.sessions.iter().enumerate().min_by_key(|(_, session)| session.last_seen);
+                    if let Some((index, _)) = quietest {
+                        self.sessions.swap_remove(index);
+                    }
+                }
+                self.sessions.push(ServerSession { id, window: PacketWindow::default(), last_seen: now });
+                self.sessions.len() - 1
+            }
+        };
+        let Some(session) = self.sessions.get_mut(index) else { return false };
+        if !session.window.accept(packet_id) {
+            return false;
+        }
+        session.last_seen = now;
+        true
+    }
 }
 
 impl Codec {
@@ -151,7 +202,7 @@ impl Codec {
             Some(cipher) => Codec::Aead2022(Box::new(Session2022 {
                 cipher,
                 session_id: OsRng.next_u64(),
-                state: Mutex::new(SessionState { next_packet_id: 1, server: None }),
+                state: Mutex::new(SessionState { next_packet_id: 1, servers: ServerSessions::default() }),
             })),
             None => Codec::Classic { method, key: key.clone() },
         }
@@ -191,13 +242,43 @@ impl Codec {
                     return None;
                 }
                 let mut state = session.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let server_session = opened.header.session_id;
-                if state.server.as_ref().is_none_or(|(id, _)| *id != server_session) {
-                    state.server = Some((server_session, PacketWindow::default()));
-                }
-                let (_, window) = state.server.as_mut()?;
-                window.accept(opened.header.packet_id).then_some((opened.address, opened.payload))
+                let (id, packet_id) = (opened.header.session_id, opened.header.packet_id);
+                state
+                    .servers
+                    .accept(id, packet_id, Instant::now())
+                    .then_some((opened.address, opened.payload))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_server_session_keeps_its_window_while_a_new_one_runs() {
+        let mut sessions = ServerSessions::default();
+        assert!(sessions.accept(1, 10, Instant::now()));
+        assert!(sessions.accept(2, 1, Instant::now()), "the server restarted its session");
+        assert!(!sessions.accept(1, 10, Instant::now()), "an old packet replayed after the switch");
+        assert!(sessions.accept(1, 11, Instant::now()), "the old session's late packets still arrive");
+        assert!(!sessions.accept(2, 1, Instant::now()), "and switching back does not reset the new one");
+        assert!(!sessions.accept(1, 11, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_session_is_forgotten_once_its_packets_are_stale() {
+        let mut sessions = ServerSessions::default();
+        assert!(sessions.accept(1, 10, Instant::now()));
+        tokio::time::advance(SERVER_SESSION_RETENTION - Duration::from_millis(1)).await;
+        assert!(!sessions.accept(1, 10, Instant::now()), "kept until no copy can pass the timestamp check");
+        tokio::time::advance(SERVER_SESSION_RETENTION).await;
+        assert!(sessions.accept(3, 1, Instant::now()));
+        assert_eq!(sessions.sessions.len(), 1, "the stale one is gone");
+        for id in 10..100 {
+            assert!(sessions.accept(id, 1, Instant::now()));
+            assert!(sessions.sessions.len() <= MAX_SERVER_SESSIONS);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! One client connection, start to end:
 //!
 //! ```text
-//! accept ─▶ read salt + first chunk (handshake deadline) ─▶ replay check ─▶ target policy + resolve
+//! accept ─▶ read salt + first record ─▶ replay check ─▶ rest of the header ─▶ target policy + resolve
+//!        (all within the handshake deadline)
 //!        ─▶ connect (timeout) ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use rand_core::OsRng;
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
+use ss_net::{ResolveError, Resolver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -65,11 +67,16 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
 
     // At shutdown a connection that has not authenticated yet is not worth waiting for.
     let handshake = tokio::select! {
-        handshake = timeout_at(deadline, reader.read_target()) => handshake,
+        handshake = timeout_at(deadline, read_request(&mut reader, &shared)) => handshake,
         () = shared.shutdown.cancelled() => return close(write_half).await,
     };
-    let target = match handshake {
-        Ok(Ok(target)) => target,
+    let (request_salt, target) = match handshake {
+        Ok(Ok(Ok(request))) => request,
+        Ok(Ok(Err(Replayed))) => {
+            debug!("replayed request refused");
+            shared.settings.stats.rejections.count(Reason::Replay);
+            return reject(reader.into_inner(), write_half, deadline).await;
+        }
         Ok(Err(error)) => {
             log_probe(&error, &shared);
             return tokio::select! {
@@ -84,16 +91,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
     };
     tracing::Span::current().record("target", tracing::field::display(&target));
 
-    // The salt is recorded here, once its first record authenticated; `None` means it was seen before.
-    let Some(request_salt) = reader.authenticated_salt().filter(|salt| shared.replay.insert(salt)) else {
-        debug!("replayed request refused");
-        shared.settings.stats.rejections.count(Reason::Replay);
-        return reject(reader.into_inner(), write_half, deadline).await;
-    };
     drop(in_handshake);
 
     let settings = &shared.settings;
-    let connected = connect(&target, &shared.guard, settings.connect_timeout).await;
+    let connected = connect(&target, &shared.resolver, &shared.guard, settings.connect_timeout).await;
     drop(target);
     let upstream = match connected {
         Ok(upstream) => upstream,
@@ -132,20 +133,43 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
     );
 }
 
+/// A request whose salt the replay filter already holds.
+struct Replayed;
+
+/// Reads the request: its salt goes into the replay filter the moment the first record authenticated
+/// (for 2022 the fixed header, timestamp checked), before the rest of the header is waited for, so two
+/// copies of one request racing through their handshakes cannot both pass.
+async fn read_request<R>(
+    reader: &mut DecryptReader<R>,
+    shared: &Shared,
+) -> io::Result<Result<(Salt, Address), Replayed>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let salt = reader.read_salt().await?;
+    if !shared.replay.insert(&salt) {
+        return Ok(Err(Replayed));
+    }
+    shared.settings.stats.salts_recorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Ok((salt, reader.read_target().await?)))
+}
+
 /// Resolves `target` and connects to the first allowed address that answers within the timeout.
 /// Every resolved address is checked against the policy right before it is dialled.
+///
+/// The lookup is bounded by the resolver: when all its slots are taken the connection waits for one
+/// up to the lookup timeout, then the lookup itself gets the lookup timeout.
 pub(crate) async fn connect(
     target: &Address,
+    resolver: &Arc<Resolver>,
     guard: &AddressGuard,
     connect_timeout: std::time::Duration,
 ) -> io::Result<TcpStream> {
     let candidates: Vec<SocketAddr> = match target {
         Address::Ip(addr) => vec![*addr],
         Address::Domain(host, port) => {
-            timeout(connect_timeout, tokio::net::lookup_host((host.as_str(), *port)))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name resolution timed out"))??
-                .collect()
+            let addresses = resolver.resolve(host).await.map_err(lookup_error)?;
+            addresses.iter().map(|&ip| SocketAddr::new(ip, *port)).collect()
         }
     };
     // Built only if no candidate connects: formatting it up front costs two allocations per connection.
@@ -168,6 +192,16 @@ pub(crate) async fn connect(
         }
     }
     Err(last_error.unwrap_or_else(|| refused(&candidates)))
+}
+
+fn lookup_error(error: ResolveError) -> io::Error {
+    let kind = match error {
+        ResolveError::Busy => io::ErrorKind::ResourceBusy,
+        ResolveError::TimedOut => io::ErrorKind::TimedOut,
+        ResolveError::NotFound => io::ErrorKind::NotFound,
+        ResolveError::Failed(_) => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, error)
 }
 
 /// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.

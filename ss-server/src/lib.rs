@@ -13,9 +13,12 @@ mod own_addresses;
 pub mod policy;
 pub mod rejections;
 pub mod replay;
+pub mod replay_snapshot;
 mod udp;
+pub mod udp_replay;
 
-use std::sync::atomic::AtomicUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +45,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Most connections from one source (IPv4 address, IPv6 /64) in their handshake at once.
     pub max_handshakes_per_source: usize,
-    /// Time allowed for resolving and connecting to a target.
+    /// Time allowed for connecting to each resolved address of a target (name lookups are bounded by
+    /// [`ResolveSettings::timeout`](ss_net::ResolveSettings::timeout)).
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
@@ -55,6 +59,9 @@ pub struct Settings {
     pub no_delay: bool,
     /// Classic salts remembered by the replay filter (see [`replay`]).
     pub replay_capacity: usize,
+    /// Where the classic replay filter is saved and loaded from ([`replay_snapshot`]); `None` keeps it
+    /// in memory only. Unused for 2022 methods.
+    pub replay_snapshot: Option<PathBuf>,
     /// A UDP association with no datagram either way for this long is dropped.
     pub udp_timeout: Duration,
     /// Most UDP associations at once; beyond it the least recently used is evicted.
@@ -64,6 +71,8 @@ pub struct Settings {
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
     pub threads: usize,
+    /// Name servers, lookup timeout and limits of the server's resolver ([`ss_net::resolve`]).
+    pub resolve: ss_net::ResolveSettings,
 }
 
 /// Live counters of a running server.
@@ -73,6 +82,14 @@ pub struct Stats {
     pub udp_associations: AtomicUsize,
     /// Refused connections by reason.
     pub rejections: Arc<Rejections>,
+    /// UDP datagrams for a domain target waiting for its name to resolve (each holds its payload).
+    pub udp_awaiting_resolution: AtomicUsize,
+    /// UDP datagrams dropped because their name could not be looked up right away: every lookup slot
+    /// taken, or too many datagrams already waiting for names.
+    pub udp_unresolved_drops: AtomicU64,
+    /// Client request salts entered into the replay filter (each at the moment its first record
+    /// authenticated).
+    pub salts_recorded: AtomicU64,
 }
 
 /// The sockets a server serves on: TCP listeners and UDP sockets.
@@ -99,10 +116,12 @@ impl Settings {
             drain_timeout: Duration::from_secs(5),
             no_delay: true,
             replay_capacity: replay::DEFAULT_CLASSIC_CAPACITY,
+            replay_snapshot: None,
             udp_timeout: Duration::from_secs(300),
             max_udp_associations: 4096,
             stats: Arc::default(),
             threads: 1,
+            resolve: ss_net::ResolveSettings::default(),
         }
     }
 }
@@ -116,6 +135,8 @@ struct Shared {
     guard: AddressGuard,
     /// Connections in their handshake, per source.
     admission: Arc<Admission>,
+    /// Resolves domain targets of TCP and UDP alike.
+    resolver: Arc<ss_net::Resolver>,
     /// Cancelled at shutdown; connections still in their handshake stop at once.
     shutdown: CancellationToken,
 }
@@ -123,8 +144,28 @@ struct Shared {
 /// Serves TCP and UDP on every listener until `shutdown` is cancelled, then lets open TCP connections
 /// finish for the drain time and returns.
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
-    let replay = ReplayFilter::new(settings.method.generation(), settings.replay_capacity);
+    let replay = ReplayFilter::new(
+        &settings.key,
+        settings.method.generation(),
+        settings.replay_capacity,
+        settings.handshake_timeout,
+    );
+    let method = settings.method;
+    let snapshot = settings.replay_snapshot.clone().filter(|_| !method.is_2022());
+    if let Some(path) = &snapshot {
+        replay_snapshot::load(path, method, &replay);
+    }
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
+    match settings.resolve.nameservers.as_slice() {
+        [] => tracing::info!("resolving names with /etc/resolv.conf and /etc/hosts"),
+        servers => {
+            tracing::info!(?servers, "resolving names with the configured name servers and /etc/hosts")
+        }
+    }
+    let resolver = match ss_net::Resolver::new(&settings.resolve) {
+        Ok(resolver) => Arc::new(resolver),
+        Err(error) => return tracing::error!(%error, "cannot set up name resolution"),
+    };
     let workers = ss_net::Workers::start(settings.threads);
     let own = match settings.policy {
         TargetPolicy::PublicOnly => OwnAddresses::watch(shutdown.clone()),
@@ -134,7 +175,8 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let admission = Admission::new(settings.max_connections, settings.max_handshakes_per_source);
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(settings.stats.rejections.clone().report(shutdown.clone()));
-    let shared = Arc::new(Shared { settings, replay, guard, admission, shutdown: shutdown.clone() });
+    let shared =
+        Arc::new(Shared { settings, replay, resolver, guard, admission, shutdown: shutdown.clone() });
     for socket in listeners.udp {
         if let Ok(addr) = socket.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (UDP)");
@@ -155,5 +197,15 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
             .await;
         });
     }
+    if let Some(path) = snapshot.clone() {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        servers.spawn(async move {
+            replay_snapshot::save_periodically(&shared.replay, method, &path, shutdown).await;
+        });
+    }
     while servers.join_next().await.is_some() {}
+    // After the drain: every salt a connection recorded is in the snapshot.
+    if let Some(path) = snapshot {
+        replay_snapshot::save(&shared.replay, method, &path).await;
+    }
 }

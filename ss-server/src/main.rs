@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ss_config::{CliArgs, Config, ServerEntry};
+use ss_config::{CliArgs, Config, ReplaySnapshot, ServerEntry};
 use ss_crypto::{Key, Method};
 use ss_net::plugin::{Plugin, Spec, Timing};
 use ss_server::{Listeners, Settings, TargetPolicy};
@@ -194,6 +194,8 @@ fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings 
     settings.max_connections = config.max_connections;
     settings.threads = config.threads_or_cpus();
     settings.udp_timeout = config.udp_timeout;
+    settings.resolve.nameservers = config.nameserver.clone();
+    settings.resolve.ipv6_first = config.ipv6_first;
     let (max_connections, max_udp) = ss_net::process::fit_to_descriptors(
         descriptors,
         config.servers.len(),
@@ -210,17 +212,28 @@ fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings 
     );
     settings.max_connections = max_connections;
     settings.max_udp_associations = max_udp.max(1);
+    settings.replay_snapshot = match &config.replay_snapshot {
+        ReplaySnapshot::Off => None,
+        ReplaySnapshot::At(path) => Some(path.clone()),
+        ReplaySnapshot::Default => {
+            let path = ss_server::replay_snapshot::default_path(entry.port, |name| std::env::var_os(name));
+            if path.is_none() && !entry.method.is_2022() {
+                tracing::warn!(
+                    "no state directory (STATE_DIRECTORY, XDG_STATE_HOME, HOME) for the replay filter: \
+                     it is kept in memory only; set replay_snapshot to keep it across restarts"
+                );
+            }
+            path
+        }
+    };
     settings
 }
 
 /// Warns about tuning knobs we do not act on.
 fn warn_about_unsupported(config: &Config) {
-    for (set, name) in [
-        (config.fast_open, "fast_open"),
-        (config.reuse_port, "reuse_port"),
-        (config.acl.is_some(), "acl"),
-        (config.nameserver.is_some(), "nameserver"),
-    ] {
+    for (set, name) in
+        [(config.fast_open, "fast_open"), (config.reuse_port, "reuse_port"), (config.acl.is_some(), "acl")]
+    {
         if set {
             tracing::warn!("{name} is not supported yet and is ignored");
         }

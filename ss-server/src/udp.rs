@@ -9,15 +9,23 @@
 //! - Classic AEAD: an association per client address. AEAD-2022: an association per client session id;
 //!   its packet-id window and its client address are updated only after a packet fully validated (tag,
 //!   type, timestamp, fresh packet id), so a replayed packet from elsewhere moves nothing.
-//! - Datagrams that fail to open are dropped silently and create no state.
+//! - Datagrams that fail to open are dropped silently and create no state. So are replays
+//!   ([`crate::udp_replay`]): a classic datagram whose salt was seen (a bounded [`SaltHistory`] of
+//!   [`CLASSIC_UDP_CAPACITY`] salts per generation), and a 2022 datagram of a recently ended session whose
+//!   packet id that session's window refuses. Neither draws a reply, nor creates or evicts an association.
 //! - Every datagram's target goes through the address policy, after resolution.
+//! - A domain target is resolved without holding up the socket: a cached name is sent at once; otherwise
+//!   the datagram waits in a task for its lookup, at most [`MAX_AWAITING_RESOLUTION`] datagrams per
+//!   server socket and [`MAX_AWAITING_PER_ASSOCIATION`] per association, each for at most the lookup
+//!   timeout. A datagram that finds every lookup slot taken, or no room to wait, is dropped and counted
+//!   (`Stats::udp_unresolved_drops`).
 //! - Associations expire after the UDP timeout without traffic (a short timeout when they only ever
 //!   spoke to port 53); beyond the cap the least recently used one is evicted.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,25 +33,41 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
 use ss_crypto::{Address, Salt, SealError};
-use ss_net::{unmap, PacketWindow};
+use ss_net::{unmap, PacketWindow, ResolveError};
 use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::replay::{SaltHistory, CLASSIC_UDP_CAPACITY};
+use crate::udp_replay::EndedSessions;
 use crate::Shared;
 
 /// Biggest datagram we read or write.
 const MAX_DATAGRAM: usize = 65_535;
 /// Idle timeout of associations that only ever spoke to port 53.
 const DNS_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most datagrams of one server socket waiting for their target's name to resolve; with payloads of
+/// at most 64 KiB that bounds what they hold to 16 MiB.
+pub(crate) const MAX_AWAITING_RESOLUTION: usize = 256;
+/// Most datagrams of one association waiting for names, so one client cannot take every place.
+pub(crate) const MAX_AWAITING_PER_ASSOCIATION: usize = 16;
 
 /// Runs the UDP relay on `socket` until `shutdown`.
 pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let codec = Udp2022::new(shared.settings.method, &shared.settings.key);
+    let salts = match codec {
+        Some(_) => None,
+        None => Some(Mutex::new(SaltHistory::new(&shared.settings.key, CLASSIC_UDP_CAPACITY))),
+    };
+    let ended = EndedSessions::new(EndedSessions::capacity_for(shared.settings.max_udp_associations));
     let relay = Arc::new(Relay {
         socket: Arc::new(socket),
-        codec: Udp2022::new(shared.settings.method, &shared.settings.key),
-        table: Mutex::new(HashMap::new()),
+        codec,
+        salts,
+        table: Mutex::new(Table { live: HashMap::new(), ended }),
+        awaiting: Arc::new(Semaphore::new(MAX_AWAITING_RESOLUTION)),
         started: Instant::now(),
         shared,
     });
@@ -58,7 +82,7 @@ pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: Canc
             Err(error) => debug!(%error, "UDP receive failed"),
         }
     }
-    let associations: Vec<_> = relay.lock_table().drain().map(|(_, association)| association).collect();
+    let associations: Vec<_> = relay.lock_table().live.drain().map(|(_, association)| association).collect();
     associations.iter().for_each(|association| association.stop.cancel());
 }
 
@@ -73,9 +97,31 @@ struct Relay {
     socket: Arc<UdpSocket>,
     /// The 2022 datagram cipher, or `None` for a classic method.
     codec: Option<Udp2022>,
-    table: Mutex<HashMap<Key, Arc<Association>>>,
+    /// Classic only: salts of datagrams already relayed.
+    salts: Option<Mutex<SaltHistory>>,
+    table: Mutex<Table>,
+    /// Places for datagrams waiting for a name ([`MAX_AWAITING_RESOLUTION`]).
+    awaiting: Arc<Semaphore>,
     started: Instant,
     shared: Arc<Shared>,
+}
+
+/// The associations, and what is left of the 2022 sessions that ended.
+struct Table {
+    live: HashMap<Key, Arc<Association>>,
+    ended: EndedSessions,
+}
+
+impl Table {
+    /// Removes an association; a 2022 session's window is kept for [`EndedSessions`].
+    fn remove(&mut self, key: Key) -> Option<Arc<Association>> {
+        let removed = self.live.remove(&key)?;
+        if let (Key::Session(id), Some(session)) = (key, &removed.session) {
+            let window = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).window.clone();
+            self.ended.record(id, window, Instant::now());
+        }
+        Some(removed)
+    }
 }
 
 /// One NAT entry.
@@ -90,6 +136,8 @@ struct Association {
     /// Milliseconds since the relay started, at the last datagram either way.
     last_active: AtomicU64,
     dns_only: AtomicBool,
+    /// Datagrams of this association waiting for a name ([`MAX_AWAITING_PER_ASSOCIATION`]).
+    awaiting: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -101,7 +149,7 @@ struct Session {
 }
 
 impl Relay {
-    fn lock_table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Association>>> {
+    fn lock_table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -114,7 +162,12 @@ impl Relay {
         let settings = &self.shared.settings;
         let (key, target, payload, packet_id) = match &self.codec {
             None => match udp::open_classic(settings.method, &settings.key, packet) {
-                Ok((target, payload)) => (Key::Client(from), target, payload, None),
+                Ok((target, payload)) => {
+                    if !self.fresh_classic_salt(&packet[..settings.method.salt_len()]) {
+                        return debug!("replayed UDP datagram dropped");
+                    }
+                    (Key::Client(from), target, payload, None)
+                }
                 Err(_) => return,
             },
             Some(codec) => match codec.open(packet, unix_now(), Origin::Client) {
@@ -125,8 +178,9 @@ impl Relay {
                 Err(_) => return,
             },
         };
-        let association = match self.association(key, from, packet_id.map(|(id, _)| id)).await {
-            Ok(association) => association,
+        let association = match self.association(key, from, packet_id).await {
+            Ok(Some(association)) => association,
+            Ok(None) => return debug!("UDP packet of an ended session replayed, dropped"),
             Err(error) => return debug!(%error, "cannot open an outbound UDP socket"),
         };
         if let (Some((_, packet_id)), Some(session)) = (packet_id, &association.session) {
@@ -140,32 +194,103 @@ impl Relay {
         if target.port() != 53 {
             association.dns_only.store(false, Ordering::Relaxed);
         }
-        if let Address::Ip(_) = target {
-            return self.forward(&association, &target, &packet[payload]).await;
+        if let Address::Ip(addr) = target {
+            return self.forward(&association, &target, [addr], &packet[payload]).await;
         }
-        // Name resolution may take a while: never hold up other clients' datagrams for it.
-        let payload = packet[payload].to_vec();
-        tokio::spawn(async move { self.forward(&association, &target, &payload).await });
+        self.resolve(association, target, &packet[payload]).await;
     }
 
-    async fn forward(&self, association: &Association, target: &Address, payload: &[u8]) {
-        let Some(destination) = self.resolve(target).await else { return };
+    /// Forwards a datagram for a domain target: at once if its name is cached, else from a task of
+    /// its own once the lookup ends, if there is room to wait; otherwise it is dropped and counted.
+    async fn resolve(self: Arc<Self>, association: Arc<Association>, target: Address, payload: &[u8]) {
+        let Address::Domain(host, port) = &target else { return };
+        let port = *port;
+        let lookup = match self.shared.resolver.try_resolve(host) {
+            Ok(lookup) => lookup,
+            Err(error) => return self.drop_unresolved(&target, &error),
+        };
+        let with_port = move |addrs: &ss_net::resolve::Addresses| -> Vec<SocketAddr> {
+            addrs.iter().map(|&ip| SocketAddr::new(ip, port)).collect()
+        };
+        match lookup.ready() {
+            Some(Ok(addrs)) => return self.forward(&association, &target, with_port(addrs), payload).await,
+            Some(Err(error)) => return debug!(%error, %target, "UDP target does not resolve"),
+            None => {}
+        }
+        let Some(place) = self.reserve_place(&association) else {
+            return self.drop_unresolved(&target, &ResolveError::Busy);
+        };
+        let payload = payload.to_vec();
+        tokio::spawn(async move {
+            let _place = place;
+            match lookup.wait().await {
+                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload).await,
+                Err(error) => debug!(%error, %target, "UDP target does not resolve"),
+            }
+        });
+    }
+
+    /// Sends `payload` to the first of `candidates` the address policy allows.
+    async fn forward(
+        &self,
+        association: &Association,
+        target: &Address,
+        candidates: impl IntoIterator<Item = SocketAddr>,
+        payload: &[u8],
+    ) {
+        let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(unmap)) else {
+            return debug!(%target, "UDP target refused by the address policy");
+        };
         let destination = outbound_addr(destination, association.dual_stack);
         if let Err(error) = association.outbound.send_to(payload, destination).await {
             debug!(%error, %target, "UDP send to target failed");
         }
     }
 
-    /// The association for `key`, created (and the oldest evicted beyond the cap) if new.
+    fn drop_unresolved(&self, target: &Address, error: &ResolveError) {
+        if *error == ResolveError::Busy {
+            self.shared.settings.stats.udp_unresolved_drops.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(%error, %target, "UDP datagram dropped before resolution");
+    }
+
+    /// A place for one more datagram of `association` to wait for a name, if both bounds allow it.
+    fn reserve_place(&self, association: &Arc<Association>) -> Option<AwaitingPlace> {
+        let permit = self.awaiting.clone().try_acquire_owned().ok()?;
+        if association.awaiting.fetch_add(1, Ordering::Relaxed) >= MAX_AWAITING_PER_ASSOCIATION {
+            association.awaiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.shared.settings.stats.udp_awaiting_resolution.fetch_add(1, Ordering::Relaxed);
+        Some(AwaitingPlace { _permit: permit, association: association.clone(), shared: self.shared.clone() })
+    }
+
+    /// Records a classic datagram's salt; false if it was seen before (a replay).
+    fn fresh_classic_salt(&self, salt: &[u8]) -> bool {
+        let Some(salts) = &self.salts else { return true };
+        salts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(salt)
+    }
+
+    /// The association for `key`, created (and the oldest evicted beyond the cap) if new. `None`: a
+    /// packet (session id, packet id) of a recently ended 2022 session that its old window refuses.
     async fn association(
         self: &Arc<Self>,
         key: Key,
         from: SocketAddr,
-        client_session_id: Option<u64>,
-    ) -> io::Result<Arc<Association>> {
-        if let Some(existing) = self.lock_table().get(&key) {
-            return Ok(existing.clone());
+        packet_id: Option<(u64, u64)>,
+    ) -> io::Result<Option<Arc<Association>>> {
+        {
+            let mut table = self.lock_table();
+            if let Some(existing) = table.live.get(&key) {
+                return Ok(Some(existing.clone()));
+            }
+            if let Some((session_id, packet_id)) = packet_id {
+                if !table.ended.admits(session_id, packet_id, Instant::now()) {
+                    return Ok(None);
+                }
+            }
         }
+        let client_session_id = packet_id.map(|(id, _)| id);
         let outbound = bind_outbound().await?;
         let dual_stack = outbound.local_addr()?.is_ipv6();
         let session = client_session_id.map(|client_session_id| {
@@ -183,36 +308,28 @@ impl Relay {
             session,
             last_active: AtomicU64::new(self.now_ms()),
             dns_only: AtomicBool::new(true),
+            awaiting: AtomicUsize::new(0),
             stop: CancellationToken::new(),
         });
         {
             let mut table = self.lock_table();
-            if let Some(raced) = table.get(&key) {
-                return Ok(raced.clone());
+            if let Some(raced) = table.live.get(&key) {
+                return Ok(Some(raced.clone()));
             }
-            if table.len() >= self.shared.settings.max_udp_associations {
+            if let (Some(session), Some(id)) = (&association.session, client_session_id) {
+                // The real client coming back after its association ended keeps its old window.
+                if let Some(window) = table.ended.take(id) {
+                    session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).window = window;
+                }
+            }
+            if table.live.len() >= self.shared.settings.max_udp_associations {
                 evict_oldest(&mut table);
             }
-            table.insert(key, association.clone());
-            self.shared.settings.stats.udp_associations.store(table.len(), Ordering::Relaxed);
+            table.live.insert(key, association.clone());
+            self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
         }
         tokio::spawn(self.clone().replies(key, association.clone()));
-        Ok(association)
-    }
-
-    /// Resolves a target and applies the address policy; `None` drops the datagram.
-    async fn resolve(&self, target: &Address) -> Option<SocketAddr> {
-        let candidates: Vec<SocketAddr> = match target {
-            Address::Ip(addr) => vec![*addr],
-            Address::Domain(host, port) => {
-                tokio::net::lookup_host((host.as_str(), *port)).await.ok()?.collect()
-            }
-        };
-        let allowed = self.shared.guard.first_allowed(candidates.into_iter().map(unmap));
-        if allowed.is_none() {
-            debug!(%target, "UDP target refused by the address policy");
-        }
-        allowed
+        Ok(Some(association))
     }
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
@@ -252,10 +369,10 @@ impl Relay {
             }
         }
         let mut table = self.lock_table();
-        if table.get(&key).is_some_and(|current| Arc::ptr_eq(current, &association)) {
-            table.remove(&key);
+        if table.live.get(&key).is_some_and(|current| Arc::ptr_eq(current, &association)) {
+            table.remove(key);
         }
-        self.shared.settings.stats.udp_associations.store(table.len(), Ordering::Relaxed);
+        self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
     }
 
     fn seal_reply(
@@ -288,10 +405,25 @@ impl Relay {
     }
 }
 
-fn evict_oldest(table: &mut HashMap<Key, Arc<Association>>) {
-    let oldest = table.iter().min_by_key(|(_, association)| association.last_active.load(Ordering::Relaxed));
+/// A datagram's place in the queue for name resolution; given back when dropped.
+struct AwaitingPlace {
+    _permit: OwnedSemaphorePermit,
+    association: Arc<Association>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for AwaitingPlace {
+    fn drop(&mut self) {
+        self.association.awaiting.fetch_sub(1, Ordering::Relaxed);
+        self.shared.settings.stats.udp_awaiting_resolution.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn evict_oldest(table: &mut Table) {
+    let oldest =
+        table.live.iter().min_by_key(|(_, association)| association.last_active.load(Ordering::Relaxed));
     if let Some((&key, _)) = oldest {
-        if let Some(evicted) = table.remove(&key) {
+        if let Some(evicted) = table.remove(key) {
             evicted.stop.cancel();
         }
     }

@@ -126,6 +126,8 @@ pub fn quiet_command(binary: &Path) -> Command {
     let mut command = Command::new(binary);
     command
         .env_remove("RUST_LOG")
+        // ss-server saves its classic replay filter under the state directory: not the tester's home.
+        .env("STATE_DIRECTORY", std::env::temp_dir().join("ss-tests-state"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
 //! The real `ss-server` and `ss-local` executables, run the way a user runs them: config errors and their
-//! exit code, the shipped example config, shadowsocks-libev's README config end to end, draining on
-//! SIGTERM, and key generation.
+//! exit code, the shipped example config, shadowsocks-libev's README config end to end, `-d` (name
+//! servers) against the test's DNS server, draining on SIGTERM, the classic replay filter saved at SIGTERM
+//! and loaded at start, and key generation.
 //!
 //! The binaries are built once per run of this file by `ss_tests::subprocess::binaries` (escargot, with
 //! the per-package cargo variables removed so the nested build does not rebuild ring).
@@ -20,6 +21,7 @@ use base64::Engine as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use ss_crypto::Address;
+use ss_tests::dns::{Behaviour, TestDns};
 use ss_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -136,6 +138,47 @@ async fn the_example_config_with_a_generated_key_serves_through_both_binaries() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nameserver_flag_makes_ss_server_resolve_with_that_server() {
+    let binaries = built().await;
+    let loopback = Behaviour::Answer { addrs: vec![Ipv4Addr::LOCALHOST.into()], ttl: 60 };
+    let dns = TestDns::start(&[("echo.test", loopback)]).await;
+    let dns_addr = dns.addr.to_string();
+    let (server, local) = start_pair(binaries, |server_port, local_port| {
+        let common = [
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &server_port,
+            "-m",
+            "aes-128-gcm",
+            "-k",
+            "a long and varied password 1234",
+        ];
+        let server = [&common[..], &["--allow-private-targets", "-d", &dns_addr]].concat();
+        let local = [&common[..], &["-l", &local_port]].concat();
+        (strings(&server), strings(&local))
+    })
+    .await;
+
+    let echo = echo_server("127.0.0.1:0").await;
+    let target = Address::domain("echo.test", echo.port()).expect("domain");
+    let mut stream = timeout(STEP, socks5_connect(local.addr, &target))
+        .await
+        .expect("SOCKS5 connect timed out")
+        .unwrap_or_else(|error| panic!("SOCKS5 connect: {error}\n{}\n{}", server.log(), local.log()));
+    stream.write_all(b"resolved by the test's DNS").await.expect("write");
+    let mut back = [0u8; 26];
+    timeout(STEP, stream.read_exact(&mut back)).await.expect("echo timed out").expect("echo");
+    assert_eq!(&back, b"resolved by the test's DNS");
+    assert!(dns.queries("echo.test") > 0);
+    drop(stream);
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+    assert!(!log.contains("nameserver is not supported"), "{log}");
+    local.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shadowsocks_libev_readme_config_fetches_a_page_and_warns_about_the_password() {
     let binaries = built().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -241,6 +284,46 @@ async fn sigterm_refuses_new_connections_and_lets_an_open_transfer_finish() {
             .unwrap_or_else(|_| panic!("{name} still running at the end of the drain time"));
         assert!(status.success(), "{name}: {status}\n{log}");
         assert!(!log.contains("still open after the drain time"), "{name} cut the connection:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_server_saves_its_replay_filter_at_sigterm_and_loads_it_at_start() {
+    let binaries = built().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let snapshot = dir.path().join("state").join("replay.snapshot");
+    let snapshot_arg = snapshot.display().to_string();
+    let echo = echo_server("127.0.0.1:0").await;
+    for run in ["first", "second"] {
+        let (server, local) = start_pair(binaries, |server_port, local_port| {
+            let common =
+                ["-s", "127.0.0.1", "-p", &server_port, "-k", "a long test password", "-m", "aes-256-gcm"];
+            let mut server: Vec<&str> = common.to_vec();
+            server.extend(["--allow-private-targets", "--replay-snapshot", &snapshot_arg]);
+            let mut local: Vec<&str> = common.to_vec();
+            local.extend(["-l", &local_port]);
+            (strings(&server), strings(&local))
+        })
+        .await;
+        let mut stream = timeout(STEP, socks5_connect(local.addr, &Address::Ip(echo)))
+            .await
+            .expect("SOCKS5 connect timed out")
+            .unwrap_or_else(|error| panic!("SOCKS5 connect: {error}\n{}", server.log()));
+        stream.write_all(b"salt").await.expect("write");
+        let mut back = [0u8; 4];
+        timeout(STEP, stream.read_exact(&mut back)).await.expect("echo timed out").expect("echo");
+        drop(stream);
+        let (status, log) = server.terminate().await;
+        assert!(status.success(), "{run}: {status}\n{log}");
+        assert!(snapshot.exists(), "{run}: no snapshot at {snapshot:?} after SIGTERM\n{log}");
+        assert!(!log.contains("snapshot ignored"), "{run}:\n{log}");
+        if run == "second" {
+            assert!(
+                log.contains("replay filter snapshot loaded"),
+                "the first run's file was not loaded:\n{log}"
+            );
+        }
+        let _ = local.terminate().await;
     }
 }
 

@@ -204,8 +204,9 @@ impl Decryptor {
             }
             State::FixedHeader(mut cipher) => {
                 open(&mut cipher, record)?;
-                self.authenticated = true;
+                // Authentic means fresh too: a stale header must not reach a replay filter.
                 let (len, kind) = self.check_fixed_header(&record[..wanted - TAG_LEN], now)?;
+                self.authenticated = true;
                 if len == 0 {
                     return Err(DecryptError::ZeroLengthChunk);
                 }
