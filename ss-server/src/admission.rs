@@ -31,6 +31,9 @@ use std::time::Duration;
 
 /// Default number of connections one source may have in their handshake at once.
 pub const DEFAULT_PER_SOURCE: usize = 256;
+/// `per_source` that turns the per-source rule off: for a server behind a SIP003 plugin, where every
+/// connection comes from the plugin on loopback and the real source is unknown.
+pub const NO_PER_SOURCE_RULE: usize = usize::MAX;
 /// The handshake deadline of a source's connections beyond its budget.
 pub const OVER_BUDGET_DEADLINE: Duration = Duration::from_secs(2);
 /// How many times its budget a source may have in their handshake before new ones are closed at once.
@@ -72,10 +75,15 @@ impl Admission {
     /// Bookkeeping for a server with `slots` connection slots, allowing `per_source` handshakes at once
     /// from one source (at most a quarter of the slots).
     pub fn new(slots: usize, per_source: usize) -> Arc<Admission> {
-        let per_source = per_source.min((slots / 4).max(MIN_PER_SOURCE)).max(1);
+        let (per_source, hard_cap) = if per_source == NO_PER_SOURCE_RULE {
+            (NO_PER_SOURCE_RULE, NO_PER_SOURCE_RULE)
+        } else {
+            let per_source = per_source.min((slots / 4).max(MIN_PER_SOURCE)).max(1);
+            (per_source, (per_source * HARD_CAP_FACTOR).min(slots / 2).max(per_source))
+        };
         Arc::new(Admission {
             per_source,
-            hard_cap: (per_source * HARD_CAP_FACTOR).min(slots / 2).max(per_source),
+            hard_cap,
             slots: slots.max(1),
             in_handshake: AtomicUsize::new(0),
             sources: Mutex::new(HashMap::new()),
@@ -203,6 +211,23 @@ mod tests {
         assert_eq!(limits(480, 256), (120, 240));
         assert_eq!(limits(10, 256), (8, 8));
         assert_eq!(limits(10_000, 0), (1, 4));
+        assert_eq!(limits(480, NO_PER_SOURCE_RULE), (NO_PER_SOURCE_RULE, NO_PER_SOURCE_RULE));
+    }
+
+    #[test]
+    fn without_the_per_source_rule_one_source_may_fill_every_slot() {
+        let timeout = Duration::from_secs(10);
+        let admission = Admission::new(100, NO_PER_SOURCE_RULE);
+        let mut deadlines = Vec::new();
+        let mut tickets = Vec::new();
+        for _ in 0..100 {
+            let ticket = admission.admit(peer("127.0.0.1")).expect("no per-source cap");
+            deadlines.push(ticket.deadline(timeout));
+            tickets.push(ticket);
+        }
+        assert!(deadlines[..50].iter().all(|deadline| *deadline == timeout), "{deadlines:?}");
+        // The pressure rule still applies.
+        assert_eq!(deadlines[99], Duration::from_secs(1));
     }
 
     #[test]

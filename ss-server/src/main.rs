@@ -186,6 +186,10 @@ fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings 
         );
     }
     let mut settings = Settings::new(entry.method, entry.key.clone());
+    if config.mode.tcp() && entry.plugin.as_ref().is_some_and(|plugin| plugin.mode.tcp()) {
+        // Every connection comes from the plugin on loopback: the clients' addresses are unknown.
+        settings.max_handshakes_per_source = ss_server::admission::NO_PER_SOURCE_RULE;
+    }
     settings.policy =
         if config.allow_private_targets { TargetPolicy::AllowAll } else { TargetPolicy::PublicOnly };
     settings.handshake_timeout = config.handshake_timeout;
