@@ -8,10 +8,10 @@
 //! - **Per source** (one IPv4 address, or one IPv6 /64, since a single host usually has a whole /64): the
 //!   first [`Admission::per_source`] connections in their handshake at once get the normal deadline: the
 //!   configured number (default [`DEFAULT_PER_SOURCE`]), but never more than a quarter of the slots.
-//!   Beyond that, up to four times as many (and never more than half the slots) get a deadline of at
-//!   most [`OVER_BUDGET_DEADLINE`], ample for a real client's first flight (one round trip plus the
-//!   client's wait for the application's first bytes) and short for garbage. Beyond that, a connection
-//!   is closed at once. A prober that opens fewer at a time sees the usual reaction; a flood from one
+//!   Beyond that, up to eight times as many (and never more than half the slots) get half the deadline,
+//!   at least [`OVER_BUDGET_DEADLINE`]: ample for a real client's first flight (one round trip plus the
+//!   client's wait for the application's first bytes, even on a loaded server) and shorter for garbage.
+//!   Beyond that, a connection is closed at once. A prober that opens fewer at a time sees the usual reaction; a flood from one
 //!   host costs the server a bounded share of its slots. A burst of real connections from one host (a
 //!   browser opening a page through one ss-local, many users behind one NAT) is still served: those
 //!   connections leave the handshake within a round trip, long before the short deadline.
@@ -34,10 +34,11 @@ pub const DEFAULT_PER_SOURCE: usize = 256;
 /// `per_source` that turns the per-source rule off: for a server behind a SIP003 plugin, where every
 /// connection comes from the plugin on loopback and the real source is unknown.
 pub const NO_PER_SOURCE_RULE: usize = usize::MAX;
-/// The handshake deadline of a source's connections beyond its budget.
+/// The shortest handshake deadline of a source's connections beyond its budget (they get half the
+/// configured one).
 pub const OVER_BUDGET_DEADLINE: Duration = Duration::from_secs(2);
 /// How many times its budget a source may have in their handshake before new ones are closed at once.
-const HARD_CAP_FACTOR: usize = 4;
+const HARD_CAP_FACTOR: usize = 8;
 /// The per-source budget is never cut below this by a small slot count.
 const MIN_PER_SOURCE: usize = 8;
 /// The shortest handshake deadline pressure can bring.
@@ -95,7 +96,7 @@ impl Admission {
         self.per_source
     }
 
-    /// Lets a new connection from `peer` start its handshake, or `None` if its source already has four
+    /// Lets a new connection from `peer` start its handshake, or `None` if its source already has eight
     /// times its budget (or half the slots) in their handshake.
     pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Ticket> {
         let source = Source::of(peer.ip());
@@ -124,12 +125,13 @@ impl Admission {
 
 impl Ticket {
     /// The handshake deadline of this connection, given the configured `timeout`: shorter when most
-    /// slots are in their handshake, and at most [`OVER_BUDGET_DEADLINE`] beyond the source's budget.
+    /// slots are in their handshake, and halved (to no less than [`OVER_BUDGET_DEADLINE`]) beyond the
+    /// source's budget.
     pub fn deadline(&self, timeout: Duration) -> Duration {
         let admission = &self.admission;
         let deadline = shrink(timeout, admission.in_handshake.load(Ordering::Relaxed), admission.slots);
         if self.over_budget {
-            deadline.min(OVER_BUDGET_DEADLINE)
+            deadline.min((timeout / 2).max(OVER_BUDGET_DEADLINE))
         } else {
             deadline
         }
@@ -184,16 +186,17 @@ mod tests {
         let admission = Admission::new(1000, 3);
         let within: Vec<_> = (0..3).map(|_| admission.admit(peer("198.51.100.7")).unwrap()).collect();
         assert!(within.iter().all(|ticket| ticket.deadline(timeout) == timeout), "within the budget");
-        let beyond: Vec<_> = (0..9).map(|_| admission.admit(peer("198.51.100.7")).unwrap()).collect();
+        let beyond: Vec<_> = (0..21).map(|_| admission.admit(peer("198.51.100.7")).unwrap()).collect();
         assert!(
-            beyond.iter().all(|ticket| ticket.deadline(timeout) == OVER_BUDGET_DEADLINE),
-            "beyond the budget: the short deadline"
+            beyond.iter().all(|ticket| ticket.deadline(timeout) == timeout / 2),
+            "beyond the budget: half the deadline"
         );
-        assert!(admission.admit(peer("198.51.100.7")).is_none(), "beyond four times the budget");
+        assert_eq!(beyond[0].deadline(Duration::from_secs(3)), OVER_BUDGET_DEADLINE, "but at least 2 s");
+        assert!(admission.admit(peer("198.51.100.7")).is_none(), "beyond eight times the budget");
         assert!(admission.admit(peer("::ffff:198.51.100.7")).is_none(), "the mapped form is the same source");
         let other = admission.admit(peer("198.51.100.8")).expect("another address is not affected");
         assert_eq!(other.deadline(timeout), timeout);
-        assert_eq!(admission.in_handshake(), 13);
+        assert_eq!(admission.in_handshake(), 25);
         drop((within, beyond, other));
         assert_eq!(admission.in_handshake(), 0);
         assert!(admission.lock().is_empty(), "no entry is kept for a source with nothing in flight");
@@ -207,10 +210,10 @@ mod tests {
             let admission = Admission::new(slots, per_source);
             (admission.per_source(), admission.hard_cap)
         };
-        assert_eq!(limits(10_000, 256), (256, 1024));
+        assert_eq!(limits(10_000, 256), (256, 2048));
         assert_eq!(limits(480, 256), (120, 240));
         assert_eq!(limits(10, 256), (8, 8));
-        assert_eq!(limits(10_000, 0), (1, 4));
+        assert_eq!(limits(10_000, 0), (1, 8));
         assert_eq!(limits(480, NO_PER_SOURCE_RULE), (NO_PER_SOURCE_RULE, NO_PER_SOURCE_RULE));
     }
 
@@ -237,7 +240,7 @@ mod tests {
         let _first = admission.admit(peer("2001:db8:1:2::1")).unwrap();
         let _second = admission.admit(peer("2001:db8:1:2:ffff::9")).unwrap();
         let third = admission.admit(peer("2001:db8:1:2::3")).unwrap();
-        assert_eq!(third.deadline(timeout), OVER_BUDGET_DEADLINE, "same /64");
+        assert_eq!(third.deadline(timeout), timeout / 2, "same /64");
         let other = admission.admit(peer("2001:db8:1:3::1")).unwrap();
         assert_eq!(other.deadline(timeout), timeout, "another /64");
     }

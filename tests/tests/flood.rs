@@ -10,7 +10,7 @@
 //! What makes it hold (ss-server's `admission` module and `ss_net::process`): the open-file limit is
 //! raised to the hard limit and the connection cap fitted to it, so accept cannot run out of
 //! descriptors; one source may have a quarter of the slots in their handshake with the normal deadline,
-//! as many again with a 2 s deadline, and connections beyond that are closed at once.
+//! as many again with half the deadline, and connections beyond that are closed at once.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
