@@ -2,6 +2,7 @@
 //! minimal SOCKS5 client. Every address used here is loopback.
 
 pub mod dns;
+pub mod skip;
 pub mod subprocess;
 pub mod udp;
 
@@ -149,7 +150,6 @@ pub async fn socks5_connect(proxy: SocketAddr, target: &Address) -> std::io::Res
 /// Real Shadowsocks peers run as subprocesses: finding their binaries, writing their JSON config, starting
 /// them on a free loopback port and killing them on drop.
 pub mod peers {
-    use std::io::Write as _;
     use std::net::{Ipv4Addr, SocketAddr};
     use std::path::{Path, PathBuf};
     use std::process::Stdio;
@@ -161,29 +161,100 @@ pub mod peers {
     use tokio::process::{Child, Command};
     use tokio::time::Instant;
 
-    /// A peer implementation: the names of its binaries and whether it speaks AEAD-2022.
+    /// A peer implementation: the names of its binaries, how to tell them from other programs of the
+    /// same name, and whether it speaks AEAD-2022.
     #[derive(Clone, Copy, Debug)]
     pub struct Implementation {
-        /// Server binary, looked up with [`peer`].
+        /// Server binary, found with [`Implementation::server_binary`].
         pub server: &'static str,
-        /// Local binary, looked up with [`peer`].
+        /// Local binary, found with [`Implementation::local_binary`].
         pub local: &'static str,
         /// Whether the 2022-blake3 methods are supported.
         pub supports_2022: bool,
+        /// The flag that makes the binary print its name and version, and how that line starts.
+        identity: (&'static str, &'static str),
+        /// How to install it, for the skip notice.
+        install: &'static str,
     }
 
-    /// shadowsocks-libev 3.3.5 (Debian): classic methods only.
-    pub const LIBEV: Implementation =
-        Implementation { server: "ss-server", local: "ss-local", supports_2022: false };
+    /// shadowsocks-libev 3.3.5 (Debian): classic methods only. Its binaries are called `ss-server` and
+    /// `ss-local` like ours, so a candidate must print `shadowsocks-libev VERSION` for `-h` (ours print
+    /// `ss-server 0.1.0`): after `cargo install` of this project, ~/.cargo/bin holds our own
+    /// binaries under those names.
+    pub const LIBEV: Implementation = Implementation {
+        server: "ss-server",
+        local: "ss-local",
+        supports_2022: false,
+        identity: ("-h", "shadowsocks-libev "),
+        install: "apt-get install shadowsocks-libev",
+    };
     /// shadowsocks-rust 1.25.0: every method.
-    pub const SHADOWSOCKS_RUST: Implementation =
-        Implementation { server: "ssserver", local: "sslocal", supports_2022: true };
+    pub const SHADOWSOCKS_RUST: Implementation = Implementation {
+        server: "ssserver",
+        local: "sslocal",
+        supports_2022: true,
+        identity: ("--version", "shadowsocks "),
+        install: "cargo install shadowsocks-rust --version 1.25.0 --locked",
+    };
 
     impl Implementation {
         /// The methods this peer is tested with.
         pub fn methods(self) -> impl Iterator<Item = Method> {
             Method::ALL.into_iter().filter(move |method| self.supports_2022 || !method.is_2022())
         }
+
+        /// The peer's server binary, or `None` after [`skip`](crate::skip::skip) (a failure with `CI`).
+        pub async fn server_binary(self) -> Option<PathBuf> {
+            self.binary(self.server).await
+        }
+
+        /// The peer's local binary, or `None` after [`skip`](crate::skip::skip) (a failure with `CI`).
+        pub async fn local_binary(self) -> Option<PathBuf> {
+            self.binary(self.local).await
+        }
+
+        /// The first program called `name` (on `PATH`, in /usr/bin where Debian's package puts it, in
+        /// cargo's bin directory) whose version line says it is this implementation.
+        async fn binary(self, name: &str) -> Option<PathBuf> {
+            let (flag, prefix) = self.identity;
+            let mut rejected = Vec::new();
+            for candidate in candidates(name) {
+                match version_line(&candidate, flag, prefix).await {
+                    Some(_) => return Some(candidate),
+                    None => rejected.push(candidate.display().to_string()),
+                }
+            }
+            let reason = match rejected.as_slice() {
+                [] => format!("{name} is not installed (searched PATH, /usr/bin and ~/.cargo/bin)"),
+                found => format!(
+                    "no {name} found prints \"{prefix}VERSION\" for {flag} (tried {})",
+                    found.join(", ")
+                ),
+            };
+            crate::skip::skip(&reason, &format!("`{}` to run this interop test", self.install));
+            None
+        }
+    }
+
+    /// Runs `binary flag` and returns the line of its output that starts with `prefix` followed by a
+    /// version number, if any; a binary that does not answer within a few seconds has none.
+    async fn version_line(binary: &Path, flag: &str, prefix: &str) -> Option<String> {
+        let output = Command::new(binary)
+            .arg(flag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), output).await.ok()?.ok()?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        text.lines()
+            .map(str::trim)
+            .find(|line| {
+                line.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .map(str::to_owned)
     }
 
     use crate::{test_password, STEP};
@@ -191,29 +262,14 @@ pub mod peers {
     /// The port Debian's shadowsocks-libev service listens on after install; never used by the tests.
     pub const LIBEV_SERVICE_PORT: u16 = 8388;
 
-    /// Finds an external program on `PATH` or in cargo's bin directory.
-    ///
-    /// When it is missing the test must not pass silently in CI: with the `CI` environment variable set
-    /// this panics; otherwise it prints a skip notice (straight to stderr, past the test harness's output
-    /// capture) and returns `None`, and the caller returns early.
-    pub fn peer(name: &str) -> Option<PathBuf> {
-        if let Some(path) = find_program(name) {
-            return Some(path);
+    /// Finds a helper program (curl) on `PATH`, or returns `None` after [`skip`](crate::skip::skip)
+    /// (a failure with `CI`).
+    pub fn program(name: &str, install: &str) -> Option<PathBuf> {
+        let found = candidates(name).into_iter().next();
+        if found.is_none() {
+            crate::skip::skip(&format!("{name} is not installed (searched PATH)"), &format!("`{install}`"));
         }
-        if std::env::var_os("CI").is_some() {
-            panic!("{name} is not installed (searched PATH and ~/.cargo/bin); .ci/run must install it");
-        }
-        let install = match name {
-            "ss-server" | "ss-local" => "apt-get install shadowsocks-libev",
-            "ssserver" | "sslocal" => "cargo install shadowsocks-rust --version 1.25.0 --locked",
-            _ => "apt-get install curl",
-        };
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {name} is not installed (searched PATH and ~/.cargo/bin); `{install}` to run this \
-             interop test (with CI set, a missing peer fails the test)"
-        );
-        None
+        found
     }
 
     /// What the peer is asked to be.
@@ -376,17 +432,21 @@ pub mod peers {
         }
     }
 
-    fn find_program(name: &str) -> Option<PathBuf> {
+    /// Every existing file called `name` in a `PATH` directory, /usr/bin or cargo's bin directory, in
+    /// that order.
+    fn candidates(name: &str) -> Vec<PathBuf> {
         let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
         let cargo_home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-        path_dirs
-            .into_iter()
-            .flatten()
-            .chain(cargo_home.map(|home| home.join("bin")))
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
+        let mut found: Vec<PathBuf> = Vec::new();
+        let dirs = path_dirs.into_iter().flatten().chain([PathBuf::from("/usr/bin")]);
+        for candidate in dirs.chain(cargo_home.map(|home| home.join("bin"))).map(|dir| dir.join(name)) {
+            if candidate.is_file() && !found.contains(&candidate) {
+                found.push(candidate);
+            }
+        }
+        found
     }
 }
 

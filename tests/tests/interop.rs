@@ -9,14 +9,14 @@
 //! Each direction is driven twice: by the test's own SOCKS5 client with a few hundred KB checked byte for
 //! byte, and by curl fetching a page from a loopback HTTP server. libev has no TCP half-close, so the
 //! payload check reads exactly as many bytes as it wrote instead of shutting down and reading to EOF.
-//! A missing peer binary skips the test locally and fails it in CI (see `peers::peer`).
+//! A missing peer binary skips the test locally and fails it in CI (see `ss_tests::skip`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ss_crypto::{Address, Method};
-use ss_tests::peers::{peer, start_peer, Implementation, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST};
+use ss_tests::peers::{program, start_peer, Implementation, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST};
 use ss_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,7 +54,7 @@ async fn rust_local_to_our_server() {
 }
 
 async fn our_local_to_their_server(implementation: Implementation) {
-    let (Some(server_binary), Some(curl)) = (peer(implementation.server), peer("curl")) else {
+    let (Some(server_binary), Some(curl)) = (implementation.server_binary().await, curl()) else {
         return;
     };
     let targets = Targets::start().await;
@@ -66,7 +66,7 @@ async fn our_local_to_their_server(implementation: Implementation) {
 }
 
 async fn their_local_to_our_server(implementation: Implementation) {
-    let (Some(local_binary), Some(curl)) = (peer(implementation.local), peer("curl")) else {
+    let (Some(local_binary), Some(curl)) = (implementation.local_binary().await, curl()) else {
         return;
     };
     let targets = Targets::start().await;
@@ -75,6 +75,11 @@ async fn their_local_to_our_server(implementation: Implementation) {
         let theirs = start_peer(&local_binary, method, PeerRole::Local { server: ours.addr }).await;
         check_round(theirs.addr, &targets, &curl, method, &theirs).await;
     }
+}
+
+/// curl from Debian's package, for the page fetch.
+fn curl() -> Option<PathBuf> {
+    program("curl", "apt-get install curl")
 }
 
 /// Both checks through the SOCKS5 proxy at `socks`; a failure names the method and shows the peer's log.
