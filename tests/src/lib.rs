@@ -157,9 +157,9 @@ pub mod peers {
     use std::time::Duration;
 
     use ss_crypto::Method;
-    use tokio::net::TcpStream;
-    use tokio::process::{Child, Command};
-    use tokio::time::Instant;
+    use tokio::process::Command;
+
+    use crate::subprocess::{free_port, Launch, Subprocess};
 
     /// A peer implementation: the names of its binaries, how to tell them from other programs of the
     /// same name, and whether it speaks AEAD-2022.
@@ -217,13 +217,11 @@ pub mod peers {
         /// cargo's bin directory) whose version line says it is this implementation.
         async fn binary(self, name: &str) -> Option<PathBuf> {
             let (flag, prefix) = self.identity;
-            let mut rejected = Vec::new();
-            for candidate in candidates(name) {
-                match version_line(&candidate, flag, prefix).await {
-                    Some(_) => return Some(candidate),
-                    None => rejected.push(candidate.display().to_string()),
-                }
+            let candidates = candidates(name);
+            if let Some(found) = self.first_identified(&candidates).await {
+                return Some(found);
             }
+            let rejected: Vec<String> = candidates.iter().map(|path| path.display().to_string()).collect();
             let reason = match rejected.as_slice() {
                 [] => format!("{name} is not installed (searched PATH, /usr/bin and ~/.cargo/bin)"),
                 found => format!(
@@ -232,6 +230,19 @@ pub mod peers {
                 ),
             };
             crate::skip::skip(&reason, &format!("`{}` to run this interop test", self.install));
+            None
+        }
+    }
+
+    impl Implementation {
+        /// The first of `candidates` whose version line names this implementation.
+        pub async fn first_identified(self, candidates: &[PathBuf]) -> Option<PathBuf> {
+            let (flag, prefix) = self.identity;
+            for candidate in candidates {
+                if version_line(candidate, flag, prefix).await.is_some() {
+                    return Some(candidate.clone());
+                }
+            }
             None
         }
     }
@@ -257,10 +268,7 @@ pub mod peers {
             .map(str::to_owned)
     }
 
-    use crate::{test_password, STEP};
-
-    /// The port Debian's shadowsocks-libev service listens on after install; never used by the tests.
-    pub const LIBEV_SERVICE_PORT: u16 = 8388;
+    use crate::test_password;
 
     /// Finds a helper program (curl) on `PATH`, or returns `None` after [`skip`](crate::skip::skip)
     /// (a failure with `CI`).
@@ -308,22 +316,20 @@ pub mod peers {
     pub struct PeerProcess {
         /// Where it listens: the Shadowsocks port of a server, the SOCKS5 port of a local.
         pub addr: SocketAddr,
-        binary: PathBuf,
+        process: Subprocess,
         dir: PathBuf,
-        _child: Child,
     }
 
     impl PeerProcess {
         /// What the peer wrote to stdout and stderr so far, for failure messages.
         pub fn log(&self) -> String {
-            let log = std::fs::read_to_string(self.dir.join("peer.log")).unwrap_or_default();
-            format!("--- {} log ---\n{log}--- end of log ---", self.binary.display())
+            self.process.log()
         }
     }
 
     impl Drop for PeerProcess {
         fn drop(&mut self) {
-            // The child itself is killed by `kill_on_drop`.
+            // The process itself is killed when `process` is dropped.
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -345,35 +351,25 @@ pub mod peers {
     ) -> PeerProcess {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            let port = unused_port();
+            let port = free_port();
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let dir = temp_dir();
             let config = match role {
                 PeerRole::Server => config_json(method, mode, port, None),
                 PeerRole::Local { server } => config_json(method, mode, server.port(), Some(port)),
             };
-            let mut child = spawn(binary, &dir, &config);
-            let ready = wait_until_listening(&mut child, addr).await;
-            let peer = PeerProcess { addr, binary: binary.to_owned(), dir, _child: child };
-            match ready {
-                Ok(()) => return peer,
-                Err(why) => failures.push(format!("{why}\nconfig: {config}\n{}", peer.log())),
+            let config_path = dir.join("config.json");
+            std::fs::write(&config_path, &config).expect("write peer config");
+            let launch = Launch::new(binary).args(["-c", &config_path.to_string_lossy()]);
+            match Subprocess::start(&launch, addr).await {
+                Ok(process) => return PeerProcess { addr, process, dir },
+                Err(failure) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    failures.push(format!("{failure}\nconfig: {config}"));
+                }
             }
         }
         panic!("{} did not start:\n{}", binary.display(), failures.join("\n"));
-    }
-
-    /// A loopback port that was free a moment ago for both TCP and UDP (bound to port 0, then
-    /// released); never 8388.
-    pub fn unused_port() -> u16 {
-        loop {
-            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-            let port = listener.local_addr().expect("local address").port();
-            let udp_free = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
-            if port != LIBEV_SERVICE_PORT && udp_free {
-                return port;
-            }
-        }
     }
 
     /// The peer's config in the key names both shadowsocks-libev and shadowsocks-rust accept.
@@ -396,40 +392,6 @@ pub mod peers {
         let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         dir
-    }
-
-    fn spawn(binary: &Path, dir: &Path, config: &str) -> Child {
-        let config_path = dir.join("config.json");
-        std::fs::write(&config_path, config).expect("write peer config");
-        let log = std::fs::File::create(dir.join("peer.log")).expect("create peer log");
-        let log_too = log.try_clone().expect("clone peer log handle");
-        Command::new(binary)
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_too)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
-    }
-
-    /// Polls `addr` until it accepts a connection; an external process's readiness cannot be awaited
-    /// any other way.
-    async fn wait_until_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("exited early with {status}"));
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("not listening on {addr} after {STEP:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// Every existing file called `name` in a `PATH` directory, /usr/bin or cargo's bin directory, in
@@ -459,7 +421,7 @@ pub mod probing;
 
 // ---------------------------------------------------------------------------------------------------------
 // A loopback HTTP page server and client, for the tests that fetch a page through the proxy (binaries,
-// browser).
+// interop, browser).
 // ---------------------------------------------------------------------------------------------------------
 
 mod page;

@@ -9,8 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, Decryptor, Encryptor, Method};
 use ss_tests::probing::random_salt;
@@ -276,8 +275,7 @@ async fn sigterm_cuts_a_transfer_still_running_when_the_drain_time_ends() {
 
     let signalled = Instant::now();
     for process in [&server, &local] {
-        let pid = Pid::from_raw(i32::try_from(process.pid()).expect("pid fits i32"));
-        kill(pid, Signal::SIGTERM).expect("kill(2)");
+        process.signal(Signal::SIGTERM);
     }
     for (name, process) in [("ss-server", &mut server), ("ss-local", &mut local)] {
         let left = (DRAIN + PROMPTLY).saturating_sub(signalled.elapsed());
