@@ -158,6 +158,9 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -182,15 +185,25 @@ mod tests {
         let shutdown = CancellationToken::new();
         let limits = Limits { max_connections: 2, drain: Duration::from_secs(5) };
         let workers = Workers::start(2);
+        // Connections being handled now, and the most there ever were: the cap is judged by these
+        // counts, not by how soon a reply comes.
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
         let server = tokio::spawn({
             let shutdown = shutdown.clone();
+            let (running, most) = (running.clone(), most.clone());
             async move {
-                serve(listener, limits, &workers, shutdown, |mut stream, _, slot| async move {
-                    let _slot = slot;
-                    // Echo one line's worth of bytes, then close.
-                    let mut buf = [0u8; 16];
-                    if let Ok(n) = stream.read(&mut buf).await {
-                        let _ = stream.write_all(&buf[..n]).await;
+                serve(listener, limits, &workers, shutdown, move |mut stream, _, slot| {
+                    let (running, most) = (running.clone(), most.clone());
+                    async move {
+                        let _slot = slot;
+                        most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        // Echo one line's worth of bytes, then close.
+                        let mut buf = [0u8; 16];
+                        if let Ok(n) = stream.read(&mut buf).await {
+                            let _ = stream.write_all(&buf[..n]).await;
+                        }
+                        running.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
                 .await
@@ -200,11 +213,13 @@ mod tests {
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.unwrap());
         }
-        // The third connection waits in the backlog until one of the first two finishes.
+        // The third connection waits in the backlog until one of the first two finishes. It is given a
+        // moment to be served wrongly (a server without the cap answers it at once); passing does not
+        // depend on this wait, the count of connections handled at once below decides.
         clients[2].write_all(b"third").await.unwrap();
         let mut reply = [0u8; 5];
         let third_early =
-            tokio::time::timeout(Duration::from_millis(200), clients[2].read_exact(&mut reply)).await;
+            tokio::time::timeout(Duration::from_millis(500), clients[2].read_exact(&mut reply)).await;
         assert!(third_early.is_err(), "served beyond the cap");
         clients[0].write_all(b"first").await.unwrap();
         clients[0].read_exact(&mut reply).await.unwrap();
@@ -217,5 +232,6 @@ mod tests {
         clients[1].write_all(b"2").await.unwrap();
         shutdown.cancel();
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap(), 0);
+        assert_eq!(most.load(Ordering::SeqCst), 2, "connections handled at once");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod plugins;
+pub mod skip;
 pub mod subprocess;
 pub mod udp;
 
@@ -150,7 +151,6 @@ pub async fn socks5_connect(proxy: SocketAddr, target: &Address) -> std::io::Res
 /// Real Shadowsocks peers run as subprocesses: finding their binaries, writing their JSON config, starting
 /// them on a free loopback port and killing them on drop.
 pub mod peers {
-    use std::io::Write as _;
     use std::net::{Ipv4Addr, SocketAddr};
     use std::path::{Path, PathBuf};
     use std::process::Stdio;
@@ -158,63 +158,127 @@ pub mod peers {
     use std::time::Duration;
 
     use ss_crypto::Method;
-    use tokio::net::TcpStream;
-    use tokio::process::{Child, Command};
-    use tokio::time::Instant;
+    use tokio::process::Command;
 
-    /// A peer implementation: the names of its binaries and whether it speaks AEAD-2022.
+    use crate::subprocess::{free_port, Launch, Subprocess};
+
+    /// A peer implementation: the names of its binaries, how to tell them from other programs of the
+    /// same name, and whether it speaks AEAD-2022.
     #[derive(Clone, Copy, Debug)]
     pub struct Implementation {
-        /// Server binary, looked up with [`peer`].
+        /// Server binary, found with [`Implementation::server_binary`].
         pub server: &'static str,
-        /// Local binary, looked up with [`peer`].
+        /// Local binary, found with [`Implementation::local_binary`].
         pub local: &'static str,
         /// Whether the 2022-blake3 methods are supported.
         pub supports_2022: bool,
+        /// The flag that makes the binary print its name and version, and how that line starts.
+        identity: (&'static str, &'static str),
+        /// How to install it, for the skip notice.
+        install: &'static str,
     }
 
-    /// shadowsocks-libev 3.3.5 (Debian): classic methods only.
-    pub const LIBEV: Implementation =
-        Implementation { server: "ss-server", local: "ss-local", supports_2022: false };
+    /// shadowsocks-libev 3.3.5 (Debian): classic methods only. Its binaries are called `ss-server` and
+    /// `ss-local` like ours, so a candidate must print `shadowsocks-libev VERSION` for `-h` (ours print
+    /// `ss-server 0.1.0`): after `cargo install` of this project, ~/.cargo/bin holds our own
+    /// binaries under those names.
+    pub const LIBEV: Implementation = Implementation {
+        server: "ss-server",
+        local: "ss-local",
+        supports_2022: false,
+        identity: ("-h", "shadowsocks-libev "),
+        install: "apt-get install shadowsocks-libev",
+    };
     /// shadowsocks-rust 1.25.0: every method.
-    pub const SHADOWSOCKS_RUST: Implementation =
-        Implementation { server: "ssserver", local: "sslocal", supports_2022: true };
+    pub const SHADOWSOCKS_RUST: Implementation = Implementation {
+        server: "ssserver",
+        local: "sslocal",
+        supports_2022: true,
+        identity: ("--version", "shadowsocks "),
+        install: "cargo install shadowsocks-rust --version 1.25.0 --locked",
+    };
 
     impl Implementation {
         /// The methods this peer is tested with.
         pub fn methods(self) -> impl Iterator<Item = Method> {
             Method::ALL.into_iter().filter(move |method| self.supports_2022 || !method.is_2022())
         }
+
+        /// The peer's server binary, or `None` after [`skip`](crate::skip::skip) (a failure with `CI`).
+        pub async fn server_binary(self) -> Option<PathBuf> {
+            self.binary(self.server).await
+        }
+
+        /// The peer's local binary, or `None` after [`skip`](crate::skip::skip) (a failure with `CI`).
+        pub async fn local_binary(self) -> Option<PathBuf> {
+            self.binary(self.local).await
+        }
+
+        /// The first program called `name` (on `PATH`, in /usr/bin where Debian's package puts it, in
+        /// cargo's bin directory) whose version line says it is this implementation.
+        async fn binary(self, name: &str) -> Option<PathBuf> {
+            let (flag, prefix) = self.identity;
+            let candidates = candidates(name);
+            if let Some(found) = self.first_identified(&candidates).await {
+                return Some(found);
+            }
+            let rejected: Vec<String> = candidates.iter().map(|path| path.display().to_string()).collect();
+            let reason = match rejected.as_slice() {
+                [] => format!("{name} is not installed (searched PATH, /usr/bin and ~/.cargo/bin)"),
+                found => format!(
+                    "no {name} found prints \"{prefix}VERSION\" for {flag} (tried {})",
+                    found.join(", ")
+                ),
+            };
+            crate::skip::skip(&reason, &format!("`{}` to run this interop test", self.install));
+            None
+        }
     }
 
-    use crate::{test_password, STEP};
-
-    /// The port Debian's shadowsocks-libev service listens on after install; never used by the tests.
-    pub const LIBEV_SERVICE_PORT: u16 = 8388;
-
-    /// Finds an external program on `PATH` or in cargo's bin directory.
-    ///
-    /// When it is missing the test must not pass silently in CI: with the `CI` environment variable set
-    /// this panics; otherwise it prints a skip notice (straight to stderr, past the test harness's output
-    /// capture) and returns `None`, and the caller returns early.
-    pub fn peer(name: &str) -> Option<PathBuf> {
-        if let Some(path) = find_program(name) {
-            return Some(path);
+    impl Implementation {
+        /// The first of `candidates` whose version line names this implementation.
+        pub async fn first_identified(self, candidates: &[PathBuf]) -> Option<PathBuf> {
+            let (flag, prefix) = self.identity;
+            for candidate in candidates {
+                if version_line(candidate, flag, prefix).await.is_some() {
+                    return Some(candidate.clone());
+                }
+            }
+            None
         }
-        if std::env::var_os("CI").is_some() {
-            panic!("{name} is not installed (searched PATH and ~/.cargo/bin); .ci/run must install it");
+    }
+
+    /// Runs `binary flag` and returns the line of its output that starts with `prefix` followed by a
+    /// version number, if any; a binary that does not answer within a few seconds has none.
+    async fn version_line(binary: &Path, flag: &str, prefix: &str) -> Option<String> {
+        let output = Command::new(binary)
+            .arg(flag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), output).await.ok()?.ok()?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        text.lines()
+            .map(str::trim)
+            .find(|line| {
+                line.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .map(str::to_owned)
+    }
+
+    use crate::test_password;
+
+    /// Finds a helper program (curl) on `PATH`, or returns `None` after [`skip`](crate::skip::skip)
+    /// (a failure with `CI`).
+    pub fn program(name: &str, install: &str) -> Option<PathBuf> {
+        let found = candidates(name).into_iter().next();
+        if found.is_none() {
+            crate::skip::skip(&format!("{name} is not installed (searched PATH)"), &format!("`{install}`"));
         }
-        let install = match name {
-            "ss-server" | "ss-local" => "apt-get install shadowsocks-libev",
-            "ssserver" | "sslocal" => "cargo install shadowsocks-rust --version 1.25.0 --locked",
-            _ => "apt-get install curl",
-        };
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {name} is not installed (searched PATH and ~/.cargo/bin); `{install}` to run this \
-             interop test (with CI set, a missing peer fails the test)"
-        );
-        None
+        found
     }
 
     /// What the peer is asked to be.
@@ -253,22 +317,20 @@ pub mod peers {
     pub struct PeerProcess {
         /// Where it listens: the Shadowsocks port of a server, the SOCKS5 port of a local.
         pub addr: SocketAddr,
-        binary: PathBuf,
+        process: Subprocess,
         dir: PathBuf,
-        _child: Child,
     }
 
     impl PeerProcess {
         /// What the peer wrote to stdout and stderr so far, for failure messages.
         pub fn log(&self) -> String {
-            let log = std::fs::read_to_string(self.dir.join("peer.log")).unwrap_or_default();
-            format!("--- {} log ---\n{log}--- end of log ---", self.binary.display())
+            self.process.log()
         }
     }
 
     impl Drop for PeerProcess {
         fn drop(&mut self) {
-            // The child itself is killed by `kill_on_drop`.
+            // The process itself is killed when `process` is dropped.
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -290,35 +352,25 @@ pub mod peers {
     ) -> PeerProcess {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            let port = unused_port();
+            let port = free_port();
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let dir = temp_dir();
             let config = match role {
                 PeerRole::Server => config_json(method, mode, port, None),
                 PeerRole::Local { server } => config_json(method, mode, server.port(), Some(port)),
             };
-            let mut child = spawn(binary, &dir, &config);
-            let ready = wait_until_listening(&mut child, addr).await;
-            let peer = PeerProcess { addr, binary: binary.to_owned(), dir, _child: child };
-            match ready {
-                Ok(()) => return peer,
-                Err(why) => failures.push(format!("{why}\nconfig: {config}\n{}", peer.log())),
+            let config_path = dir.join("config.json");
+            std::fs::write(&config_path, &config).expect("write peer config");
+            let launch = Launch::new(binary).args(["-c", &config_path.to_string_lossy()]);
+            match Subprocess::start(&launch, addr).await {
+                Ok(process) => return PeerProcess { addr, process, dir },
+                Err(failure) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    failures.push(format!("{failure}\nconfig: {config}"));
+                }
             }
         }
         panic!("{} did not start:\n{}", binary.display(), failures.join("\n"));
-    }
-
-    /// A loopback port that was free a moment ago for both TCP and UDP (bound to port 0, then
-    /// released); never 8388.
-    pub fn unused_port() -> u16 {
-        loop {
-            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-            let port = listener.local_addr().expect("local address").port();
-            let udp_free = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
-            if port != LIBEV_SERVICE_PORT && udp_free {
-                return port;
-            }
-        }
     }
 
     /// The peer's config in the key names both shadowsocks-libev and shadowsocks-rust accept.
@@ -343,51 +395,21 @@ pub mod peers {
         dir
     }
 
-    fn spawn(binary: &Path, dir: &Path, config: &str) -> Child {
-        let config_path = dir.join("config.json");
-        std::fs::write(&config_path, config).expect("write peer config");
-        let log = std::fs::File::create(dir.join("peer.log")).expect("create peer log");
-        let log_too = log.try_clone().expect("clone peer log handle");
-        Command::new(binary)
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_too)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
-    }
-
-    /// Polls `addr` until it accepts a connection; an external process's readiness cannot be awaited
-    /// any other way.
-    async fn wait_until_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("exited early with {status}"));
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("not listening on {addr} after {STEP:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn find_program(name: &str) -> Option<PathBuf> {
+    /// Every existing file called `name` in a `PATH` directory, /usr/bin or cargo's bin directory, in
+    /// that order.
+    fn candidates(name: &str) -> Vec<PathBuf> {
         let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
         let cargo_home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
-        path_dirs
-            .into_iter()
-            .flatten()
-            .chain(cargo_home.map(|home| home.join("bin")))
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
+        let mut found: Vec<PathBuf> = Vec::new();
+        let dirs = path_dirs.into_iter().flatten().chain([PathBuf::from("/usr/bin")]);
+        for candidate in dirs.chain(cargo_home.map(|home| home.join("bin"))).map(|dir| dir.join(name)) {
+            if candidate.is_file() && !found.contains(&candidate) {
+                found.push(candidate);
+            }
+        }
+        found
     }
 }
 
@@ -400,7 +422,7 @@ pub mod probing;
 
 // ---------------------------------------------------------------------------------------------------------
 // A loopback HTTP page server and client, for the tests that fetch a page through the proxy (binaries,
-// browser).
+// interop, browser).
 // ---------------------------------------------------------------------------------------------------------
 
 mod page;

@@ -1,5 +1,5 @@
 //! A loopback HTTP page server and a one-request HTTP client, for the tests that fetch a page through the
-//! proxy (the binaries and the browser tests).
+//! proxy (the binaries, interop and browser tests).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,6 @@
 //! The plugins come from the Debian packages `simple-obfs` (`obfs-local`, `obfs-server`) and
 //! `shadowsocks-v2ray-plugin` (`ss-v2ray-plugin`). Every address is loopback.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,7 +95,7 @@ impl PluginPair {
 }
 
 /// Whether plugin executable `name` is on `PATH`. Missing: a failure when `CI` is set (CI must install
-/// it), otherwise a visible skip notice (past the harness's output capture) and `false`.
+/// it), otherwise a skip ([`crate::skip`]) and `false`.
 pub fn plugin_installed(name: &str) -> bool {
     let found = std::env::var_os("PATH")
         .into_iter()
@@ -106,13 +105,9 @@ pub fn plugin_installed(name: &str) -> bool {
         return true;
     }
     let package = if name.starts_with("obfs-") { "simple-obfs" } else { "shadowsocks-v2ray-plugin" };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{name} is not installed (searched PATH); .ci/run must install the Debian package {package}"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {name} is not installed (searched PATH); `apt-get install {package}` to run the plugin tests"
+    crate::skip::skip(
+        &format!("{name} is not installed (searched PATH)"),
+        &format!("apt-get install {package}; .ci/run installs it"),
     );
     false
 }

@@ -1,5 +1,6 @@
-//! Our own binaries as child processes, for the load and fault tests (tests/load.rs, tests/faults.rs),
-//! and what the kernel says about a process: resident memory, CPU time and open descriptors from /proc,
+//! Child processes for every test that runs one: our own binaries (tests/binaries.rs, load.rs, faults.rs,
+//! flood.rs) and the interop peers (`crate::peers`), each on a port from [`free_port`]; and what the
+//! kernel says about a process: resident memory, CPU time and open descriptors from /proc,
 //! and how many received bytes a server has not read yet from its sockets (/proc/net/tcp).
 //!
 //! A child has its own descriptor table, so a test can put more connections through a server than one
@@ -15,7 +16,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -115,7 +118,8 @@ impl Launch {
             }
             None => quiet_command(&self.binary),
         };
-        command.args(&self.args);
+        // Peers (shadowsocks-libev, shadowsocks-rust) log to stdout: kept with stderr.
+        command.args(&self.args).stdout(Stdio::piped());
         command
     }
 }
@@ -135,7 +139,8 @@ pub fn quiet_command(binary: &Path) -> Command {
     command
 }
 
-/// A running child: its stderr collected line by line as it comes; killed when dropped.
+/// A running child (our binaries, or a peer's): its stderr and stdout collected line by line as they come;
+/// killed when dropped.
 #[derive(Debug)]
 pub struct Subprocess {
     /// Where it listens.
@@ -159,11 +164,26 @@ impl Subprocess {
         let pid = child.id().ok_or_else(|| format!("{name} exited at once"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().ok_or("stderr is not piped")?;
+        let stdout = child.stdout.take();
         let sink = lines.clone();
         let reader = tokio::spawn(async move {
-            let mut stderr = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = stderr.next_line().await {
-                sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(line);
+            let collect = |output| {
+                let sink = sink.clone();
+                async move {
+                    let mut output = BufReader::new(output).lines();
+                    while let Ok(Some(line)) = output.next_line().await {
+                        sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(line);
+                    }
+                }
+            };
+            match stdout {
+                Some(stdout) => {
+                    tokio::join!(
+                        collect(Box::new(stderr) as Box<dyn AsyncRead + Send + Unpin>),
+                        collect(Box::new(stdout))
+                    );
+                }
+                None => collect(Box::new(stderr)).await,
             }
         });
         let mut process = Subprocess { addr, pid, name, child, lines, reader };
@@ -206,19 +226,44 @@ impl Subprocess {
         self.pid
     }
 
-    /// Its stderr so far, for failure messages.
-    pub fn log(&self) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        format!("--- {} stderr ---\n{}\n--- end ---", self.name, lines.join("\n"))
+    /// The binary's file name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// How many lines of its stderr so far contain `needle`.
+    /// Sends it `signal`.
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.pid).expect("a pid fits i32"));
+        kill(pid, signal).unwrap_or_else(|error| panic!("kill({pid}, {signal}): {error}"));
+    }
+
+    /// Waits (up to [`STEP`]) for it to exit: its status and all of its output.
+    pub async fn wait(mut self) -> (ExitStatus, String) {
+        let status = self.wait_exit(STEP).await;
+        let status =
+            status.unwrap_or_else(|| panic!("{} did not exit within {STEP:?}\n{}", self.name, self.log()));
+        (status, self.log())
+    }
+
+    /// SIGTERM, then [`Subprocess::wait`].
+    pub async fn terminate(self) -> (ExitStatus, String) {
+        self.signal(Signal::SIGTERM);
+        self.wait().await
+    }
+
+    /// Its output so far, for failure messages.
+    pub fn log(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        format!("--- {} output ---\n{}\n--- end ---", self.name, lines.join("\n"))
+    }
+
+    /// How many lines of its output so far contain `needle`.
     pub fn lines_containing(&self, needle: &str) -> usize {
         let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         lines.iter().filter(|line| line.contains(needle)).count()
     }
 
-    /// Waits up to `within` for a line of stderr containing `needle`; whether one came.
+    /// Waits up to `within` for a line of output containing `needle`; whether one came.
     pub async fn wait_for_line(&self, needle: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while self.lines_containing(needle) == 0 {
@@ -244,10 +289,21 @@ impl Subprocess {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// The port Debian's shadowsocks-libev service listens on after install; never handed out.
+pub const LIBEV_SERVICE_PORT: u16 = 8388;
+
+/// A loopback port that was free a moment ago for both TCP and UDP (bound to port 0, then released;
+/// servers listen on one port number for both); never [`LIBEV_SERVICE_PORT`]. The one source of ports for
+/// every process a test starts.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
+    loop {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local address").port();
+        let udp_free = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+        if port != LIBEV_SERVICE_PORT && udp_free {
+            return port;
+        }
+    }
 }
 
 /// Resident memory of process `pid` (VmRSS).

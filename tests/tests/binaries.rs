@@ -10,22 +10,19 @@
 //! that loses that race is retried on fresh ports. Readiness of a subprocess is observed by polling its
 //! listening port in a bounded loop.
 
-use ss_tests::subprocess::{binaries as built, quiet_command, Binaries};
+use ss_tests::subprocess::{binaries as built, free_port, quiet_command, Binaries, Launch, Subprocess};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use ss_crypto::Address;
 use ss_tests::dns::{Behaviour, TestDns};
 use ss_tests::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Child;
 use tokio::time::{timeout, Instant};
 
 /// What the binaries allow open connections at shutdown (their default drain time).
@@ -206,7 +203,7 @@ async fn the_shadowsocks_libev_readme_config_fetches_a_page_and_warns_about_the_
     assert_eq!(page.page_requests(), 1);
 
     for process in [server, local] {
-        let name = process.name;
+        let name = process.name().to_owned();
         let (status, log) = process.terminate().await;
         assert!(status.success(), "{name}: {status}\n{log}");
         assert!(log.contains("is weak"), "{name} did not warn about \"barfoo!\":\n{log}");
@@ -277,7 +274,7 @@ async fn sigterm_refuses_new_connections_and_lets_an_open_transfer_finish() {
     assert_eq!(from_client.expect("target I/O"), b"thanks, bye");
 
     for process in [server, local] {
-        let name = process.name;
+        let name = process.name().to_owned();
         let left = DRAIN.saturating_sub(signalled.elapsed());
         let (status, log) = timeout(left, process.wait())
             .await
@@ -389,99 +386,27 @@ async fn generate_key(server: &Path, method: &str) -> String {
     key.to_owned()
 }
 
-/// A running binary: its stderr collected as it comes, killed when dropped.
-struct Running {
-    name: &'static str,
-    /// The port it listens on.
-    addr: SocketAddr,
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Starts `binary args...` and waits until it accepts connections on `addr`.
-    async fn start(
-        name: &'static str,
-        binary: &Path,
-        args: &[String],
-        addr: SocketAddr,
-    ) -> Result<Running, String> {
-        let mut child =
-            quiet_command(binary).args(args).spawn().map_err(|error| format!("spawn {name}: {error}"))?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = log.clone();
-        let reader = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut running = Running { name, addr, child, log, reader };
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Ok(Some(status)) = running.child.try_wait() {
-                let _ = timeout(STEP, &mut running.reader).await;
-                return Err(format!("{name} {args:?} exited with {status}:\n{}", running.log()));
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                return Ok(running);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{name} not listening on {addr} after {STEP:?}:\n{}", running.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Its stderr so far, for failure messages.
-    fn log(&self) -> String {
-        let log = self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        format!("--- {} stderr ---\n{log}--- end ---", self.name)
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = self.child.id().expect("still running");
-        kill(Pid::from_raw(i32::try_from(pid).expect("pid fits i32")), signal).expect("kill(2)");
-    }
-
-    /// Waits for it to exit; its status and all of its stderr.
-    async fn wait(mut self) -> (ExitStatus, String) {
-        let status = timeout(STEP, self.child.wait()).await.expect("did not exit").expect("wait");
-        let _ = timeout(STEP, &mut self.reader).await;
-        (status, self.log())
-    }
-
-    /// SIGTERM, then [`Running::wait`].
-    async fn terminate(self) -> (ExitStatus, String) {
-        self.signal(Signal::SIGTERM);
-        self.wait().await
-    }
-}
-
 /// Starts ss-server, then ss-local, on fresh loopback ports; `args(server_port, local_port)` gives each
 /// one's arguments. Retries on new ports when a start fails (a port taken between probe and bind).
 async fn start_pair(
     binaries: &Binaries,
     mut args: impl FnMut(String, String) -> (Vec<String>, Vec<String>),
-) -> (Running, Running) {
+) -> (Subprocess, Subprocess) {
     let mut failures = Vec::new();
     for _ in 0..3 {
         let (server_port, local_port) = (free_port(), free_port());
         let (server_args, local_args) = args(server_port.to_string(), local_port.to_string());
         let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server_port));
-        let server = match Running::start("ss-server", &binaries.server, &server_args, server_addr).await {
-            Ok(server) => server,
-            Err(failure) => {
-                failures.push(failure);
-                continue;
-            }
-        };
+        let server =
+            match Subprocess::start(&Launch::new(&binaries.server).args(&server_args), server_addr).await {
+                Ok(server) => server,
+                Err(failure) => {
+                    failures.push(failure);
+                    continue;
+                }
+            };
         let local_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, local_port));
-        match Running::start("ss-local", &binaries.local, &local_args, local_addr).await {
+        match Subprocess::start(&Launch::new(&binaries.local).args(&local_args), local_addr).await {
             Ok(local) => return (server, local),
             Err(failure) => failures.push(failure),
         }
@@ -490,7 +415,7 @@ async fn start_pair(
 }
 
 /// Polls `process`'s port until a connection is refused.
-async fn wait_until_refused(process: &Running) {
+async fn wait_until_refused(process: &Subprocess) {
     let deadline = Instant::now() + DRAIN;
     loop {
         match TcpStream::connect(process.addr).await {
@@ -499,21 +424,15 @@ async fn wait_until_refused(process: &Running) {
             // closed: not refused yet.
             Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(error) => panic!("{}: connecting after SIGTERM: {error}", process.name),
+            Err(error) => panic!("{}: connecting after SIGTERM: {error}", process.name()),
         }
         assert!(
             Instant::now() < deadline,
             "{} still takes connections {DRAIN:?} after SIGTERM",
-            process.name
+            process.name()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

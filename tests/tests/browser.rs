@@ -14,9 +14,8 @@
 //! (ss-local -> obfs-local -> obfs-server -> ss-server).
 //!
 //! Chromium comes from the Debian package `chromium`. When it is missing the test fails if `CI` is set
-//! (CI must install it) and is skipped with a notice otherwise.
+//! (CI must install it) and is reported as skipped otherwise (`ss_tests::skip`).
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -180,8 +179,7 @@ async fn wait_until_refused(addr: SocketAddr) {
     }
 }
 
-/// Finds `chromium` on `PATH`. Missing: a failure when `CI` is set, otherwise a skip notice (written past
-/// the test harness's output capture) and `None`.
+/// Finds `chromium` on `PATH`. Missing: a skip, or a failure when `CI` is set (`ss_tests::skip`).
 fn chromium() -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()
@@ -189,13 +187,9 @@ fn chromium() -> Option<PathBuf> {
         .map(|dir| dir.join("chromium"))
         .find(|candidate| candidate.is_file());
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is not installed (searched PATH); .ci/run must install the Debian package chromium"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: chromium is not installed (searched PATH); `apt-get install chromium` to run the browser test"
+        ss_tests::skip::skip(
+            "chromium is not installed (searched PATH)",
+            "`apt-get install chromium` to run the browser test",
         );
     }
     found

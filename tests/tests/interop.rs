@@ -9,25 +9,23 @@
 //! Each direction is driven twice: by the test's own SOCKS5 client with a few hundred KB checked byte for
 //! byte, and by curl fetching a page from a loopback HTTP server. libev has no TCP half-close, so the
 //! payload check reads exactly as many bytes as it wrote instead of shutting down and reading to EOF.
-//! A missing peer binary skips the test locally and fails it in CI (see `peers::peer`).
+//! A missing peer binary skips the test locally and fails it in CI (see `ss_tests::skip`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ss_crypto::{Address, Method};
-use ss_tests::peers::{peer, start_peer, Implementation, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST};
+use ss_tests::peers::{program, start_peer, Implementation, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST};
 use ss_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::time::timeout;
 
 /// Bytes sent through the tunnel by the SOCKS5 client check.
 const PAYLOAD_LEN: usize = 384 * 1024;
 
-/// The page the loopback HTTP target serves.
-const HTTP_PATH: &str = "/interop";
+/// The page the loopback HTTP target serves at `/`.
 const HTTP_BODY: &str = "hello through a real Shadowsocks peer\n";
 
 /// Upper bound for one method's whole round of checks.
@@ -53,8 +51,19 @@ async fn rust_local_to_our_server() {
     their_local_to_our_server(SHADOWSOCKS_RUST).await;
 }
 
+/// Our binaries are called `ss-server` and `ss-local` like libev's, and `cargo install` puts them on
+/// `PATH`: the lookup must pass over ours and take libev's.
+#[tokio::test]
+async fn libev_lookup_passes_over_our_binaries_of_the_same_name() {
+    let Some(libev) = LIBEV.server_binary().await else { return };
+    let ours = &ss_tests::subprocess::binaries().await.server;
+    let found = LIBEV.first_identified(&[ours.clone(), libev.clone()]).await;
+    assert_eq!(found.as_ref(), Some(&libev), "our {} was taken for libev's", ours.display());
+    assert_eq!(LIBEV.first_identified(std::slice::from_ref(ours)).await, None);
+}
+
 async fn our_local_to_their_server(implementation: Implementation) {
-    let (Some(server_binary), Some(curl)) = (peer(implementation.server), peer("curl")) else {
+    let (Some(server_binary), Some(curl)) = (implementation.server_binary().await, curl()) else {
         return;
     };
     let targets = Targets::start().await;
@@ -66,7 +75,7 @@ async fn our_local_to_their_server(implementation: Implementation) {
 }
 
 async fn their_local_to_our_server(implementation: Implementation) {
-    let (Some(local_binary), Some(curl)) = (peer(implementation.local), peer("curl")) else {
+    let (Some(local_binary), Some(curl)) = (implementation.local_binary().await, curl()) else {
         return;
     };
     let targets = Targets::start().await;
@@ -77,11 +86,16 @@ async fn their_local_to_our_server(implementation: Implementation) {
     }
 }
 
+/// curl from Debian's package, for the page fetch.
+fn curl() -> Option<PathBuf> {
+    program("curl", "apt-get install curl")
+}
+
 /// Both checks through the SOCKS5 proxy at `socks`; a failure names the method and shows the peer's log.
 async fn check_round(socks: SocketAddr, targets: &Targets, curl: &Path, method: Method, peer: &PeerProcess) {
     let round = async {
         echo_payload(socks, targets.echo).await.map_err(|e| format!("SOCKS5 payload: {e}"))?;
-        fetch_page(curl, socks, targets.http_port).await.map_err(|e| format!("curl: {e}"))
+        fetch_page(curl, socks, targets.page.addr.port()).await.map_err(|e| format!("curl: {e}"))
     };
     let outcome = timeout(ROUND, round).await.unwrap_or_else(|_| Err(format!("round took over {ROUND:?}")));
     if let Err(why) = outcome {
@@ -92,12 +106,12 @@ async fn check_round(socks: SocketAddr, targets: &Targets, curl: &Path, method: 
 /// The loopback servers the tunnel leads to.
 struct Targets {
     echo: SocketAddr,
-    http_port: u16,
+    page: PageServer,
 }
 
 impl Targets {
     async fn start() -> Targets {
-        Targets { echo: echo_server("127.0.0.1:0").await, http_port: http_server().await }
+        Targets { echo: echo_server("127.0.0.1:0").await, page: page_server(HTTP_BODY).await }
     }
 }
 
@@ -131,7 +145,7 @@ fn payload() -> Vec<u8> {
 
 /// Runs curl through the SOCKS5 proxy (the proxy resolves `localhost`) and checks the page body.
 async fn fetch_page(curl: &Path, socks: SocketAddr, http_port: u16) -> Result<(), String> {
-    let url = format!("http://localhost:{http_port}{HTTP_PATH}");
+    let url = format!("http://localhost:{http_port}/");
     let output = Command::new(curl)
         .args(["--silent", "--show-error", "--max-time", "20", "--noproxy", ""])
         .arg("--socks5-hostname")
@@ -150,37 +164,4 @@ async fn fetch_page(curl: &Path, socks: SocketAddr, http_port: u16) -> Result<()
         return Err(format!("{url} returned {:?}", String::from_utf8_lossy(&output.stdout)));
     }
     Ok(())
-}
-
-/// A minimal HTTP/1.1 server on 127.0.0.1: `GET HTTP_PATH` gets `HTTP_BODY`, anything else a 404. One
-/// request per connection; the connection closes after the answer.
-async fn http_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP target");
-    let port = listener.local_addr().expect("HTTP target address").port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer_one_request(stream));
-        }
-    });
-    port
-}
-
-async fn answer_one_request(mut stream: TcpStream) {
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        match timeout(STEP, stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
-            _ => return,
-        }
-    }
-    let wanted = format!("GET {HTTP_PATH} HTTP/1.1\r\n");
-    let (status, body) =
-        if request.starts_with(wanted.as_bytes()) { ("200 OK", HTTP_BODY) } else { ("404 Not Found", "") };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }

@@ -250,7 +250,10 @@ async fn a_thousand_slowloris_connections_are_closed_at_the_handshake_deadline()
     raise_fd_limit();
     const ATTACKERS: usize = 1000;
     let method = Method::Blake3Aes128Gcm;
-    let settings = server_settings(method);
+    let mut settings = server_settings(method);
+    // Room on a loaded machine for all the attackers to connect and send a byte before the first
+    // deadline.
+    settings.handshake_timeout = Duration::from_secs(5);
     let handshake = settings.handshake_timeout;
     let server = start_server(settings).await;
     let echo = echo_server("127.0.0.1:0").await;
@@ -262,11 +265,17 @@ async fn a_thousand_slowloris_connections_are_closed_at_the_handshake_deadline()
     let garbage = random_bytes(valid.len());
     let (connected, all_connected) = watch::channel(0usize);
     let connected = Arc::new(connected);
+    // Attackers that have sent their first byte, and attackers the server has closed.
+    let (trickled, mut all_trickled) = watch::channel(0usize);
+    let trickled = Arc::new(trickled);
+    let closed = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(OPENING_AT_ONCE));
     let mut attackers = JoinSet::new();
+    let attack_began = Instant::now();
     for index in 0..ATTACKERS {
         let bytes = if index % 2 == 0 { valid.clone() } else { garbage.clone() };
         let (permits, connected, addr) = (permits.clone(), connected.clone(), server.addr);
+        let (trickled, closed) = (trickled.clone(), closed.clone());
         attackers.spawn(async move {
             let permit = permits.acquire_owned().await.expect("semaphore");
             let dialled = Instant::now();
@@ -276,8 +285,10 @@ async fn a_thousand_slowloris_connections_are_closed_at_the_handshake_deadline()
             let connected_at = Instant::now();
             drop(permit);
             connected.send_modify(|count| *count += 1);
-            let closed = slowloris(stream, &bytes).await?;
-            std::io::Result::Ok((closed - dialled, closed - connected_at))
+            let ended = slowloris(stream, &bytes, &trickled).await;
+            closed.fetch_add(1, Ordering::SeqCst);
+            let ended = ended?;
+            std::io::Result::Ok((ended - dialled, ended - connected_at))
         });
     }
     let mut all_connected = all_connected;
@@ -285,10 +296,12 @@ async fn a_thousand_slowloris_connections_are_closed_at_the_handshake_deadline()
         .await
         .expect("connecting timed out")
         .expect("watch");
-    let attack_started = Instant::now();
 
-    // Every attacker has sent a byte or two; a real client is served meanwhile.
-    sleep(Duration::from_millis(1200)).await;
+    // Once every attacker has sent a byte, a real client is served while all of them are still held.
+    timeout(STEP, all_trickled.wait_for(|started| *started == ATTACKERS))
+        .await
+        .expect("trickling timed out")
+        .expect("watch");
     let asked = Instant::now();
     let back = timeout(STEP, round_trip(server.addr, method, &target, b"served during the attack"))
         .await
@@ -296,11 +309,14 @@ async fn a_thousand_slowloris_connections_are_closed_at_the_handshake_deadline()
         .expect("round trip during the attack");
     let served_in = asked.elapsed();
     assert_eq!(back, b"served during the attack");
-    assert!(served_in < Duration::from_secs(1), "a client waited {served_in:?} during the attack");
-    assert!(
-        attack_started.elapsed() < handshake - Duration::from_millis(500),
-        "the client was served only as the attack ended"
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the client was served only as attackers were closed, {:?} after the attack began",
+        attack_began.elapsed()
     );
+    // Promptness is the behaviour here: generous for two loaded cores, well under the deadline.
+    assert!(served_in < handshake / 2, "a client waited {served_in:?} during the attack");
 
     // The deadline counts from accept, which comes after the client dials (so a close is never sooner
     // than the deadline after dialling) and may come a little after its connect completes.
@@ -422,9 +438,13 @@ async fn stalled_in_the_largest_record(method: Method) {
     );
 }
 
-/// The connection of a slowloris attacker: sends one byte of `bytes` a second and waits to be closed;
-/// when it was closed. Receiving any byte is an error.
-async fn slowloris(stream: TcpStream, bytes: &[u8]) -> std::io::Result<Instant> {
+/// The connection of a slowloris attacker: sends one byte of `bytes` a second (counted in `trickled` once,
+/// after the first) and waits to be closed; when it was closed. Receiving any byte is an error.
+async fn slowloris(
+    stream: TcpStream,
+    bytes: &[u8],
+    trickled: &watch::Sender<usize>,
+) -> std::io::Result<Instant> {
     let connected = Instant::now();
     let (mut read, mut write) = stream.into_split();
     let mut next = connected + Duration::from_millis(500);
@@ -440,6 +460,9 @@ async fn slowloris(stream: TcpStream, bytes: &[u8]) -> std::io::Result<Instant> 
                 // A write after the server closed may fail; the read above reports the close.
                 let _ = write.write_all(&bytes[sent..=sent]).await;
                 sent += 1;
+                if sent == 1 {
+                    trickled.send_modify(|count| *count += 1);
+                }
                 next += Duration::from_secs(1);
             }
         }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use ss_tests::peers::{peer, Implementation, LIBEV, SHADOWSOCKS_RUST};
+use ss_tests::peers::{Implementation, LIBEV, SHADOWSOCKS_RUST};
 use ss_tests::plugins::*;
 use ss_tests::subprocess::{Launch, Subprocess};
 use ss_tests::test_password;
@@ -37,7 +37,7 @@ fn pairs() -> Option<[PluginPair; 2]> {
 }
 
 async fn our_local_to_their_server(implementation: Implementation) {
-    let (Some(binary), Some(pairs)) = (peer(implementation.server), pairs()) else {
+    let (Some(binary), Some(pairs)) = (implementation.server_binary().await, pairs()) else {
         return;
     };
     let targets = Targets::start().await;
@@ -59,7 +59,7 @@ async fn our_local_to_their_server(implementation: Implementation) {
 }
 
 async fn their_local_to_our_server(implementation: Implementation) {
-    let (Some(binary), Some(pairs)) = (peer(implementation.local), pairs()) else {
+    let (Some(binary), Some(pairs)) = (implementation.local_binary().await, pairs()) else {
         return;
     };
     let targets = Targets::start().await;

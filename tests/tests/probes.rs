@@ -58,8 +58,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The server's handshake deadline in these tests.
 const HANDSHAKE: Duration = Duration::from_secs(2);
-/// How long after the deadline a probe's close may be observed (scheduling on two busy cores).
-const TOLERANCE: Duration = Duration::from_millis(400);
+/// How long after the deadline a probe's close may be observed. The close at the deadline is the
+/// behaviour under test, so this stays a wall-clock bound, but a generous one: hundreds of probes and
+/// the server share two busy cores with other builds. Half the deadline still tells a close at the
+/// deadline from one at the idle timeout (60 s) or never.
+const TOLERANCE: Duration = Duration::from_millis(1000);
 /// How long before the deadline a close may be observed: clock granularity only, since the server's
 /// deadline starts after our connect began.
 const EARLY: Duration = Duration::from_millis(20);

@@ -9,14 +9,14 @@
 //! Each round sends datagrams of a few sizes one at a time to an IPv4 echo target and checks every reply's
 //! payload and source address. libev drops datagrams above about 2.7 KB, so its sizes stop at 2000 bytes;
 //! shadowsocks-rust also gets 8000. A missing peer binary skips the test locally and fails it in CI (see
-//! `peers::peer`).
+//! `ss_tests::skip`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ss_crypto::{Address, Method};
 use ss_tests::peers::{
-    peer, start_peer_with_mode, Implementation, PeerMode, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST,
+    start_peer_with_mode, Implementation, PeerMode, PeerProcess, PeerRole, LIBEV, SHADOWSOCKS_RUST,
 };
 use ss_tests::udp::{local_settings_udp, socks5_udp_associate, udp_echo_server, UdpAssociation};
 use ss_tests::{server_settings, start_local, start_server, STEP};
@@ -62,7 +62,7 @@ fn sizes(implementation: Implementation) -> &'static [usize] {
 }
 
 async fn our_local_to_their_server(implementation: Implementation) {
-    let Some(server_binary) = peer(implementation.server) else { return };
+    let Some(server_binary) = implementation.server_binary().await else { return };
     let echo = udp_echo_server("127.0.0.1:0").await;
     for method in implementation.methods() {
         let theirs =
@@ -73,7 +73,7 @@ async fn our_local_to_their_server(implementation: Implementation) {
 }
 
 async fn their_local_to_our_server(implementation: Implementation) {
-    let Some(local_binary) = peer(implementation.local) else { return };
+    let Some(local_binary) = implementation.local_binary().await else { return };
     let echo = udp_echo_server("127.0.0.1:0").await;
     for method in implementation.methods() {
         let ours = start_server(server_settings(method)).await;
