@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Decryptor, Encryptor, Salt};
+use ss_net::buffer::{self, Buffer};
+use ss_net::stream::{DecryptReader, EncryptWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -161,13 +162,11 @@ async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
 
 /// The application's first bytes if it sends any within the wait, so they share the header's write.
 async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::Result<Vec<u8>> {
-    let mut buf = ss_crypto::buffer::take(ss_crypto::buffer::START);
-    let first = match timeout(settings.first_payload_wait, client.read(&mut buf)).await {
-        Ok(read) => buf[..read?].to_vec(),
-        Err(_) => Vec::new(),
-    };
-    ss_crypto::buffer::give(buf);
-    Ok(first)
+    let mut buf = Buffer::take(buffer::START);
+    match timeout(settings.first_payload_wait, client.read(&mut buf)).await {
+        Ok(read) => Ok(buf[..read?].to_vec()),
+        Err(_) => Ok(Vec::new()),
+    }
 }
 
 /// AEAD-2022 padding for the request header: required when there is no payload (1..=900 bytes), a little

@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
 use ss_crypto::{Address, Key, Method, Salt, SealError};
-use ss_net::{unmap, PacketWindow};
+use ss_net::unix_now;
+use ss_net::{canonical_addr, PacketWindow};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
 pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Result<()> {
-    let client_ip = unmap(control.peer_addr()?).ip();
+    let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
     let server_addr = tokio::net::lookup_host((server.host.as_str(), server.port))
         .await?
@@ -76,7 +76,7 @@ async fn uplink(
     let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
     loop {
         let (len, from) = relay.recv_from(&mut buf).await?;
-        if unmap(from).ip() != client_ip {
+        if canonical_addr(from).ip() != client_ip {
             continue;
         }
         let Ok((header, used)) = socks5::parse_udp_header(&buf[..len]) else { continue };

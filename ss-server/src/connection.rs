@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand_core::OsRng;
-use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
+use ss_net::stream::{DecryptReader, EncryptWriter};
 use ss_net::{ResolveError, Resolver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -30,10 +30,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
 use ss_crypto::{Address, Salt, SealError};
-use ss_net::{unmap, PacketWindow, ResolveError};
+use ss_net::unix_now;
+use ss_net::{canonical_addr, PacketWindow, ResolveError};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -78,7 +78,7 @@ pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: Canc
             received = relay.socket.recv_from(&mut buf) => received,
         };
         match received {
-            Ok((len, from)) => relay.clone().handle(&mut buf[..len], unmap(from)).await,
+            Ok((len, from)) => relay.clone().handle(&mut buf[..len], canonical_addr(from)).await,
             Err(error) => debug!(%error, "UDP receive failed"),
         }
     }
@@ -238,7 +238,8 @@ impl Relay {
         candidates: impl IntoIterator<Item = SocketAddr>,
         payload: &[u8],
     ) {
-        let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(unmap)) else {
+        let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(canonical_addr))
+        else {
             return debug!(%target, "UDP target refused by the address policy");
         };
         let destination = outbound_addr(destination, association.dual_stack);
@@ -358,7 +359,7 @@ impl Relay {
             association.last_active.store(self.now_ms(), Ordering::Relaxed);
             out.clear();
             if let Err(error) =
-                self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out)
+                self.seal_reply(&association, &Address::Ip(canonical_addr(source)), &buf[..len], &mut out)
             {
                 debug!(%error, "UDP reply not sealed; dropped");
                 continue;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, Decryptor, Encryptor, Method};
+use ss_net::stream::{DecryptReader, EncryptWriter};
 use ss_tests::probing::random_salt;
 use ss_tests::subprocess::{binaries, Launch, Subprocess};
 use ss_tests::*;

@@ -17,9 +17,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ss_crypto::stream::unix_now;
 use ss_crypto::udp::{open_classic, Origin, Udp2022};
 use ss_crypto::{Address, Method, Salt};
+use ss_net::unix_now;
 use ss_tests::probing::{
     address_bytes, random_salt, record_response, sealed_first_flight, sealed_udp_request, Canary, UdpCanary,
 };

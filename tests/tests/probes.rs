@@ -43,8 +43,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use ss_crypto::stream::unix_now;
 use ss_crypto::{Address, Method};
+use ss_net::unix_now;
 use ss_tests::probing::{
     address_bytes, first_flight, random_bytes, random_salt, record_response, round_trip, sealed_first_flight,
     Canary,

@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::{unix_now, EncryptWriter};
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022};
 use ss_crypto::{Address, Encryptor, Method, Salt};
+use ss_net::stream::EncryptWriter;
+use ss_net::unix_now;
 use ss_tests::udp::*;
 use ss_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
