@@ -45,7 +45,10 @@ async fn serve(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) 
         match open(client, &settings).await {
             Ok(Some(established)) => established,
             Ok(None) => return,
-            Err(error) => return debug!(%error, "connection ended"),
+            Err(error) => {
+                debug!(%error, "connection ended");
+                return;
+            }
         };
     let (client_read, mut client_write) = client.into_split();
     let mut client_read = ss_net::PooledReader::new(client_read);

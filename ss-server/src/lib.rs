@@ -164,7 +164,10 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     }
     let resolver = match ss_net::Resolver::new(&settings.resolve) {
         Ok(resolver) => Arc::new(resolver),
-        Err(error) => return tracing::error!(%error, "cannot set up name resolution"),
+        Err(error) => {
+            tracing::error!(%error, "cannot set up name resolution");
+            return;
+        }
     };
     let workers = ss_net::Workers::start(settings.threads);
     let own = match settings.policy {

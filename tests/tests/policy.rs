@@ -17,7 +17,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ss_crypto::udp::{open_classic, Origin, Udp2022};
+use ss_crypto::udp::{Origin, Udp2022, UdpClassic};
 use ss_crypto::{Address, Method, Salt};
 use ss_net::unix_now;
 use ss_tests::probing::{
@@ -190,7 +190,10 @@ fn sealed_udp_request_opens_with_ss_crypto() {
                     assert_eq!((opened.header.session_id, opened.header.packet_id), (7, 3), "{method}");
                     (opened.address, opened.payload)
                 }
-                None => open_classic(method, &test_key(method), &mut datagram).expect("opens"),
+                None => UdpClassic::new(method, &test_key(method))
+                    .expect("classic")
+                    .open(&mut datagram)
+                    .expect("opens"),
             };
             assert_eq!(address_bytes_raw(&address), *raw, "{method}");
             assert_eq!(&datagram[payload], PAYLOAD, "{method}");
