@@ -25,7 +25,7 @@ use crate::{Server, Settings};
 
 /// Serves one accepted SOCKS5 connection; every outcome is logged here.
 ///
-/// A plain function returning the instrumented future: an outer `async fn` awaiting `serve` would keep
+/// A plain function returning the instrumented future: an outer `async fn` awaiting `run_connection` would keep
 /// its own copies of its arguments beside the inner future's.
 pub(crate) fn handle(
     stream: TcpStream,
@@ -34,10 +34,10 @@ pub(crate) fn handle(
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
-    serve(stream, settings, slot).instrument(span)
+    run_connection(stream, settings, slot).instrument(span)
 }
 
-async fn serve(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) {
+async fn run_connection(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) {
     let started = Instant::now();
     // Everything before the relay lives in `open`'s future, which is gone by the time the relay (the long
     // part) runs: the handshake, target, first payload and padding are not kept for the connection's life.

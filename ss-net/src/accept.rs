@@ -62,7 +62,7 @@ pub struct Slot {
 /// Accepts connections on `listener` and runs `handler` for each on one of `workers`' runtimes, until
 /// `shutdown` is cancelled; then waits up to `limits.drain` for the handlers still running. Returns the
 /// number still running then.
-pub async fn serve<H, F>(
+pub async fn accept_loop<H, F>(
     listener: TcpListener,
     limits: Limits,
     workers: &Workers,
@@ -185,7 +185,7 @@ mod tests {
         let server = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                serve(listener, limits, &workers, shutdown, |mut stream, _, slot| async move {
+                accept_loop(listener, limits, &workers, shutdown, |mut stream, _, slot| async move {
                     let _slot = slot;
                     // Echo one line's worth of bytes, then close.
                     let mut buf = [0u8; 16];

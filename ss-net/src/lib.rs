@@ -27,7 +27,7 @@ pub mod stream;
 pub mod window;
 pub mod workers;
 
-pub use accept::{bind_tcp, serve, Limits, Slot};
+pub use accept::{accept_loop, bind_tcp, Limits, Slot};
 pub use addr::canonical_addr;
 pub use clock::unix_now;
 pub use pooled::PooledReader;

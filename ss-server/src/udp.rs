@@ -55,7 +55,7 @@ pub(crate) const MAX_AWAITING_RESOLUTION: usize = 256;
 pub(crate) const MAX_AWAITING_PER_ASSOCIATION: usize = 16;
 
 /// Runs the UDP relay on `socket` until `shutdown`.
-pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
     let Some(codec) = Codec::new(shared.settings.method, &shared.settings.key) else {
         tracing::error!(method = %shared.settings.method, "the key does not fit the method; no UDP relay");
         return;

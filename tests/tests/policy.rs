@@ -1,5 +1,5 @@
-//! Target policy (PROTOCOL.md, "Server safety") end to end: with the default settings the server refuses
-//! loopback targets in every spelling a client can send, and connects nowhere.
+//! Target policy (README, "What the server does": "No SSRF") end to end: with the default settings the
+//! server refuses loopback targets in every spelling a client can send, and connects nowhere.
 //!
 //! Canary listeners sit on 127.0.0.1:p, [::1]:p (same port, so "localhost" lands on a canary whichever
 //! family it resolves to) and 127.0.0.2:q. Valid clients of every method ask for them as 127.0.0.1:p,

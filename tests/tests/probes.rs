@@ -1,4 +1,4 @@
-//! Probe resistance (PROTOCOL.md, "What the server does with bad input"), against a server in-process on
+//! Probe resistance (README, "What the server does": "Probes get nothing"), against a server in-process on
 //! loopback with real sockets and the real clock, for all six methods.
 //!
 //! The probes are modelled on what censors send (GFW Report, IMC 2020; Frolov et al., NDSS 2020):
