@@ -5,7 +5,7 @@
 //! - [`workers`]: thread per core, connections placed on the least loaded runtime.
 //! - [`stream`]: [`DecryptReader`] / [`EncryptWriter`], ss-crypto's TCP state machines over async sockets.
 //! - [`buffer`] and [`pooled`]: per-thread read buffers held only while bytes are in flight.
-//! - [`relay`]: the two-way relay with half-close and idle timeout.
+//! - [`mod@relay`]: the two-way relay with half-close and idle timeout.
 //! - [`window`]: the AEAD-2022 UDP packet-id replay window.
 //! - [`addr`]: socket addresses in canonical (unmapped IPv4) form.
 //! - [`clock`]: the wall clock in Unix seconds, for AEAD-2022 timestamps.

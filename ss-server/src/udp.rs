@@ -6,12 +6,13 @@
 //! client ◀── server socket ◀─seal─── association reply task ◀──────────────────── target
 //! ```
 //!
+//! - The ciphers of the two generations, and the per-association 2022 session, are in [`flow`].
 //! - Classic AEAD: an association per client address. AEAD-2022: an association per client session id;
 //!   its packet-id window and its client address are updated only after a packet fully validated (tag,
 //!   type, timestamp, fresh packet id), so a replayed packet from elsewhere moves nothing.
 //! - Datagrams that fail to open are dropped silently and create no state. So are replays
-//!   ([`crate::udp_replay`]): a classic datagram whose salt was seen (a bounded [`SaltHistory`] of
-//!   [`CLASSIC_UDP_CAPACITY`] salts per generation), and a 2022 datagram of a recently ended session whose
+//!   ([`crate::udp_replay`]): a classic datagram whose salt was seen (a bounded
+//!   [`crate::replay::SaltHistory`] of [`crate::replay::CLASSIC_UDP_CAPACITY`] salts per generation), and a 2022 datagram of a recently ended session whose
 //!   packet id that session's window refuses. Neither draws a reply, nor creates or evicts an association.
 //! - Every datagram's target goes through the address policy, after resolution.
 //! - A domain target is resolved without holding up the socket: a cached name is sent at once; otherwise
