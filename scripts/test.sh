@@ -24,13 +24,13 @@ step "clippy (default build: ring backend)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "clippy (RustCrypto backend)"
-cargo clippy -p ss-crypto --no-default-features --features tokio --all-targets --locked -- -D warnings
+cargo clippy -p ss-crypto --no-default-features --all-targets --locked -- -D warnings
 
 step "tests (ring backend)"
 run_tests cargo test --workspace --locked
 
 step "tests (RustCrypto backend)"
-run_tests cargo test -p ss-crypto --no-default-features --features tokio --locked
+run_tests cargo test -p ss-crypto --no-default-features --locked
 
 step "fuzz targets over their corpus (${FUZZ_SECONDS:-30}s each)"
 bash .ci/fuzz.sh

@@ -29,7 +29,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
+use ss_crypto::udp::{Header2022, Origin, Sender, Udp2022, UdpClassic, XNONCE_LEN};
 use ss_crypto::{Address, Algorithm, Decryptor, Encryptor, Generation, Key, Method, Salt, NONCE_LEN};
 
 /// Payload per TCP iteration: one typical socket read.
@@ -188,7 +188,7 @@ struct Datagram {
 
 enum DatagramCodec {
     /// Classic: a fresh subkey from each datagram's salt (fixed here: the cost is the same).
-    Classic { method: Method, key: Key, salt: Salt },
+    Classic { codec: UdpClassic, salt: Salt },
     /// 2022: AES encrypts a separate header and derives the body key from the session id each packet;
     /// ChaCha seals the whole packet with XChaCha20-Poly1305 under the PSK.
     Aead2022(Udp2022),
@@ -201,7 +201,10 @@ impl Datagram {
             Generation::Classic => {
                 let salt = Salt::from_slice(method, &SALT[..method.salt_len()])
                     .expect("salt of the method's length");
-                DatagramCodec::Classic { method, key, salt }
+                DatagramCodec::Classic {
+                    codec: UdpClassic::new(method, &key).expect("a classic method"),
+                    salt,
+                }
             }
             Generation::Aead2022 => {
                 DatagramCodec::Aead2022(Udp2022::new(method, &key).expect("a 2022 method"))
@@ -215,9 +218,9 @@ impl Datagram {
         self.packet.clear();
         let address = test_address();
         let opened = match &self.codec {
-            DatagramCodec::Classic { method, key, salt } => {
-                udp::seal_classic(*method, key, *salt, &address, payload, &mut self.packet).expect("seals");
-                udp::open_classic(*method, key, &mut self.packet).expect("datagram just sealed opens").1
+            DatagramCodec::Classic { codec, salt } => {
+                codec.seal(*salt, &address, payload, &mut self.packet).expect("seals");
+                codec.open(&mut self.packet).expect("datagram just sealed opens").1
             }
             DatagramCodec::Aead2022(codec) => {
                 let header =

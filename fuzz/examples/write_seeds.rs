@@ -44,7 +44,7 @@ fn main() {
     for method in methods(Generation::Classic) {
         let salt = Salt::from_slice(method, &[0x22; 32][..method.salt_len()]).unwrap();
         let mut packet = Vec::new();
-        udp::seal_classic(method, &key(method), salt, &v4, b"ping", &mut packet).unwrap();
+        udp::UdpClassic::new(method, &key(method)).unwrap().seal(salt, &v4, b"ping", &mut packet).unwrap();
         write("udp_open", &format!("{method}"), &packet);
     }
     for method in methods(Generation::Aead2022) {

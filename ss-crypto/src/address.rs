@@ -89,7 +89,7 @@ impl Address {
     /// refuse such names first ([`Address::domain`] does).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            Address::Ip(addr) => match canonical_ip(addr.ip()) {
+            Address::Ip(addr) => match addr.ip().to_canonical() {
                 IpAddr::V4(ip) => {
                     out.push(ATYP_IPV4);
                     out.extend_from_slice(&ip.octets());
@@ -138,13 +138,6 @@ impl fmt::Display for Address {
             Address::Ip(addr) => addr.fmt(f),
             Address::Domain(name, port) => write!(f, "{name}:{port}"),
         }
-    }
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

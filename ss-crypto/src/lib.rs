@@ -1,9 +1,9 @@
 //! The Shadowsocks wire protocol as pure code: methods, keys, TCP stream framing and UDP datagrams for
 //! classic AEAD (SIP004) and AEAD-2022 (SIP022).
 //!
-//! Nothing here opens a socket, reads a clock or draws randomness: salts, padding and the current time
-//! are inputs, so every byte on the wire can be reproduced in a test. The `tokio` feature adds
-//! [`stream`], the small adapter between these state machines and async sockets.
+//! Nothing here opens a socket, reads a clock, draws randomness or keeps global state: salts, padding and
+//! the current time are inputs, so every byte on the wire can be reproduced in a test. The async adapter
+//! over sockets, its buffer pool and the clock live in `ss-net`.
 //!
 //! ```
 //! use ss_crypto::{Address, Decryptor, Encryptor, Key, Method, Salt};
@@ -25,12 +25,9 @@
 #![warn(missing_docs)]
 
 mod address;
-pub mod buffer;
 mod cipher;
 mod key;
 mod method;
-#[cfg(feature = "tokio")]
-pub mod stream;
 pub mod tcp;
 pub mod udp;
 

@@ -64,9 +64,6 @@ pub enum UdpError {
     /// The address is malformed or cut short.
     #[error("bad address")]
     BadAddress,
-    /// The method given is of the other protocol generation.
-    #[error("method of the wrong protocol generation")]
-    WrongGeneration,
 }
 
 /// Who sent a 2022 datagram.
@@ -114,51 +111,71 @@ pub struct Opened2022 {
     pub payload: Range<usize>,
 }
 
-/// Seals a classic datagram: `salt | seal(address | payload)`, appended to `out`. On an error `out` is
-/// left as it was: the datagram must be dropped.
-pub fn seal_classic(
+/// Seals and opens classic (SIP004) datagrams under one key. It cannot be made for a 2022 method, so a
+/// datagram of the wrong generation cannot be sealed or opened with it.
+#[derive(Clone)]
+pub struct UdpClassic {
     method: Method,
-    key: &Key,
-    salt: Salt,
-    address: &Address,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), SealError> {
-    let datagram_start = out.len();
-    out.extend_from_slice(salt.as_bytes());
-    let start = out.len();
-    address.write_to(out);
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&[0; TAG_LEN]);
-    let subkey = key.session_subkey(method, salt.as_bytes());
-    let sealed = seal_with_nonce(method.algorithm(), subkey.as_bytes(), &[0; NONCE_LEN], &mut out[start..]);
-    if sealed.is_err() {
-        out.truncate(datagram_start);
-    }
-    sealed
+    key: Key,
 }
 
-/// Opens a classic datagram in place; returns the address and the payload's range in `packet`.
-pub fn open_classic(
-    method: Method,
-    key: &Key,
-    packet: &mut [u8],
-) -> Result<(Address, Range<usize>), UdpError> {
-    if method.generation() != Generation::Classic {
-        return Err(UdpError::WrongGeneration);
+impl UdpClassic {
+    /// The datagram cipher of a classic method; `None` for a 2022 method.
+    pub fn new(method: Method, key: &Key) -> Option<UdpClassic> {
+        (method.generation() == Generation::Classic).then(|| UdpClassic { method, key: key.clone() })
     }
-    let salt_len = method.salt_len();
-    if packet.len() < salt_len + TAG_LEN {
-        return Err(UdpError::Truncated);
+
+    /// The method.
+    pub fn method(&self) -> Method {
+        self.method
     }
-    let (salt, sealed) = packet.split_at_mut(salt_len);
-    let subkey = key.session_subkey(method, salt);
-    if !open_with_nonce(method.algorithm(), subkey.as_bytes(), &[0; NONCE_LEN], sealed) {
-        return Err(UdpError::AuthFailure);
+
+    /// Seals `salt | seal(address | payload)` and appends it to `out`. On an error `out` is left as it
+    /// was: the datagram must be dropped.
+    pub fn seal(
+        &self,
+        salt: Salt,
+        address: &Address,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let datagram_start = out.len();
+        out.extend_from_slice(salt.as_bytes());
+        let start = out.len();
+        address.write_to(out);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&[0; TAG_LEN]);
+        let subkey = self.key.session_subkey(self.method, salt.as_bytes());
+        let sealed =
+            seal_with_nonce(self.method.algorithm(), subkey.as_bytes(), &[0; NONCE_LEN], &mut out[start..]);
+        if sealed.is_err() {
+            out.truncate(datagram_start);
+        }
+        sealed
     }
-    let body_end = packet.len() - TAG_LEN;
-    let (address, used) = Address::parse(&packet[salt_len..body_end]).map_err(|_| UdpError::BadAddress)?;
-    Ok((address, salt_len + used..body_end))
+
+    /// Opens a datagram in place; returns the address and the payload's range in `packet`.
+    pub fn open(&self, packet: &mut [u8]) -> Result<(Address, Range<usize>), UdpError> {
+        let salt_len = self.method.salt_len();
+        if packet.len() < salt_len + TAG_LEN {
+            return Err(UdpError::Truncated);
+        }
+        let (salt, sealed) = packet.split_at_mut(salt_len);
+        let subkey = self.key.session_subkey(self.method, salt);
+        if !open_with_nonce(self.method.algorithm(), subkey.as_bytes(), &[0; NONCE_LEN], sealed) {
+            return Err(UdpError::AuthFailure);
+        }
+        let body_end = packet.len() - TAG_LEN;
+        let (address, used) =
+            Address::parse(&packet[salt_len..body_end]).map_err(|_| UdpError::BadAddress)?;
+        Ok((address, salt_len + used..body_end))
+    }
+}
+
+impl std::fmt::Debug for UdpClassic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpClassic").field("method", &self.method).finish_non_exhaustive()
+    }
 }
 
 /// Seals and opens AEAD-2022 datagrams under one PSK.
@@ -399,126 +416,4 @@ fn seal_xchacha(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NOW: u64 = 1_704_164_645;
-
-    fn key(method: Method) -> Key {
-        Key::from_bytes(method, &[9; 32][..method.key_len()]).unwrap()
-    }
-
-    fn target() -> Address {
-        Address::Ip("[::1]:53".parse().unwrap())
-    }
-
-    fn seal(method: Method, sender: Sender, payload: &[u8]) -> Vec<u8> {
-        let mut packet = Vec::new();
-        match Udp2022::new(method, &key(method)) {
-            Some(udp) => {
-                let header = Header2022 { session_id: 7, packet_id: 1, sender, timestamp: NOW };
-                udp.seal(&header, &[1, 2, 3], &target(), payload, &[4; XNONCE_LEN], &mut packet).unwrap();
-            }
-            None => {
-                let salt = Salt::from_slice(method, &[5; 32][..method.salt_len()]).unwrap();
-                seal_classic(method, &key(method), salt, &target(), payload, &mut packet).unwrap();
-            }
-        }
-        packet
-    }
-
-    fn open(method: Method, packet: &mut [u8], origin: Origin) -> Result<(Address, Vec<u8>), UdpError> {
-        match Udp2022::new(method, &key(method)) {
-            Some(udp) => {
-                udp.open(packet, NOW, origin).map(|opened| (opened.address, packet[opened.payload].to_vec()))
-            }
-            None => open_classic(method, &key(method), packet)
-                .map(|(address, range)| (address, packet[range].to_vec())),
-        }
-    }
-
-    #[test]
-    fn every_method_round_trips_and_rejects_every_flipped_byte() {
-        for method in Method::ALL {
-            let payload = b"a DNS query, say";
-            let packet = seal(method, Sender::Client, payload);
-            assert_eq!(open(method, &mut packet.clone(), Origin::Client), Ok((target(), payload.to_vec())));
-            for at in 0..packet.len() {
-                let mut flipped = packet.clone();
-                flipped[at] ^= 0x10;
-                assert!(open(method, &mut flipped, Origin::Client).is_err(), "{method} byte {at}");
-            }
-            for len in 0..packet.len() {
-                assert!(
-                    open(method, &mut packet[..len].to_vec(), Origin::Client).is_err(),
-                    "{method} cut {len}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn server_replies_carry_the_client_session() {
-        for method in Method::ALL.into_iter().filter(|m| m.is_2022()) {
-            let udp = Udp2022::new(method, &key(method)).unwrap();
-            let mut reply = seal(method, Sender::Server { client_session_id: 99 }, b"answer");
-            let opened = udp.open(&mut reply.clone(), NOW, Origin::Server).unwrap();
-            assert_eq!(opened.header.sender, Sender::Server { client_session_id: 99 });
-            assert_eq!(udp.open(&mut reply, NOW, Origin::Client), Err(UdpError::BadType));
-        }
-    }
-
-    #[test]
-    fn classic_and_2022_do_not_mix() {
-        assert!(Udp2022::new(Method::Aes128Gcm, &key(Method::Aes128Gcm)).is_none());
-        let mut packet = vec![0; 64];
-        let method = Method::Blake3Aes128Gcm;
-        assert_eq!(open_classic(method, &key(method), &mut packet), Err(UdpError::WrongGeneration));
-    }
-
-    #[test]
-    fn the_largest_datagram_round_trips() {
-        for method in Method::ALL {
-            let payload = vec![0xEE; 65_507 - 200];
-            let mut packet = seal(method, Sender::Client, &payload);
-            assert_eq!(open(method, &mut packet, Origin::Client).unwrap().1, payload);
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn random_datagrams_never_open(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
-            for method in Method::ALL {
-                proptest::prop_assert!(open(method, &mut bytes.clone(), Origin::Client).is_err());
-            }
-        }
-    }
-
-    #[test]
-    fn a_failed_seal_leaves_no_datagram_behind() {
-        let target = Address::domain("example.com", 53).unwrap();
-        for method in Method::ALL {
-            let key = key(method);
-            let mut out = b"earlier".to_vec();
-            let failing = crate::cipher::failing_seals::start();
-            let sealed = match Udp2022::new(method, &key) {
-                Some(codec) => {
-                    let header =
-                        Header2022 { session_id: 1, packet_id: 1, sender: Sender::Client, timestamp: NOW };
-                    codec.seal(&header, &[], &target, b"ping", &[7; XNONCE_LEN], &mut out)
-                }
-                None => seal_classic(
-                    method,
-                    &key,
-                    Salt::from_slice(method, &[1; 32][..method.salt_len()]).unwrap(),
-                    &target,
-                    b"ping",
-                    &mut out,
-                ),
-            };
-            drop(failing);
-            assert_eq!(sealed, Err(SealError::Backend), "{method}");
-            assert_eq!(out, b"earlier", "{method}: the datagram must be dropped, not sent with a zero tag");
-        }
-    }
-}
+mod tests;

@@ -310,9 +310,11 @@ fn udp_packets_seal_and_open_exactly() {
             assert_eq!(result.address, addr, "{name}");
             assert_eq!(&opened[result.payload], payload, "{name}");
         } else {
-            udp::seal_classic(method, &key, salt(method, &vector["salt"]), &addr, &payload, &mut sealed)
+            udp::UdpClassic::new(method, &key)
+                .unwrap()
+                .seal(salt(method, &vector["salt"]), &addr, &payload, &mut sealed)
                 .unwrap();
-            let (address, range) = udp::open_classic(method, &key, &mut opened).unwrap();
+            let (address, range) = udp::UdpClassic::new(method, &key).unwrap().open(&mut opened).unwrap();
             assert_eq!(address, addr, "{name}");
             assert_eq!(&opened[range], payload, "{name}");
         }
@@ -336,7 +338,7 @@ fn udp_negative_cases_fail_as_expected() {
             let mut packet = packet.clone();
             let result = match Udp2022::new(method, &key) {
                 Some(udp) => udp.open(&mut packet, now, origin).map(|_| ()),
-                None => udp::open_classic(method, &key, &mut packet).map(|_| ()),
+                None => udp::UdpClassic::new(method, &key).unwrap().open(&mut packet).map(|_| ()),
             };
             match result {
                 Ok(()) => "ok",
@@ -385,7 +387,7 @@ fn captured_traffic_from_real_clients_decodes() {
                 assert_eq!(opened.header.packet_id, number(&vector["packet_id"]), "{name}");
                 (opened.address, opened.payload)
             }
-            None => udp::open_classic(method, &key, &mut packet).unwrap(),
+            None => udp::UdpClassic::new(method, &key).unwrap().open(&mut packet).unwrap(),
         };
         assert_eq!(address, expected_target, "{name}");
         assert_eq!(packet[payload], expected_payload[..], "{name}");

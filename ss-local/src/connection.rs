@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Decryptor, Encryptor, Salt};
+use ss_net::buffer::{self, Buffer};
+use ss_net::stream::{DecryptReader, EncryptWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -24,7 +25,7 @@ use crate::{Server, Settings};
 
 /// Serves one accepted SOCKS5 connection; every outcome is logged here.
 ///
-/// A plain function returning the instrumented future: an outer `async fn` awaiting `serve` would keep
+/// A plain function returning the instrumented future: an outer `async fn` awaiting `run_connection` would keep
 /// its own copies of its arguments beside the inner future's.
 pub(crate) fn handle(
     stream: TcpStream,
@@ -33,10 +34,10 @@ pub(crate) fn handle(
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
-    serve(stream, settings, slot).instrument(span)
+    run_connection(stream, settings, slot).instrument(span)
 }
 
-async fn serve(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) {
+async fn run_connection(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) {
     let started = Instant::now();
     // Everything before the relay lives in `open`'s future, which is gone by the time the relay (the long
     // part) runs: the handshake, target, first payload and padding are not kept for the connection's life.
@@ -44,7 +45,10 @@ async fn serve(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) 
         match open(client, &settings).await {
             Ok(Some(established)) => established,
             Ok(None) => return,
-            Err(error) => return debug!(%error, "connection ended"),
+            Err(error) => {
+                debug!(%error, "connection ended");
+                return;
+            }
         };
     let (client_read, mut client_write) = client.into_split();
     let mut client_read = ss_net::PooledReader::new(client_read);
@@ -165,13 +169,11 @@ async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
 
 /// The application's first bytes if it sends any within the wait, so they share the header's write.
 async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::Result<Vec<u8>> {
-    let mut buf = ss_crypto::buffer::take(ss_crypto::buffer::START);
-    let first = match timeout(settings.first_payload_wait, client.read(&mut buf)).await {
-        Ok(read) => buf[..read?].to_vec(),
-        Err(_) => Vec::new(),
-    };
-    ss_crypto::buffer::give(buf);
-    Ok(first)
+    let mut buf = Buffer::take(buffer::START);
+    match timeout(settings.first_payload_wait, client.read(&mut buf)).await {
+        Ok(read) => Ok(buf[..read?].to_vec()),
+        Err(_) => Ok(Vec::new()),
+    }
 }
 
 /// AEAD-2022 padding for the request header: required when there is no payload (1..=900 bytes), a little

@@ -140,7 +140,7 @@ pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Canc
         let settings = settings.clone();
         let (workers, shutdown) = (workers.clone(), shutdown.clone());
         servers.spawn(async move {
-            ss_net::serve(listener, limits, &workers, shutdown, move |stream, peer, slot| {
+            ss_net::accept_loop(listener, limits, &workers, shutdown, move |stream, peer, slot| {
                 connection::handle(stream, peer, settings.clone(), slot)
             })
             .await

@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::unix_now;
-use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
+use ss_crypto::udp::{Header2022, Origin, Sender, Udp2022, UdpClassic, XNONCE_LEN};
 use ss_crypto::{Address, Key, Method, Salt, SealError};
-use ss_net::{unmap, PacketWindow};
+use ss_net::unix_now;
+use ss_net::{canonical_addr, PacketWindow};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
@@ -34,7 +34,9 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
 pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Result<()> {
-    let client_ip = unmap(control.peer_addr()?).ip();
+    let codec = Codec::new(server.method, &server.key)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
+    let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
     let server_addr = server.udp_address().await?;
     let unspecified = if server_addr.is_ipv4() {
@@ -46,7 +48,6 @@ pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Re
     upstream.connect(server_addr).await?;
     socks5::send_reply(&mut control, Reply::Succeeded, &Address::Ip(relay.local_addr()?)).await?;
 
-    let codec = Codec::new(server.method, &server.key);
     let client = Mutex::new(None);
     tokio::select! {
         () = wait_for_close(&mut control) => debug!("UDP association closed by its control connection"),
@@ -73,7 +74,7 @@ async fn uplink(
     let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
     loop {
         let (len, from) = relay.recv_from(&mut buf).await?;
-        if unmap(from).ip() != client_ip {
+        if canonical_addr(from).ip() != client_ip {
             continue;
         }
         let Ok((header, used)) = socks5::parse_udp_header(&buf[..len]) else { continue };
@@ -131,7 +132,7 @@ async fn downlink(
 
 /// The client half of the datagram protocol for one association.
 enum Codec {
-    Classic { method: Method, key: Key },
+    Classic(UdpClassic),
     Aead2022(Box<Session2022>),
 }
 
@@ -197,21 +198,22 @@ impl ServerSessions {
 }
 
 impl Codec {
-    fn new(method: Method, key: &Key) -> Codec {
-        match Udp2022::new(method, key) {
-            Some(cipher) => Codec::Aead2022(Box::new(Session2022 {
-                cipher,
-                session_id: OsRng.next_u64(),
-                state: Mutex::new(SessionState { next_packet_id: 1, servers: ServerSessions::default() }),
-            })),
-            None => Codec::Classic { method, key: key.clone() },
-        }
+    /// `None` only if the key does not fit the method.
+    fn new(method: Method, key: &Key) -> Option<Codec> {
+        let Some(cipher) = Udp2022::new(method, key) else {
+            return UdpClassic::new(method, key).map(Codec::Classic);
+        };
+        Some(Codec::Aead2022(Box::new(Session2022 {
+            cipher,
+            session_id: OsRng.next_u64(),
+            state: Mutex::new(SessionState { next_packet_id: 1, servers: ServerSessions::default() }),
+        })))
     }
 
     fn seal(&self, target: &Address, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         match self {
-            Codec::Classic { method, key } => {
-                udp::seal_classic(*method, key, Salt::random(*method, &mut OsRng), target, payload, out)
+            Codec::Classic(cipher) => {
+                cipher.seal(Salt::random(cipher.method(), &mut OsRng), target, payload, out)
             }
             Codec::Aead2022(session) => {
                 let packet_id = {
@@ -235,7 +237,7 @@ impl Codec {
     /// Opens a server datagram; `None` drops it (bad tag, another session's reply, replayed packet).
     fn open(&self, packet: &mut [u8]) -> Option<(Address, Range<usize>)> {
         match self {
-            Codec::Classic { method, key } => udp::open_classic(*method, key, packet).ok(),
+            Codec::Classic(cipher) => cipher.open(packet).ok(),
             Codec::Aead2022(session) => {
                 let opened = session.cipher.open(packet, unix_now(), Origin::Server).ok()?;
                 if opened.header.sender != (Sender::Server { client_session_id: session.session_id }) {

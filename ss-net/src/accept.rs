@@ -62,7 +62,7 @@ pub struct Slot {
 /// Accepts connections on `listener` and runs `handler` for each on one of `workers`' runtimes, until
 /// `shutdown` is cancelled; then waits up to `limits.drain` for the handlers still running. Returns the
 /// number still running then.
-pub async fn serve<H, F>(
+pub async fn accept_loop<H, F>(
     listener: TcpListener,
     limits: Limits,
     workers: &Workers,
@@ -193,7 +193,7 @@ mod tests {
             let shutdown = shutdown.clone();
             let (running, most) = (running.clone(), most.clone());
             async move {
-                serve(listener, limits, &workers, shutdown, move |mut stream, _, slot| {
+                accept_loop(listener, limits, &workers, shutdown, move |mut stream, _, slot| {
                     let (running, most) = (running.clone(), most.clone());
                     async move {
                         let _slot = slot;

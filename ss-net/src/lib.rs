@@ -1,24 +1,41 @@
-//! Runtime pieces both Shadowsocks binaries share: the accept loop with its limits ([`accept`]) and the
-//! two-way relay with half-close and idle timeout ([`relay`]), and the bounded asynchronous resolver
-//! (`resolve`, feature `resolve`). Protocol code lives in `ss-crypto`;
-//! policy (what to accept, where to connect) lives in each binary. [`plugin`] runs SIP003 plugins for both.
+//! Runtime pieces both Shadowsocks binaries share. Protocol code lives in `ss-crypto` (pure: no clock,
+//! no sockets, no global state); policy (what to accept, where to connect) lives in each binary.
+//!
+//! - [`accept`]: the accept loop with its connection cap, back-off and drain.
+//! - [`workers`]: thread per core, connections placed on the least loaded runtime.
+//! - [`stream`]: [`DecryptReader`] / [`EncryptWriter`], ss-crypto's TCP state machines over async sockets.
+//! - [`buffer`] and [`pooled`]: per-thread read buffers held only while bytes are in flight.
+//! - [`mod@relay`]: the two-way relay with half-close and idle timeout.
+//! - [`window`]: the AEAD-2022 UDP packet-id replay window.
+//! - [`addr`]: socket addresses in canonical (unmapped IPv4) form.
+//! - [`clock`]: the wall clock in Unix seconds, for AEAD-2022 timestamps.
+//! - [`process`]: log setup, the descriptor limit, the shutdown signal.
+//! - `resolve` (feature `resolve`): the bounded asynchronous resolver.
+//! - [`plugin`]: SIP003 plugins for both binaries: start, readiness, restart with backoff, die with us.
 
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod addr;
+pub mod buffer;
+pub mod clock;
 pub mod plugin;
 pub mod pooled;
 pub mod process;
 pub mod relay;
 #[cfg(feature = "resolve")]
 pub mod resolve;
+pub mod stream;
 pub mod window;
 pub mod workers;
 
-pub use accept::{bind_tcp, serve, Limits, Slot};
+pub use accept::{accept_loop, bind_tcp, Limits, Slot};
+pub use addr::canonical_addr;
+pub use clock::unix_now;
 pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
 #[cfg(feature = "resolve")]
 pub use resolve::{ResolveError, ResolveSettings, Resolver};
-pub use window::{unmap, PacketWindow};
+pub use stream::{DecryptReader, EncryptWriter};
+pub use window::PacketWindow;
 pub use workers::Workers;

@@ -11,18 +11,20 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ss_crypto::buffer;
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+
+use crate::buffer::{self, Buffer};
 
 /// Most bytes one read takes: four classic chunks (4 x 0x3FFF) and just under one AEAD-2022 record, so a
 /// full read seals into whole records of either generation.
 const MAX_READ: usize = 4 * 0x3FFF;
 
-/// `AsyncBufRead` over `R` with a pooled buffer of [`buffer::SMALL`] bytes.
+/// `AsyncBufRead` over `R` with a pooled buffer of [`buffer::START`] bytes, [`buffer::LARGE`] once reads
+/// fill it.
 #[derive(Debug)]
 pub struct PooledReader<R> {
     inner: R,
-    buf: Box<[u8]>,
+    buf: Buffer,
     filled: Range<usize>,
     /// Size of the buffer to take next: grows to [`buffer::LARGE`] when reads fill the small one.
     next_size: usize,
@@ -31,7 +33,7 @@ pub struct PooledReader<R> {
 impl<R> PooledReader<R> {
     /// Wraps `inner`; no buffer is taken until the first read.
     pub fn new(inner: R) -> PooledReader<R> {
-        PooledReader { inner, buf: Box::default(), filled: 0..0, next_size: buffer::START }
+        PooledReader { inner, buf: Buffer::default(), filled: 0..0, next_size: buffer::START }
     }
 
     /// The wrapped reader.
@@ -59,13 +61,13 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for PooledReader<R> {
         let this = self.get_mut();
         if this.filled.is_empty() {
             if this.buf.len() < this.next_size {
-                buffer::give(std::mem::replace(&mut this.buf, buffer::take(this.next_size)));
+                this.buf = Buffer::take(this.next_size);
             }
             let limit = this.buf.len().min(MAX_READ);
             let mut read_buf = ReadBuf::new(&mut this.buf[..limit]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut read_buf) {
                 Poll::Pending => {
-                    buffer::give(std::mem::take(&mut this.buf));
+                    this.buf.release();
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -76,7 +78,7 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for PooledReader<R> {
                     }
                     if this.filled.is_empty() {
                         // End of stream: a half-closed connection holds nothing.
-                        buffer::give(std::mem::take(&mut this.buf));
+                        this.buf.release();
                     }
                 }
             }
@@ -87,12 +89,6 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for PooledReader<R> {
     fn consume(self: Pin<&mut Self>, amount: usize) {
         let this = self.get_mut();
         this.filled.start = (this.filled.start + amount).min(this.filled.end);
-    }
-}
-
-impl<R> Drop for PooledReader<R> {
-    fn drop(&mut self) {
-        buffer::give(std::mem::take(&mut self.buf));
     }
 }
 

@@ -1,11 +1,9 @@
-//! Datagram helpers both binaries share: sliding-window replay protection for AEAD-2022 UDP packet ids
-//! (the scheme of RFC 6479 / WireGuard), and unmapping IPv4-mapped addresses.
+//! Sliding-window replay protection for AEAD-2022 UDP packet ids (the scheme of RFC 6479 / WireGuard),
+//! used by both binaries.
 //!
 //! The window remembers the highest packet id accepted and which of the 1,024 ids below it have been
 //! seen. An id is accepted once; ids older than the window are refused. Peers start counting at any
 //! value (shadowsocks-rust starts at 1), so the first id accepted may be anything.
-
-use std::net::{IpAddr, SocketAddr};
 
 const BITS: u64 = 1024;
 const WORDS: usize = (BITS / 64) as usize;
@@ -78,14 +76,6 @@ impl PacketWindow {
     }
 }
 
-/// An IPv4-mapped IPv6 socket address (as a dual-stack socket reports IPv4 peers) in its IPv4 form.
-pub fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), addr.port())),
-        IpAddr::V4(_) => addr,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,12 +109,6 @@ mod tests {
         assert!(window.accept(1 + 1024), "same bit as 1, one window later");
         assert!(window.accept(2 + 1024));
         assert!(!window.accept(1 + 1024));
-    }
-
-    #[test]
-    fn mapped_addresses_are_unmapped() {
-        assert_eq!(unmap("[::ffff:127.0.0.1]:53".parse().unwrap()), "127.0.0.1:53".parse().unwrap());
-        assert_eq!(unmap("[::1]:53".parse().unwrap()), "[::1]:53".parse().unwrap());
     }
 
     #[test]

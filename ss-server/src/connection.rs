@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand_core::OsRng;
-use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
+use ss_net::stream::{DecryptReader, EncryptWriter};
 use ss_net::{ResolveError, Resolver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -46,10 +46,10 @@ pub(crate) fn handle(
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("tcp", %peer, target = tracing::field::Empty);
-    serve(stream, peer, shared, slot).instrument(span)
+    run_connection(stream, peer, shared, slot).instrument(span)
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: ss_net::Slot) {
+async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: ss_net::Slot) {
     let Some(in_handshake) = shared.admission.admit(peer) else {
         debug!("source has four times its budget of connections in their handshake; closed at once");
         shared.settings.stats.rejections.count(Reason::SourceBudget);
@@ -57,6 +57,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
     };
     let accepted = Instant::now();
     let deadline = accepted + in_handshake.deadline(shared.settings.handshake_timeout);
+    // `stream` is moved into the block and split there: an async fn keeps a parameter in its future for
+    // the whole call unless it is moved out (rust-lang/rust#62958), which would hold a dead TcpStream.
     let (read_half, write_half) = {
         let stream = stream;
         let _ = stream.set_nodelay(shared.settings.no_delay);
@@ -107,6 +109,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: 
             return close(write_half).await;
         }
     };
+    // Moved into the block and split there, as `stream` above, so the future holds only the halves.
     let (mut writer, upstream_read, mut upstream_write) = {
         let upstream = upstream;
         let _ = upstream.set_nodelay(settings.no_delay);

@@ -164,7 +164,10 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     }
     let resolver = match ss_net::Resolver::new(&settings.resolve) {
         Ok(resolver) => Arc::new(resolver),
-        Err(error) => return tracing::error!(%error, "cannot set up name resolution"),
+        Err(error) => {
+            tracing::error!(%error, "cannot set up name resolution");
+            return;
+        }
     };
     let workers = ss_net::Workers::start(settings.threads);
     let own = match settings.policy {
@@ -181,7 +184,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         if let Ok(addr) = socket.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (UDP)");
         }
-        servers.spawn(udp::serve(socket, shared.clone(), shutdown.clone()));
+        servers.spawn(udp::run_relay(socket, shared.clone(), shutdown.clone()));
     }
     for listener in listeners.tcp {
         if let Ok(addr) = listener.local_addr() {
@@ -191,7 +194,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         let shutdown = shutdown.clone();
         let workers = workers.clone();
         servers.spawn(async move {
-            ss_net::serve(listener, limits, &workers, shutdown, move |stream, peer, slot| {
+            ss_net::accept_loop(listener, limits, &workers, shutdown, move |stream, peer, slot| {
                 connection::handle(stream, peer, shared.clone(), slot)
             })
             .await;

@@ -125,7 +125,8 @@ pub fn load(path: &Path, method: Method, filter: &ReplayFilter) {
     let limit = filter.with_history(|history| max_file_len(method, history.capacity())).unwrap_or(0) as u64;
     let bytes = match std::fs::metadata(path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            return tracing::info!(path = %path.display(), "no replay filter snapshot yet; starting empty");
+            tracing::info!(path = %path.display(), "no replay filter snapshot yet; starting empty");
+            return;
         }
         Ok(metadata) if metadata.len() > limit => Err(SnapshotError::TooLarge.to_string()),
         _ => std::fs::read(path).map_err(|error| error.to_string()),

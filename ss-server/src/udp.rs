@@ -6,12 +6,13 @@
 //! client ◀── server socket ◀─seal─── association reply task ◀──────────────────── target
 //! ```
 //!
+//! - The ciphers of the two generations, and the per-association 2022 session, are in [`flow`].
 //! - Classic AEAD: an association per client address. AEAD-2022: an association per client session id;
 //!   its packet-id window and its client address are updated only after a packet fully validated (tag,
 //!   type, timestamp, fresh packet id), so a replayed packet from elsewhere moves nothing.
 //! - Datagrams that fail to open are dropped silently and create no state. So are replays
-//!   ([`crate::udp_replay`]): a classic datagram whose salt was seen (a bounded [`SaltHistory`] of
-//!   [`CLASSIC_UDP_CAPACITY`] salts per generation), and a 2022 datagram of a recently ended session whose
+//!   ([`crate::udp_replay`]): a classic datagram whose salt was seen (a bounded
+//!   [`crate::replay::SaltHistory`] of [`crate::replay::CLASSIC_UDP_CAPACITY`] salts per generation), and a 2022 datagram of a recently ended session whose
 //!   packet id that session's window refuses. Neither draws a reply, nor creates or evicts an association.
 //! - Every datagram's target goes through the address policy, after resolution.
 //! - A domain target is resolved without holding up the socket: a cached name is sent at once; otherwise
@@ -30,19 +31,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::unix_now;
-use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
-use ss_crypto::{Address, Salt, SealError};
-use ss_net::{unmap, PacketWindow, ResolveError};
+use ss_crypto::Address;
+use ss_net::{canonical_addr, unix_now, ResolveError};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::replay::{SaltHistory, CLASSIC_UDP_CAPACITY};
 use crate::udp_replay::EndedSessions;
 use crate::Shared;
+use flow::{AssociationKey, Codec, Flow, ReplyCipher};
+
+mod flow;
 
 /// Biggest datagram we read or write.
 const MAX_DATAGRAM: usize = 65_535;
@@ -55,17 +56,15 @@ pub(crate) const MAX_AWAITING_RESOLUTION: usize = 256;
 pub(crate) const MAX_AWAITING_PER_ASSOCIATION: usize = 16;
 
 /// Runs the UDP relay on `socket` until `shutdown`.
-pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let codec = Udp2022::new(shared.settings.method, &shared.settings.key);
-    let salts = match codec {
-        Some(_) => None,
-        None => Some(Mutex::new(SaltHistory::new(&shared.settings.key, CLASSIC_UDP_CAPACITY))),
+pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(codec) = Codec::new(shared.settings.method, &shared.settings.key) else {
+        tracing::error!(method = %shared.settings.method, "the key does not fit the method; no UDP relay");
+        return;
     };
     let ended = EndedSessions::new(EndedSessions::capacity_for(shared.settings.max_udp_associations));
     let relay = Arc::new(Relay {
         socket: Arc::new(socket),
         codec,
-        salts,
         table: Mutex::new(Table { live: HashMap::new(), ended }),
         awaiting: Arc::new(Semaphore::new(MAX_AWAITING_RESOLUTION)),
         started: Instant::now(),
@@ -78,7 +77,7 @@ pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: Canc
             received = relay.socket.recv_from(&mut buf) => received,
         };
         match received {
-            Ok((len, from)) => relay.clone().handle(&mut buf[..len], unmap(from)).await,
+            Ok((len, from)) => relay.clone().handle(&mut buf[..len], canonical_addr(from)).await,
             Err(error) => debug!(%error, "UDP receive failed"),
         }
     }
@@ -86,19 +85,9 @@ pub(crate) async fn serve(socket: UdpSocket, shared: Arc<Shared>, shutdown: Canc
     associations.iter().for_each(|association| association.stop.cancel());
 }
 
-/// How associations are keyed: by client address (classic) or client session id (2022).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    Client(SocketAddr),
-    Session(u64),
-}
-
 struct Relay {
     socket: Arc<UdpSocket>,
-    /// The 2022 datagram cipher, or `None` for a classic method.
-    codec: Option<Udp2022>,
-    /// Classic only: salts of datagrams already relayed.
-    salts: Option<Mutex<SaltHistory>>,
+    codec: Codec,
     table: Mutex<Table>,
     /// Places for datagrams waiting for a name ([`MAX_AWAITING_RESOLUTION`]).
     awaiting: Arc<Semaphore>,
@@ -108,17 +97,17 @@ struct Relay {
 
 /// The associations, and what is left of the 2022 sessions that ended.
 struct Table {
-    live: HashMap<Key, Arc<Association>>,
+    live: HashMap<AssociationKey, Arc<Association>>,
     ended: EndedSessions,
 }
 
 impl Table {
     /// Removes an association; a 2022 session's window is kept for [`EndedSessions`].
-    fn remove(&mut self, key: Key) -> Option<Arc<Association>> {
+    fn remove(&mut self, key: AssociationKey) -> Option<Arc<Association>> {
         let removed = self.live.remove(&key)?;
-        if let (Key::Session(id), Some(session)) = (key, &removed.session) {
-            let window = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).window.clone();
-            self.ended.record(id, window, Instant::now());
+        if let ReplyCipher::Aead2022 { session, .. } = &removed.replies {
+            let session = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.ended.record(session.client_session_id, session.window.clone(), Instant::now());
         }
         Some(removed)
     }
@@ -131,8 +120,7 @@ struct Association {
     dual_stack: bool,
     /// Where replies go; for 2022 the sender of the last fully validated packet.
     client: Mutex<SocketAddr>,
-    /// 2022: the client's session id, our session id and reply counter, and the packet-id window.
-    session: Option<Mutex<Session>>,
+    replies: ReplyCipher,
     /// Milliseconds since the relay started, at the last datagram either way.
     last_active: AtomicU64,
     dns_only: AtomicBool,
@@ -141,11 +129,13 @@ struct Association {
     stop: CancellationToken,
 }
 
-struct Session {
-    client_session_id: u64,
-    server_session_id: u64,
-    next_packet_id: u64,
-    window: PacketWindow,
+impl Association {
+    /// Records a 2022 packet id in the session's window; false for a duplicate or too old id, and for
+    /// a classic association, which has no window.
+    fn accept_packet(&self, packet_id: u64) -> bool {
+        let ReplyCipher::Aead2022 { session, .. } = &self.replies else { return false };
+        session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).window.accept(packet_id)
+    }
 }
 
 impl Relay {
@@ -159,35 +149,24 @@ impl Relay {
 
     /// Opens, checks and forwards one datagram from `from`. Failures are silent.
     async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr) {
-        let settings = &self.shared.settings;
-        let (key, target, payload, packet_id) = match &self.codec {
-            None => match udp::open_classic(settings.method, &settings.key, packet) {
-                Ok((target, payload)) => {
-                    if !self.fresh_classic_salt(&packet[..settings.method.salt_len()]) {
-                        return debug!("replayed UDP datagram dropped");
-                    }
-                    (Key::Client(from), target, payload, None)
-                }
-                Err(_) => return,
-            },
-            Some(codec) => match codec.open(packet, unix_now(), Origin::Client) {
-                Ok(opened) => {
-                    let id = opened.header.session_id;
-                    (Key::Session(id), opened.address, opened.payload, Some((id, opened.header.packet_id)))
-                }
-                Err(_) => return,
-            },
-        };
-        let association = match self.association(key, from, packet_id).await {
+        let Some((flow, target, payload)) = self.codec.open(packet, from, unix_now()) else { return };
+        let association = match self.association(&flow, from).await {
             Ok(Some(association)) => association,
-            Ok(None) => return debug!("UDP packet of an ended session replayed, dropped"),
-            Err(error) => return debug!(%error, "cannot open an outbound UDP socket"),
-        };
-        if let (Some((_, packet_id)), Some(session)) = (packet_id, &association.session) {
-            let mut session = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !session.window.accept(packet_id) {
-                return debug!(packet_id, "duplicate UDP packet dropped");
+            Ok(None) => {
+                debug!("UDP packet of an ended session replayed, dropped");
+                return;
             }
+            Err(error) => {
+                debug!(%error, "cannot open an outbound UDP socket");
+                return;
+            }
+        };
+        if let Flow::Session { packet_id, .. } = flow {
+            if !association.accept_packet(packet_id) {
+                debug!(packet_id, "duplicate UDP packet dropped");
+                return;
+            }
+            // Replies follow the client to the address of its last fully validated packet.
             *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = from;
         }
         association.last_active.store(self.now_ms(), Ordering::Relaxed);
@@ -214,7 +193,10 @@ impl Relay {
         };
         match lookup.ready() {
             Some(Ok(addrs)) => return self.forward(&association, &target, with_port(addrs), payload).await,
-            Some(Err(error)) => return debug!(%error, %target, "UDP target does not resolve"),
+            Some(Err(error)) => {
+                debug!(%error, %target, "UDP target does not resolve");
+                return;
+            }
             None => {}
         }
         let Some(place) = self.reserve_place(&association) else {
@@ -238,8 +220,10 @@ impl Relay {
         candidates: impl IntoIterator<Item = SocketAddr>,
         payload: &[u8],
     ) {
-        let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(unmap)) else {
-            return debug!(%target, "UDP target refused by the address policy");
+        let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(canonical_addr))
+        else {
+            debug!(%target, "UDP target refused by the address policy");
+            return;
         };
         let destination = outbound_addr(destination, association.dual_stack);
         if let Err(error) = association.outbound.send_to(payload, destination).await {
@@ -265,75 +249,57 @@ impl Relay {
         Some(AwaitingPlace { _permit: permit, association: association.clone(), shared: self.shared.clone() })
     }
 
-    /// Records a classic datagram's salt; false if it was seen before (a replay).
-    fn fresh_classic_salt(&self, salt: &[u8]) -> bool {
-        let Some(salts) = &self.salts else { return true };
-        salts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(salt)
-    }
-
-    /// The association for `key`, created (and the oldest evicted beyond the cap) if new. `None`: a
+    /// The association of `flow`, created (and the oldest evicted beyond the cap) if new. `None`: a
     /// packet (session id, packet id) of a recently ended 2022 session that its old window refuses.
     async fn association(
         self: &Arc<Self>,
-        key: Key,
+        flow: &Flow,
         from: SocketAddr,
-        packet_id: Option<(u64, u64)>,
     ) -> io::Result<Option<Arc<Association>>> {
+        let key = flow.key();
         {
             let mut table = self.lock_table();
             if let Some(existing) = table.live.get(&key) {
                 return Ok(Some(existing.clone()));
             }
-            if let Some((session_id, packet_id)) = packet_id {
-                if !table.ended.admits(session_id, packet_id, Instant::now()) {
+            if let Flow::Session { id, packet_id, .. } = flow {
+                if !table.ended.admits(*id, *packet_id, Instant::now()) {
                     return Ok(None);
                 }
             }
         }
-        let client_session_id = packet_id.map(|(id, _)| id);
         let outbound = bind_outbound().await?;
         let dual_stack = outbound.local_addr()?.is_ipv6();
-        let session = client_session_id.map(|client_session_id| {
-            Mutex::new(Session {
-                client_session_id,
-                server_session_id: OsRng.next_u64(),
-                next_packet_id: 1,
-                window: PacketWindow::default(),
-            })
-        });
-        let association = Arc::new(Association {
-            outbound,
-            dual_stack,
-            client: Mutex::new(from),
-            session,
-            last_active: AtomicU64::new(self.now_ms()),
-            dns_only: AtomicBool::new(true),
-            awaiting: AtomicUsize::new(0),
-            stop: CancellationToken::new(),
-        });
-        {
+        // Drawn outside the table lock: it may be a system call.
+        let server_session_id = OsRng.next_u64();
+        let association = {
             let mut table = self.lock_table();
             if let Some(raced) = table.live.get(&key) {
                 return Ok(Some(raced.clone()));
             }
-            if let (Some(session), Some(id)) = (&association.session, client_session_id) {
-                // The real client coming back after its association ended keeps its old window.
-                if let Some(window) = table.ended.take(id) {
-                    session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).window = window;
-                }
-            }
+            let association = Arc::new(Association {
+                outbound,
+                dual_stack,
+                client: Mutex::new(from),
+                replies: flow.reply_cipher(&mut table.ended, server_session_id),
+                last_active: AtomicU64::new(self.now_ms()),
+                dns_only: AtomicBool::new(true),
+                awaiting: AtomicUsize::new(0),
+                stop: CancellationToken::new(),
+            });
             if table.live.len() >= self.shared.settings.max_udp_associations {
                 evict_oldest(&mut table);
             }
             table.live.insert(key, association.clone());
             self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
-        }
+            association
+        };
         tokio::spawn(self.clone().replies(key, association.clone()));
         Ok(Some(association))
     }
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
-    async fn replies(self: Arc<Self>, key: Key, association: Arc<Association>) {
+    async fn replies(self: Arc<Self>, key: AssociationKey, association: Arc<Association>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
         loop {
@@ -357,9 +323,8 @@ impl Relay {
             let Ok((len, source)) = received else { continue };
             association.last_active.store(self.now_ms(), Ordering::Relaxed);
             out.clear();
-            if let Err(error) =
-                self.seal_reply(&association, &Address::Ip(unmap(source)), &buf[..len], &mut out)
-            {
+            let source = Address::Ip(canonical_addr(source));
+            if let Err(error) = association.replies.seal(&source, &buf[..len], &mut out) {
                 debug!(%error, "UDP reply not sealed; dropped");
                 continue;
             }
@@ -373,35 +338,6 @@ impl Relay {
             table.remove(key);
         }
         self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
-    }
-
-    fn seal_reply(
-        &self,
-        association: &Association,
-        source: &Address,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), SealError> {
-        let settings = &self.shared.settings;
-        match (&self.codec, &association.session) {
-            (Some(codec), Some(session)) => {
-                let mut session = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let header = Header2022 {
-                    session_id: session.server_session_id,
-                    packet_id: session.next_packet_id,
-                    sender: Sender::Server { client_session_id: session.client_session_id },
-                    timestamp: unix_now(),
-                };
-                session.next_packet_id += 1;
-                let mut nonce = [0u8; XNONCE_LEN];
-                OsRng.fill_bytes(&mut nonce);
-                codec.seal(&header, &[], source, payload, &nonce, out)
-            }
-            _ => {
-                let salt = Salt::random(settings.method, &mut OsRng);
-                udp::seal_classic(settings.method, &settings.key, salt, source, payload, out)
-            }
-        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use ss_crypto::stream::{DecryptReader, EncryptWriter};
 use ss_crypto::{Address, Decryptor, Encryptor, Method};
+use ss_net::stream::{DecryptReader, EncryptWriter};
 use ss_tests::probing::random_salt;
 use ss_tests::subprocess::{binaries, Launch, Subprocess};
 use ss_tests::*;

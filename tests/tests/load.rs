@@ -260,8 +260,7 @@ async fn a_thousand_slowloris_connections_are_closed_at_the_handshake_deadline()
     let target = Address::Ip(echo);
 
     // Half trickle a valid request, half random bytes; neither gets past the deadline.
-    let valid =
-        first_flight(method, random_salt(method), &target, b"too slow", ss_crypto::stream::unix_now());
+    let valid = first_flight(method, random_salt(method), &target, b"too slow", ss_net::unix_now());
     let garbage = random_bytes(valid.len());
     let (connected, all_connected) = watch::channel(0usize);
     let connected = Arc::new(connected);
@@ -376,13 +375,7 @@ async fn stalled_in_the_largest_record(method: Method) {
     let header = raw_address.len() + if method.is_2022() { 2 } else { 0 };
     let announced = method.max_chunk_payload();
     let payload = random_bytes(announced - header);
-    let flight = sealed_first_flight(
-        method,
-        random_salt(method),
-        &raw_address,
-        &payload,
-        ss_crypto::stream::unix_now(),
-    );
+    let flight = sealed_first_flight(method, random_salt(method), &raw_address, &payload, ss_net::unix_now());
     let stalled = Arc::new(flight[..flight.len() - 1].to_vec());
     let pid = server.pid();
     let before = resident_bytes(pid).expect("RSS");

@@ -16,8 +16,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ss_crypto::stream::unix_now;
 use ss_crypto::{Address, Method};
+use ss_net::unix_now;
 use ss_server::TargetPolicy;
 use ss_tests::probing::{
     address_bytes, random_salt, record_response, sealed_first_flight, sealed_udp_request, Canary, UdpCanary,

@@ -1,5 +1,5 @@
-//! Target policy (PROTOCOL.md, "Server safety") end to end: with the default settings the server refuses
-//! loopback targets in every spelling a client can send, and connects nowhere.
+//! Target policy (README, "What the server does": "No SSRF") end to end: with the default settings the
+//! server refuses loopback targets in every spelling a client can send, and connects nowhere.
 //!
 //! Canary listeners sit on 127.0.0.1:p, [::1]:p (same port, so "localhost" lands on a canary whichever
 //! family it resolves to) and 127.0.0.2:q. Valid clients of every method ask for them as 127.0.0.1:p,
@@ -17,9 +17,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use ss_crypto::stream::unix_now;
-use ss_crypto::udp::{open_classic, Origin, Udp2022};
+use ss_crypto::udp::{Origin, Udp2022, UdpClassic};
 use ss_crypto::{Address, Method, Salt};
+use ss_net::unix_now;
 use ss_tests::probing::{
     address_bytes, random_salt, record_response, sealed_first_flight, sealed_udp_request, Canary, UdpCanary,
 };
@@ -190,7 +190,10 @@ fn sealed_udp_request_opens_with_ss_crypto() {
                     assert_eq!((opened.header.session_id, opened.header.packet_id), (7, 3), "{method}");
                     (opened.address, opened.payload)
                 }
-                None => open_classic(method, &test_key(method), &mut datagram).expect("opens"),
+                None => UdpClassic::new(method, &test_key(method))
+                    .expect("classic")
+                    .open(&mut datagram)
+                    .expect("opens"),
             };
             assert_eq!(address_bytes_raw(&address), *raw, "{method}");
             assert_eq!(&datagram[payload], PAYLOAD, "{method}");

@@ -1,4 +1,4 @@
-//! Probe resistance (PROTOCOL.md, "What the server does with bad input"), against a server in-process on
+//! Probe resistance (README, "What the server does": "Probes get nothing"), against a server in-process on
 //! loopback with real sockets and the real clock, for all six methods.
 //!
 //! The probes are modelled on what censors send (GFW Report, IMC 2020; Frolov et al., NDSS 2020):
@@ -43,8 +43,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use ss_crypto::stream::unix_now;
 use ss_crypto::{Address, Method};
+use ss_net::unix_now;
 use ss_tests::probing::{
     address_bytes, first_flight, random_bytes, random_salt, record_response, round_trip, sealed_first_flight,
     Canary,

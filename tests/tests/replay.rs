@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::stream::{unix_now, EncryptWriter};
 use ss_crypto::udp::{self, Header2022, Origin, Sender, Udp2022};
 use ss_crypto::{Address, Encryptor, Method, Salt};
+use ss_net::stream::EncryptWriter;
+use ss_net::unix_now;
 use ss_tests::udp::*;
 use ss_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,12 +96,15 @@ async fn a_replayed_classic_datagram_draws_no_reply_and_opens_no_association() {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut datagram = Vec::new();
         let salt = Salt::random(method, &mut OsRng);
-        udp::seal_classic(method, &test_key(method), salt, &Address::Ip(echo), b"once", &mut datagram)
+        udp::UdpClassic::new(method, &test_key(method))
+            .unwrap()
+            .seal(salt, &Address::Ip(echo), b"once", &mut datagram)
             .expect("seals");
         client.send_to(&datagram, server.addr).await.unwrap();
         let mut buf = vec![0u8; 2048];
         let (len, _) = timeout(STEP, client.recv_from(&mut buf)).await.unwrap().unwrap();
-        let (_, payload) = udp::open_classic(method, &test_key(method), &mut buf[..len]).unwrap();
+        let (_, payload) =
+            udp::UdpClassic::new(method, &test_key(method)).unwrap().open(&mut buf[..len]).unwrap();
         assert_eq!(&buf[payload], b"once");
 
         client.send_to(&datagram, server.addr).await.unwrap();

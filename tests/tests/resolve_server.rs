@@ -199,7 +199,9 @@ async fn flood_never(
             for _ in 0..per_client {
                 let mut datagram = Vec::new();
                 let salt = Salt::random(METHOD, &mut OsRng);
-                ss_crypto::udp::seal_classic(METHOD, &key, salt, &never, &[0x42; 200], &mut datagram)
+                ss_crypto::udp::UdpClassic::new(METHOD, &key)
+                    .unwrap()
+                    .seal(salt, &never, &[0x42; 200], &mut datagram)
                     .expect("seals");
                 client.send_to(&datagram, server).await.unwrap();
                 sent += 1;

@@ -67,12 +67,8 @@ async fn a_replayed_2022_packet_from_elsewhere_is_dropped_and_replies_stay_home(
         let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let session_id = OsRng.next_u64();
         let packet = |packet_id: u64, payload: &[u8]| {
-            let header = Header2022 {
-                session_id,
-                packet_id,
-                sender: Sender::Client,
-                timestamp: ss_crypto::stream::unix_now(),
-            };
+            let header =
+                Header2022 { session_id, packet_id, sender: Sender::Client, timestamp: ss_net::unix_now() };
             let mut nonce = [0u8; 24];
             OsRng.fill_bytes(&mut nonce);
             let mut out = Vec::new();
@@ -80,7 +76,7 @@ async fn a_replayed_2022_packet_from_elsewhere_is_dropped_and_replies_stay_home(
             out
         };
         let open_reply = |bytes: &mut [u8]| {
-            let opened = cipher.open(bytes, ss_crypto::stream::unix_now(), Origin::Server).unwrap();
+            let opened = cipher.open(bytes, ss_net::unix_now(), Origin::Server).unwrap();
             assert_eq!(opened.header.sender, Sender::Server { client_session_id: session_id });
             bytes[opened.payload].to_vec()
         };

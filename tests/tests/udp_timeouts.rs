@@ -113,7 +113,7 @@ async fn exchange(client: &UdpSocket, server: SocketAddr, echo: SocketAddr, payl
     client.send_to(&request(echo, payload), server).await.expect("send");
     let mut reply = vec![0u8; 2048];
     let (len, _) = timeout(STEP, client.recv_from(&mut reply)).await.expect("echo came back").expect("recv");
-    let (source, range) =
-        ss_crypto::udp::open_classic(METHOD, &test_key(METHOD), &mut reply[..len]).expect("a sealed reply");
+    let codec = ss_crypto::udp::UdpClassic::new(METHOD, &test_key(METHOD)).expect("a classic method");
+    let (source, range) = codec.open(&mut reply[..len]).expect("a sealed reply");
     assert_eq!((source, &reply[range]), (Address::Ip(echo), payload));
 }

@@ -74,8 +74,6 @@ pub struct Decryptor {
     key: Key,
     role: Role,
     state: State,
-    salt: Option<Salt>,
-    authenticated: bool,
 }
 
 /// Which direction this decryptor reads, and what that direction must carry.
@@ -87,11 +85,19 @@ enum Role {
     Response { request_salt: Salt },
 }
 
+/// Where the stream is. The salt is kept from the moment it arrives, but only the states after the first
+/// record authenticated offer it ([`Decryptor::authenticated_salt`]).
 enum State {
+    /// Waiting for the peer's salt.
     Salt,
-    FixedHeader(SessionCipher),
-    Length(SessionCipher),
-    Payload { cipher: SessionCipher, len: usize, kind: PayloadKind },
+    /// The salt arrived; the record after it (2022: the fixed header, classic: the first length) has not
+    /// authenticated yet, so the salt proves nothing.
+    FirstRecord { cipher: SessionCipher, salt: Salt },
+    /// Between records of an authenticated stream: a length record comes next.
+    Length { cipher: SessionCipher, salt: Salt },
+    /// A payload record (or a request's first chunk) of `len` bytes comes next.
+    Payload { cipher: SessionCipher, salt: Salt, len: usize, kind: PayloadKind },
+    /// Every later call repeats this error; a failed stream offers no salt.
     Failed(DecryptError),
 }
 
@@ -117,13 +123,16 @@ impl Decryptor {
     }
 
     fn new(method: Method, key: &Key, role: Role) -> Decryptor {
-        Decryptor { method, key: key.clone(), role, state: State::Salt, salt: None, authenticated: false }
+        Decryptor { method, key: key.clone(), role, state: State::Salt }
     }
 
     /// The peer's salt, once the first record after it has authenticated (the moment it may go into a
     /// replay filter: an unauthenticated salt proves nothing).
     pub fn authenticated_salt(&self) -> Option<Salt> {
-        self.salt.filter(|_| self.authenticated)
+        match self.state {
+            State::Length { salt, .. } | State::Payload { salt, .. } => Some(salt),
+            State::Salt | State::FirstRecord { .. } | State::Failed(_) => None,
+        }
     }
 
     /// The least number of bytes the next call needs to make progress, counted from the first
@@ -131,8 +140,11 @@ impl Decryptor {
     pub fn wanted(&self) -> usize {
         match &self.state {
             State::Salt => self.method.salt_len(),
-            State::FixedHeader(_) => self.fixed_header_len() + TAG_LEN,
-            State::Length(_) => LENGTH_RECORD_LEN,
+            State::FirstRecord { .. } => match self.method.generation() {
+                Generation::Classic => LENGTH_RECORD_LEN,
+                Generation::Aead2022 => self.fixed_header_len() + TAG_LEN,
+            },
+            State::Length { .. } => LENGTH_RECORD_LEN,
             State::Payload { len, .. } => len + TAG_LEN,
             State::Failed(_) => 0,
         }
@@ -170,11 +182,16 @@ impl Decryptor {
     /// Checks the end of the stream: an error if it stopped inside a record (`leftover` unconsumed bytes)
     /// or before a request's target arrived.
     pub fn finish(&self, leftover: usize) -> Result<(), DecryptError> {
+        let target_pending = matches!(self.role, Role::Request { target_pending: true });
+        let classic = self.method.generation() == Generation::Classic;
         match &self.state {
             State::Failed(error) => Err(*error),
             _ if leftover > 0 => Err(DecryptError::Truncated),
             State::Salt => Ok(()),
-            State::Length(_) if !matches!(self.role, Role::Request { target_pending: true }) => Ok(()),
+            // Between records. A classic stream is between records right after its salt too (a 2022
+            // one owes its fixed header); a request must have delivered its target first.
+            State::Length { .. } if !target_pending => Ok(()),
+            State::FirstRecord { .. } if classic && !target_pending => Ok(()),
             _ => Err(DecryptError::Truncated),
         }
     }
@@ -193,44 +210,30 @@ impl Decryptor {
         match std::mem::replace(&mut self.state, State::Failed(DecryptError::Truncated)) {
             State::Failed(error) => Err(error),
             State::Salt => {
-                self.salt = Salt::from_slice(self.method, record);
+                // `record` is exactly one salt long, so this cannot fail.
+                let salt = Salt::from_slice(self.method, record).ok_or(DecryptError::Truncated)?;
                 let subkey = self.key.session_subkey(self.method, record);
                 let cipher = SessionCipher::new(self.method.algorithm(), subkey.as_bytes());
-                self.state = match self.method.generation() {
-                    Generation::Classic => State::Length(cipher),
-                    Generation::Aead2022 => State::FixedHeader(cipher),
-                };
+                self.state = State::FirstRecord { cipher, salt };
                 Ok(Step::used(wanted))
             }
-            State::FixedHeader(mut cipher) => {
+            State::FirstRecord { mut cipher, salt } => {
                 open(&mut cipher, record)?;
-                // Authentic means fresh too: a stale header must not reach a replay filter.
-                let (len, kind) = self.check_fixed_header(&record[..wanted - TAG_LEN], now)?;
-                self.authenticated = true;
-                if len == 0 {
-                    return Err(DecryptError::ZeroLengthChunk);
-                }
-                self.state = State::Payload { cipher, len, kind };
-                Ok(Step::used(wanted))
-            }
-            State::Length(mut cipher) => {
-                open(&mut cipher, record)?;
-                self.authenticated = true;
-                let len = usize::from(u16::from_be_bytes([record[0], record[1]]));
-                if len > self.method.max_chunk_payload() {
-                    return Err(DecryptError::LengthTooLarge);
-                }
-                if len == 0 {
-                    return Err(DecryptError::ZeroLengthChunk);
-                }
-                let kind = match self.role {
-                    Role::Request { target_pending: true } => PayloadKind::ClassicFirst,
-                    _ => PayloadKind::Data,
+                let (len, kind) = match self.method.generation() {
+                    // Authentic means fresh too: a stale header must not reach a replay filter.
+                    Generation::Aead2022 => self.check_fixed_header(&record[..wanted - TAG_LEN], now)?,
+                    Generation::Classic => self.check_length(record)?,
                 };
-                self.state = State::Payload { cipher, len, kind };
+                self.state = State::Payload { cipher, salt, len, kind };
                 Ok(Step::used(wanted))
             }
-            State::Payload { mut cipher, len, kind } => {
+            State::Length { mut cipher, salt } => {
+                open(&mut cipher, record)?;
+                let (len, kind) = self.check_length(record)?;
+                self.state = State::Payload { cipher, salt, len, kind };
+                Ok(Step::used(wanted))
+            }
+            State::Payload { mut cipher, salt, len, kind } => {
                 open(&mut cipher, record)?;
                 let plaintext = &record[..len];
                 let step = match kind {
@@ -247,10 +250,26 @@ impl Decryptor {
                 if step.target.is_some() {
                     self.role = Role::Request { target_pending: false };
                 }
-                self.state = State::Length(cipher);
+                self.state = State::Length { cipher, salt };
                 Ok(step)
             }
         }
+    }
+
+    /// Validates an opened classic length record; returns the length and kind of the record that follows.
+    fn check_length(&self, record: &[u8]) -> Result<(usize, PayloadKind), DecryptError> {
+        let len = usize::from(u16::from_be_bytes([record[0], record[1]]));
+        if len > self.method.max_chunk_payload() {
+            return Err(DecryptError::LengthTooLarge);
+        }
+        if len == 0 {
+            return Err(DecryptError::ZeroLengthChunk);
+        }
+        let kind = match self.role {
+            Role::Request { target_pending: true } => PayloadKind::ClassicFirst,
+            _ => PayloadKind::Data,
+        };
+        Ok((len, kind))
     }
 
     /// Validates a 2022 fixed header; returns the length and kind of the record that follows.
@@ -273,6 +292,9 @@ impl Decryptor {
             }
         }
         let len = u16::from_be_bytes([header[header.len() - 2], header[header.len() - 1]]);
+        if len == 0 {
+            return Err(DecryptError::ZeroLengthChunk);
+        }
         Ok((usize::from(len), kind))
     }
 }
@@ -281,7 +303,7 @@ impl std::fmt::Debug for Decryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decryptor")
             .field("method", &self.method)
-            .field("authenticated", &self.authenticated)
+            .field("authenticated", &self.authenticated_salt().is_some())
             .finish_non_exhaustive()
     }
 }

@@ -1,10 +1,10 @@
-//! The async adapter: [`DecryptReader`] and [`EncryptWriter`] put the state machines of [`crate::tcp`]
+//! The async adapter: [`DecryptReader`] and [`EncryptWriter`] put the state machines of `ss_crypto::tcp`
 //! between tokio's `AsyncRead` / `AsyncWrite` and a socket half. Their poll functions only move bytes;
 //! every protocol decision is made by [`Decryptor`] and [`Encryptor`].
 //!
 //! Ciphertext is read into one buffer per reader and opened there in place; sealed records are built in
 //! one buffer per writer. Both are held only while bytes are in flight: a reader gives its buffer back to
-//! the per-thread pool ([`crate::buffer`]) when it would wait with nothing buffered, and a writer frees its
+//! the per-thread pool ([`crate::buffer`], returned on drop too) when it would wait with nothing buffered, and a writer frees its
 //! output once the socket took all of it, so an idle connection holds no buffer at all. A connection that
 //! stalls inside a record holds exactly one record's buffer.
 //!
@@ -16,18 +16,13 @@ use std::io;
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use ss_crypto::tcp::{DecryptError, Decryptor, Encryptor};
+use ss_crypto::{Address, Salt};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::buffer;
-use crate::tcp::{DecryptError, Decryptor, Encryptor};
-use crate::{Address, Salt};
-
-/// The system clock in Unix seconds, the default clock of both adapters.
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
-}
+use crate::buffer::{self, Buffer};
+use crate::clock::unix_now;
 
 /// Most plaintext one `poll_write` seals before it hands the records to the socket: enough for a whole
 /// 64 KiB read, so one read from the other side becomes one write here.
@@ -38,7 +33,7 @@ pub struct DecryptReader<R> {
     inner: R,
     decryptor: Decryptor,
     /// The read buffer, empty (no allocation) while nothing is in flight.
-    buf: Box<[u8]>,
+    buf: Buffer,
     /// Size of buffer to take: small at first, large once a read filled the small one (bulk traffic).
     next_size: usize,
     /// Unconsumed ciphertext.
@@ -56,7 +51,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         DecryptReader {
             inner,
             decryptor,
-            buf: Box::default(),
+            buf: Buffer::default(),
             next_size: buffer::START,
             pending: 0..0,
             plain: 0..0,
@@ -168,9 +163,9 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
     fn poll_read_ciphertext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let wanted = self.decryptor.wanted().max(self.next_size);
         if self.buf.len() < wanted {
-            let mut bigger = buffer::take(wanted);
+            let mut bigger = Buffer::take(wanted);
             bigger[..self.pending.len()].copy_from_slice(&self.buf[self.pending.clone()]);
-            buffer::give(std::mem::replace(&mut self.buf, bigger));
+            self.buf = bigger;
             self.pending = 0..self.pending.len();
         } else if self.pending.start > 0 {
             self.buf.copy_within(self.pending.clone(), 0);
@@ -180,7 +175,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         if Pin::new(&mut self.inner).poll_read(cx, &mut read_buf)?.is_pending() {
             if self.pending.is_empty() {
                 // Nothing in flight: wait without holding a buffer.
-                buffer::give(std::mem::take(&mut self.buf));
+                self.buf.release();
                 self.pending = 0..0;
             }
             return Poll::Pending;
@@ -193,7 +188,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             self.eof = true;
             if self.pending.is_empty() {
                 // A half-closed connection may stay open a long time: hold nothing for it.
-                buffer::give(std::mem::take(&mut self.buf));
+                self.buf.release();
                 self.pending = 0..0;
             }
         }
@@ -341,182 +336,4 @@ fn invalid_data(error: DecryptError) -> io::Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-    use crate::{Key, Method};
-
-    const NOW: u64 = 1_704_164_645;
-
-    fn fixed_clock() -> u64 {
-        NOW
-    }
-
-    fn pair(method: Method) -> (Key, Salt, Salt) {
-        let key = Key::from_bytes(method, &[3; 32][..method.key_len()]).unwrap();
-        let client_salt = Salt::from_slice(method, &[1; 32][..method.salt_len()]).unwrap();
-        let server_salt = Salt::from_slice(method, &[2; 32][..method.salt_len()]).unwrap();
-        (key, client_salt, server_salt)
-    }
-
-    #[tokio::test]
-    async fn request_and_response_flow_through_a_socket_pair() {
-        for method in Method::ALL {
-            let (key, client_salt, server_salt) = pair(method);
-            let (client, server) = tokio::io::duplex(1000);
-            let (client_read, client_write) = tokio::io::split(client);
-            let (server_read, server_write) = tokio::io::split(server);
-            let target = Address::domain("localhost", 8080).unwrap();
-            let big: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
-
-            let mut up =
-                EncryptWriter::new(client_write, Encryptor::request(method, &key, client_salt, &target, &[]))
-                    .with_clock(fixed_clock);
-            let sender = {
-                let big = big.clone();
-                tokio::spawn(async move {
-                    up.write_all(&big).await.unwrap();
-                    up.shutdown().await.unwrap();
-                })
-            };
-            let mut server_reader =
-                DecryptReader::new(server_read, Decryptor::request(method, &key)).with_clock(fixed_clock);
-            assert_eq!(server_reader.read_target().await.unwrap(), target);
-            let request_salt = server_reader.authenticated_salt().unwrap();
-            assert_eq!(request_salt, client_salt);
-            let mut received = Vec::new();
-            server_reader.read_to_end(&mut received).await.unwrap();
-            assert!(received == big, "{method}");
-            sender.await.unwrap();
-
-            let mut down = EncryptWriter::new(
-                server_write,
-                Encryptor::response(method, &key, server_salt, request_salt),
-            )
-            .with_clock(fixed_clock);
-            down.write_all(b"reply").await.unwrap();
-            down.shutdown().await.unwrap();
-            let mut client_reader =
-                DecryptReader::new(client_read, Decryptor::response(method, &key, client_salt))
-                    .with_clock(fixed_clock);
-            let mut reply = Vec::new();
-            client_reader.read_to_end(&mut reply).await.unwrap();
-            assert_eq!(reply, b"reply");
-        }
-    }
-
-    #[tokio::test]
-    async fn the_salt_is_known_before_the_rest_of_the_header_arrives() {
-        for method in Method::ALL {
-            let (key, client_salt, _) = pair(method);
-            let target = Address::domain("localhost", 8080).unwrap();
-            let mut request = Vec::new();
-            let mut up =
-                EncryptWriter::new(&mut request, Encryptor::request(method, &key, client_salt, &target, &[]))
-                    .with_clock(fixed_clock);
-            up.write_all(b"hello").await.unwrap();
-            // Salt and the first record: the fixed header (2022) or the first length (classic).
-            let first_record = if method.is_2022() { 1 + 8 + 2 } else { 2 } + crate::TAG_LEN;
-            let split = method.salt_len() + first_record;
-
-            let (mut client, server) = tokio::io::duplex(4096);
-            client.write_all(&request[..split]).await.unwrap();
-            let mut reader =
-                DecryptReader::new(server, Decryptor::request(method, &key)).with_clock(fixed_clock);
-            let salt = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_salt()).await;
-            assert_eq!(salt.expect("read_salt waited for more than the first record").unwrap(), client_salt);
-            client.write_all(&request[split..]).await.unwrap();
-            assert_eq!(reader.read_target().await.unwrap(), target, "{method}");
-            let mut hello = [0u8; 5];
-            reader.read_exact(&mut hello).await.unwrap();
-            assert_eq!(&hello, b"hello", "{method}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_stale_2022_header_yields_no_salt() {
-        for method in Method::ALL.into_iter().filter(|m| m.is_2022()) {
-            let (key, client_salt, _) = pair(method);
-            let target = Address::Ip("127.0.0.1:80".parse().unwrap());
-            let mut request = Vec::new();
-            let mut up =
-                EncryptWriter::new(&mut request, Encryptor::request(method, &key, client_salt, &target, &[]))
-                    .with_clock(|| NOW - 31);
-            up.flush().await.unwrap();
-            let mut reader =
-                DecryptReader::new(&request[..], Decryptor::request(method, &key)).with_clock(fixed_clock);
-            let error = reader.read_salt().await.unwrap_err();
-            let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
-            assert_eq!(inner, Some(&DecryptError::BadTimestamp), "{method}");
-            assert_eq!(reader.authenticated_salt(), None, "{method}");
-        }
-    }
-
-    #[tokio::test]
-    async fn flush_sends_an_address_only_request() {
-        for method in Method::ALL {
-            let (key, client_salt, _) = pair(method);
-            let (client, server) = tokio::io::duplex(4096);
-            let target = Address::Ip("127.0.0.1:80".parse().unwrap());
-            let mut up =
-                EncryptWriter::new(client, Encryptor::request(method, &key, client_salt, &target, &[]))
-                    .with_clock(fixed_clock);
-            up.flush().await.unwrap();
-            let mut reader =
-                DecryptReader::new(server, Decryptor::request(method, &key)).with_clock(fixed_clock);
-            assert_eq!(reader.read_target().await.unwrap(), target, "{method}");
-        }
-    }
-
-    #[tokio::test]
-    async fn garbage_is_invalid_data_and_truncation_is_an_error() {
-        for method in Method::ALL {
-            let (key, ..) = pair(method);
-            let garbage = [0x5a; 200];
-            let mut reader = DecryptReader::new(&garbage[..], Decryptor::request(method, &key));
-            let error = reader.read_target().await.unwrap_err();
-            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-            let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
-            assert_eq!(inner, Some(&DecryptError::AuthFailure));
-
-            let short = vec![0x5a; method.salt_len() - 1];
-            let mut reader = DecryptReader::new(&short[..], Decryptor::request(method, &key));
-            let error = reader.read_target().await.unwrap_err();
-            let inner = error.get_ref().and_then(|e| e.downcast_ref::<DecryptError>());
-            assert_eq!(inner, Some(&DecryptError::Truncated), "{method}");
-
-            let mut reader = DecryptReader::new(&[][..], Decryptor::request(method, &key));
-            assert_eq!(reader.read_target().await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
-        }
-    }
-}
-
-#[cfg(test)]
-mod buffer_tests {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
-    use super::*;
-    use crate::{Key, Method};
-
-    #[tokio::test]
-    async fn an_idle_reader_holds_no_buffer() {
-        let method = Method::Aes256Gcm;
-        let key = Key::from_bytes(method, &[3; 32]).unwrap();
-        let salt = Salt::from_slice(method, &[1; 32]).unwrap();
-        let (client, server) = tokio::io::duplex(4096);
-        let target = Address::Ip("127.0.0.1:80".parse().unwrap());
-        let mut up = EncryptWriter::new(client, Encryptor::request(method, &key, salt, &target, &[]));
-        up.write_all(b"ping").await.unwrap();
-        let mut reader = DecryptReader::new(server, Decryptor::request(method, &key));
-        reader.read_target().await.unwrap();
-        assert_eq!(reader.fill_buf().await.unwrap(), b"ping");
-        reader.consume(4);
-        let pending =
-            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut reader).poll_fill_buf(cx).is_pending()))
-                .await;
-        assert!(pending);
-        assert!(reader.buf.is_empty(), "buffer held while idle");
-        assert!(up.out.capacity() == 0, "writer buffer held while idle");
-    }
-}
+mod tests;
