@@ -23,9 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::entry::{Mode, ServerEntry};
 use crate::raw::{NumberOrString, RawConfig};
-use crate::servers::{self, ServerEntry};
-use crate::url;
+use crate::servers;
 use crate::{CliArgs, ConfigError};
 
 /// The checked configuration of either binary.
@@ -78,38 +78,6 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Which protocols to relay (libev's `mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// `tcp_only` (the default).
-    #[default]
-    TcpOnly,
-    /// `tcp_and_udp` (`-u`).
-    TcpAndUdp,
-    /// `udp_only` (`-U`).
-    UdpOnly,
-}
-
-/// A SIP003 plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plugin {
-    /// The plugin executable.
-    pub command: String,
-    /// `SS_PLUGIN_OPTIONS`.
-    pub options: Option<String>,
-    /// Extra arguments on the plugin's command line (`plugin_args`).
-    pub args: Vec<String>,
-    /// Which traffic goes through the plugin (`plugin_mode`, default `tcp_only`); the rest bypasses it.
-    pub mode: Mode,
-}
-
-impl Plugin {
-    /// A plugin with no extra arguments that carries TCP only (the SIP003 default).
-    pub fn new(command: impl Into<String>, options: Option<String>) -> Plugin {
-        Plugin { command: command.into(), options, args: Vec::new(), mode: Mode::TcpOnly }
-    }
-}
-
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -150,13 +118,13 @@ impl ReplaySnapshot {
 impl Config {
     /// Checks a raw config with the command line laid over it.
     pub fn from_raw(raw: RawConfig, args: &CliArgs) -> Result<Config, ConfigError> {
-        let urls = url::cli_servers(args)?;
+        let urls = servers::cli_servers(args)?;
         let servers = servers::resolve(&raw, args, &urls)?;
         let (local_address, local_port) = local(&raw, args)?;
         let mode = match (args.udp_only, args.tcp_and_udp, raw.mode.as_deref()) {
             (true, _, _) => Mode::UdpOnly,
             (false, true, _) => Mode::TcpAndUdp,
-            (false, false, Some(text)) => Mode::parse(text)?,
+            (false, false, Some(text)) => Mode::parse_field("mode", text)?,
             (false, false, None) => Mode::TcpOnly,
         };
         // The top-level timeout wins over the (agreeing) per-entry ones of shadowsocks-rust's `servers`.
@@ -266,38 +234,6 @@ fn nameservers(text: Option<&str>) -> Result<Vec<SocketAddr>, ConfigError> {
         .collect()
 }
 
-impl Mode {
-    /// Whether TCP is relayed.
-    pub fn tcp(self) -> bool {
-        matches!(self, Mode::TcpOnly | Mode::TcpAndUdp)
-    }
-
-    /// Whether UDP is relayed.
-    pub fn udp(self) -> bool {
-        matches!(self, Mode::UdpOnly | Mode::TcpAndUdp)
-    }
-
-    /// The config spelling: `tcp_only`, `tcp_and_udp` or `udp_only`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::TcpOnly => "tcp_only",
-            Mode::TcpAndUdp => "tcp_and_udp",
-            Mode::UdpOnly => "udp_only",
-        }
-    }
-
-    fn parse(text: &str) -> Result<Mode, ConfigError> {
-        Mode::parse_field("mode", text)
-    }
-
-    pub(crate) fn parse_field(field: &str, text: &str) -> Result<Mode, ConfigError> {
-        let message = || format!("unknown mode {text:?}; use tcp_only, tcp_and_udp or udp_only");
-        let found =
-            [Mode::TcpOnly, Mode::TcpAndUdp, Mode::UdpOnly].into_iter().find(|mode| mode.name() == text);
-        found.ok_or_else(|| ConfigError::field_error(field, message()))
-    }
-}
-
 impl LogLevel {
     /// The name tracing's filters understand: `error`, `warn`, `info`, `debug`, `trace`.
     pub fn as_str(self) -> &'static str {
@@ -368,6 +304,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::Plugin;
 
     fn check(json: &str) -> Result<Config, ConfigError> {
         Config::from_raw(RawConfig::from_json(json, Path::new("config.json"))?, &CliArgs::default())

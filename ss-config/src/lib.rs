@@ -46,14 +46,15 @@ use std::path::PathBuf;
 
 mod cli;
 mod config;
+mod entry;
 mod raw;
 mod servers;
 mod url;
 
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
-pub use config::{Config, LogLevel, Mode, Plugin, ReplaySnapshot};
+pub use config::{Config, LogLevel, ReplaySnapshot};
+pub use entry::{Mode, Plugin, ServerEntry};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
-pub use servers::ServerEntry;
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 
 /// Reads the config file named by `-c` (if any), lays the command line over it and checks the result.
