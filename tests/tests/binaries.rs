@@ -1,5 +1,6 @@
 //! The real `ss-server` and `ss-local` executables, run the way a user runs them: config errors and their
-//! exit code, each binary's own flags (and the other's refused by name), the same warnings from both
+//! exit code, each binary's own flags (and the other's refused by name), one set of worker threads for
+//! all of ss-server's entries, the same warnings from both
 //! for keys neither acts on, the shipped example config, shadowsocks-libev's README config end to end, `-d` (name
 //! servers) against the test's DNS server, draining on SIGTERM, the classic replay filter saved at SIGTERM
 //! and loaded at start, and key generation.
@@ -395,6 +396,39 @@ async fn both_binaries_warn_alike_about_keys_they_do_not_act_on() {
         }
     }
     drop(taken);
+}
+
+#[tokio::test]
+async fn server_entries_share_one_set_of_worker_threads() {
+    let binaries = built().await;
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let (first, second) = (free_port(), free_port());
+        let (first, second) = (format!("127.0.0.1:{first}"), format!("127.0.0.1:{second}"));
+        let args =
+            ["-s", &first, "-s", &second, "-m", "aes-128-gcm", "-k", "a long and varied password 1234"];
+        let args = strings(&[&args[..], &["--threads", "3"]].concat());
+        // Ready once the second entry listens: both are bound, and the workers start before either.
+        let ready = second.parse().expect("address");
+        let server = match Running::start("ss-server", &binaries.server, &args, ready).await {
+            Ok(server) => server,
+            Err(failure) => {
+                failures.push(failure);
+                continue;
+            }
+        };
+        let pid = server.child.id().expect("running");
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+        let workers = tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("worker-"))
+            .count();
+        // --threads 3: the main thread and two workers, however many entries the process serves.
+        assert_eq!(workers, 2, "{}", server.log());
+        let _ = server.terminate().await;
+        return;
+    }
+    panic!("could not start ss-server:\n{}", failures.join("\n"));
 }
 
 #[tokio::test]
