@@ -40,8 +40,8 @@ fn main() -> ExitCode {
 async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
-    // One plugin per server, each dialling its own server; started (and ready) before we listen.
     let mut settings = Settings::from_config(&config, descriptors);
+    // One plugin per server, each dialling its own server; started (and ready) before we listen.
     let mut plugins = Vec::new();
     for (entry, server) in config.servers.iter().zip(&mut settings.servers) {
         if let Some((spec, route_tcp, route_udp)) = plugin_spec(&config, entry) {

@@ -1,4 +1,4 @@
-//! `ss-server`: command line and config file in, [`ss_server::run`] out.
+//! `ss-server`: command line and config file in, one [`ss_server::run_on`] per server entry out.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
