@@ -31,7 +31,7 @@
 #   WARMUP         time before the RSS baseline          default DURATION/2, at most 5m
 #   SAMPLE_SECONDS sampling period                       default 10
 #   SETTLE         longest wait for fds to come back     default 60
-#   UDP_TIMEOUT    --udp-timeout of both processes       default 10
+#   UDP_TIMEOUT    --udp-timeout of ss-server            default 10
 #   METHOD         encryption method                     default 2022-blake3-aes-256-gcm
 #   TCP_WORKERS, UDP_WORKERS, SEED                       soak-load's options (8, 3, 1)
 #   SOAK_DIR       where logs and samples.csv go         default target/soak/<date-time>
@@ -92,8 +92,8 @@ key=$("$bin/ss-server" --generate-key -m "$method")
 ports=$("$bin/soak-load" ports 2)
 server_port=${ports%%$'\n'*}
 local_port=${ports##*$'\n'}
-common=(-m "$method" --key "$key" -u --udp-timeout "$udp_timeout")
-"$bin/ss-server" -s 127.0.0.1 -p "$server_port" "${common[@]}" --allow-private-targets \
+common=(-m "$method" --key "$key" -u)
+"$bin/ss-server" -s 127.0.0.1 -p "$server_port" "${common[@]}" --udp-timeout "$udp_timeout" --allow-private-targets \
     >"$dir/ss-server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")

@@ -1,9 +1,21 @@
-//! The command line both binaries share, with shadowsocks-libev's flags and meanings.
+//! The command line of both binaries, with shadowsocks-libev's flags and meanings.
 //!
-//! Each binary flattens [`CliArgs`] into its own parser (`#[command(flatten)]`) and adds its own flags.
-//! Taken here: `-c -s -p -l -b -k -m -t -u -U -v -6 -d` and the long names below. clap keeps `-h/--help`
-//! (libev's `-h` too); the binary's `#[command(version)]` adds `-V/--version`. Values given here win
-//! over the config file.
+//! Each binary flattens [`CliArgs`] into its own parser (`#[command(flatten)]`) and parses with
+//! [`parse_for`], which hides the flags that belong to the other binary and refuses
+//! them by name: `--allow-private-targets is an ss-server option`. Taken here:
+//! `-c -s -p -l -b -k -m -t -u -U -v -6 -d -n` and the long names below. clap keeps `-h/--help` (libev's
+//! `-h` too); the binary's `#[command(version)]` adds `-V/--version`. Values given here win over the
+//! config file.
+//!
+//! | only ss-local takes            | only ss-server takes                                               |
+//! |--------------------------------|--------------------------------------------------------------------|
+//! | `-l/--local-port`              | `--allow-private-targets`, `--replay-snapshot`, `-d/--nameserver`, |
+//! | `-b/--local-address`           | `--udp-timeout`, `--generate-key`                                  |
+//!
+//! libev's ss-server reads `-b` as the address to bind outgoing connections to, which we do not offer,
+//! so `-b` is ss-local's only. ss-local's UDP associations end with their SOCKS5 control connection, so
+//! it has no use for `--udp-timeout`. (The config file's keys are shared: each binary reads the keys it
+//! uses and leaves the other's alone, so one file serves both.)
 //!
 //! `--server-url` is the exception: each `ss://` URL is a whole server (host, port, method, key) and is
 //! appended to the list built from `-s` or the file, which `-p/-m/-k/--key` shape as usual; those flags
@@ -12,7 +24,9 @@
 
 use std::path::PathBuf;
 
-use clap::ArgAction;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgAction, Command, CommandFactory, FromArgMatches};
 
 use crate::raw::MAX_SECONDS;
 
@@ -71,19 +85,19 @@ pub struct CliArgs {
     /// SIP003 plugin options (SS_PLUGIN_OPTIONS)
     #[arg(long = "plugin-opts", value_name = "OPTIONS")]
     pub plugin_opts: Option<String>,
-    /// Enable TCP Fast Open
+    /// TCP Fast Open (not supported yet: warned about and ignored)
     #[arg(long = "fast-open")]
     pub fast_open: bool,
-    /// Set TCP_NODELAY on relayed sockets
+    /// Set TCP_NODELAY on relayed sockets (already the default; "no_delay": false in the file turns it off)
     #[arg(long = "no-delay")]
     pub no_delay: bool,
-    /// Set SO_REUSEPORT on listeners
+    /// SO_REUSEPORT on listeners (not supported yet: warned about and ignored)
     #[arg(long = "reuse-port")]
     pub reuse_port: bool,
-    /// Access control list file
+    /// Access control list file (not supported yet: warned about and ignored)
     #[arg(long = "acl", value_name = "FILE")]
     pub acl: Option<PathBuf>,
-    /// Prefer IPv6 addresses when resolving
+    /// Prefer IPv6 addresses when resolving (ss-local: the server's name; ss-server: targets)
     #[arg(short = '6')]
     pub ipv6_first: bool,
     /// Let ss-server connect to loopback and private addresses
@@ -115,6 +129,83 @@ pub struct CliArgs {
     /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs, replay-PORT.snapshot]
     #[arg(long = "replay-snapshot", value_name = "FILE|off")]
     pub replay_snapshot: Option<String>,
+    /// Print a fresh random key for the method given with -m (base64) and exit
+    #[arg(long = "generate-key")]
+    pub generate_key: bool,
+}
+
+/// The two programs sharing [`CliArgs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `ss-local`.
+    Local,
+    /// `ss-server`.
+    Server,
+}
+
+/// Flags (by their [`CliArgs`] field) that only one binary takes; every other flag applies to both.
+const OWNED: &[(&str, Binary)] = &[
+    ("local_port", Binary::Local),
+    ("local_address", Binary::Local),
+    ("allow_private_targets", Binary::Server),
+    ("replay_snapshot", Binary::Server),
+    ("nameserver", Binary::Server),
+    ("udp_timeout", Binary::Server),
+    ("generate_key", Binary::Server),
+];
+
+impl Binary {
+    /// The program's name: `ss-local` or `ss-server`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Binary::Local => "ss-local",
+            Binary::Server => "ss-server",
+        }
+    }
+
+    /// `command` without the flags of the other binary in its help (they still parse, so that
+    /// [`try_parse_for`] can refuse them by name rather than as unknown).
+    pub fn command(self, command: Command) -> Command {
+        OWNED
+            .iter()
+            .filter(|(_, owner)| *owner != self)
+            .fold(command, |command, (id, _)| command.mut_arg(*id, |arg| arg.hide(true)))
+    }
+}
+
+/// Parses the process's command line for `binary` (see [`try_parse_for`]); on an error or `--help`,
+/// prints clap's message and exits (code 2 for errors, as clap does).
+pub fn parse_for<P: CommandFactory + FromArgMatches>(binary: Binary) -> P {
+    try_parse_for(binary, std::env::args_os()).unwrap_or_else(|error| error.exit())
+}
+
+/// Parses `argv` (program name first) into `P`, a parser that flattens [`CliArgs`]; a flag of the other
+/// binary is an error naming that binary.
+pub fn try_parse_for<P, I, T>(binary: Binary, argv: I) -> Result<P, clap::Error>
+where
+    P: CommandFactory + FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut command = binary.command(P::command());
+    let matches = command.try_get_matches_from_mut(argv)?;
+    let misplaced = OWNED
+        .iter()
+        .find(|(id, owner)| *owner != binary && matches.value_source(id) == Some(ValueSource::CommandLine));
+    if let Some((id, owner)) = misplaced {
+        let flag = command.get_arguments().find(|arg| arg.get_id() == *id).map_or_else(
+            || (*id).to_string(),
+            |arg| match (arg.get_short(), arg.get_long()) {
+                (Some(short), Some(long)) => format!("-{short}/--{long}"),
+                (None, Some(long)) => format!("--{long}"),
+                (Some(short), None) => format!("-{short}"),
+                (None, None) => (*id).to_string(),
+            },
+        );
+        let message = format!("{flag} is an {} option, not one of {}", owner.name(), binary.name());
+        return Err(command.error(ErrorKind::ArgumentConflict, message));
+    }
+    P::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
 }
 
 fn seconds_parser() -> clap::builder::RangedU64ValueParser<u64> {
@@ -337,6 +428,58 @@ mod tests {
             assert!(parse(argv).is_err(), "{argv:?}");
         }
         assert!(parse(&["-u", "-U"]).is_err());
+    }
+
+    #[test]
+    fn each_binarys_help_lists_only_its_own_flags() {
+        let help = |binary: Binary| binary.command(Cli::command()).render_help().to_string();
+        let (local, server) = (help(Binary::Local), help(Binary::Server));
+        for flag in ["--local-port", "--local-address"] {
+            assert!(local.contains(flag) && !server.contains(flag), "{flag}");
+        }
+        let server_only = [
+            "--allow-private-targets",
+            "--replay-snapshot",
+            "--nameserver",
+            "--udp-timeout",
+            "--generate-key",
+        ];
+        for flag in server_only {
+            assert!(server.contains(flag) && !local.contains(flag), "{flag}");
+        }
+        for shared in ["--server", "--password", "--method", "--threads", "--plugin", "--nofile", "-6"] {
+            assert!(local.contains(shared) && server.contains(shared), "{shared}");
+        }
+    }
+
+    #[test]
+    fn a_flag_of_the_other_binary_is_refused_by_name() {
+        let parse_for = |binary, argv: &[&str]| {
+            try_parse_for::<Cli, _, _>(binary, std::iter::once("ss-test").chain(argv.iter().copied()))
+        };
+        let error = parse_for(Binary::Local, &["-s", "h", "--allow-private-targets"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+        let text = error.to_string();
+        assert!(
+            text.contains("--allow-private-targets is an ss-server option, not one of ss-local"),
+            "{text}"
+        );
+        let text = parse_for(Binary::Local, &["-d", "1.1.1.1"]).unwrap_err().to_string();
+        assert!(text.contains("-d/--nameserver is an ss-server option"), "{text}");
+        let text = parse_for(Binary::Server, &["-l", "1080"]).unwrap_err().to_string();
+        assert!(text.contains("-l/--local-port is an ss-local option, not one of ss-server"), "{text}");
+        let text = parse_for(Binary::Server, &["--local-address", "::"]).unwrap_err().to_string();
+        assert!(text.contains("-b/--local-address is an ss-local option"), "{text}");
+        // Each binary's own flags, and the shared ones, parse as before.
+        let local = parse_for(Binary::Local, &["-l", "1080", "-b", "::", "-6"]).unwrap().args;
+        assert_eq!(
+            (local.local_port, local.local_address.as_deref(), local.ipv6_first),
+            (Some(1080), Some("::"), true)
+        );
+        let server =
+            parse_for(Binary::Server, &["--allow-private-targets", "-d", "::1", "--generate-key"]).unwrap();
+        assert!(server.args.allow_private_targets && server.args.generate_key);
+        assert_eq!(server.args.nameserver.as_deref(), Some("::1"));
     }
 
     #[test]

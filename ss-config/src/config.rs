@@ -8,8 +8,14 @@
 //! | `timeout`           | 60 s        | `max_connections`       | 10000   |
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
 //! | `threads`           | one per CPU | `nameserver` (`-d`)     | system's |
-//! | `plugin_mode`       | `tcp_only`  |                         |         |
+//! | `plugin_mode`       | `tcp_only`  | `no_delay`              | true    |
 //!
+//! `no_delay` (`TCP_NODELAY` on both sockets of a relay) is on unless the file says `"no_delay": false`:
+//! shadowsocks-libev leaves it off unless asked, but a proxy that batches small writes adds latency to
+//! every interactive protocol it carries. `--no-delay` is accepted for libev's command lines.
+//!
+//! Keys that neither binary acts on yet (`fast_open`, `reuse_port`, `acl`) load, and each adds the same
+//! one-line warning to [`Config::warnings`], which both binaries log at start; so does a weak password.
 //! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries;
 //! each [`ServerEntry`] carries its own [`Plugin`] (see `servers.rs` for the precedence).
 
@@ -17,9 +23,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::entry::{Mode, ServerEntry};
 use crate::raw::{NumberOrString, RawConfig};
-use crate::servers::{self, ServerEntry};
-use crate::url;
+use crate::servers;
 use crate::{CliArgs, ConfigError};
 
 /// The checked configuration of either binary.
@@ -47,11 +53,11 @@ pub struct Config {
     pub threads: Option<usize>,
     /// Whether ss-server may connect to loopback, private and link-local targets.
     pub allow_private_targets: bool,
-    /// `TCP_NODELAY` on relayed sockets.
+    /// `TCP_NODELAY` on relayed sockets (default on; `"no_delay": false` turns it off).
     pub no_delay: bool,
-    /// TCP Fast Open.
+    /// TCP Fast Open (not supported yet: a warning).
     pub fast_open: bool,
-    /// `SO_REUSEPORT` on listeners.
+    /// `SO_REUSEPORT` on listeners (not supported yet: a warning).
     pub reuse_port: bool,
     /// Prefer IPv6 addresses when resolving.
     pub ipv6_first: bool,
@@ -59,7 +65,7 @@ pub struct Config {
     pub nameserver: Vec<SocketAddr>,
     /// File descriptor limit to raise to at start-up.
     pub nofile: Option<u64>,
-    /// Access control list file.
+    /// Access control list file (not supported yet: a warning).
     pub acl: Option<PathBuf>,
     /// Where ss-server keeps its classic replay filter across restarts.
     pub replay_snapshot: ReplaySnapshot,
@@ -70,38 +76,6 @@ pub struct Config {
     /// One-line warnings found while loading (e.g. a config file with a password that others can read);
     /// the binaries log each at start.
     pub warnings: Vec<String>,
-}
-
-/// Which protocols to relay (libev's `mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// `tcp_only` (the default).
-    #[default]
-    TcpOnly,
-    /// `tcp_and_udp` (`-u`).
-    TcpAndUdp,
-    /// `udp_only` (`-U`).
-    UdpOnly,
-}
-
-/// A SIP003 plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plugin {
-    /// The plugin executable.
-    pub command: String,
-    /// `SS_PLUGIN_OPTIONS`.
-    pub options: Option<String>,
-    /// Extra arguments on the plugin's command line (`plugin_args`).
-    pub args: Vec<String>,
-    /// Which traffic goes through the plugin (`plugin_mode`, default `tcp_only`); the rest bypasses it.
-    pub mode: Mode,
-}
-
-impl Plugin {
-    /// A plugin with no extra arguments that carries TCP only (the SIP003 default).
-    pub fn new(command: impl Into<String>, options: Option<String>) -> Plugin {
-        Plugin { command: command.into(), options, args: Vec::new(), mode: Mode::TcpOnly }
-    }
 }
 
 /// Log verbosity.
@@ -144,13 +118,13 @@ impl ReplaySnapshot {
 impl Config {
     /// Checks a raw config with the command line laid over it.
     pub fn from_raw(raw: RawConfig, args: &CliArgs) -> Result<Config, ConfigError> {
-        let urls = url::cli_servers(args)?;
+        let urls = servers::cli_servers(args)?;
         let servers = servers::resolve(&raw, args, &urls)?;
         let (local_address, local_port) = local(&raw, args)?;
         let mode = match (args.udp_only, args.tcp_and_udp, raw.mode.as_deref()) {
             (true, _, _) => Mode::UdpOnly,
             (false, true, _) => Mode::TcpAndUdp,
-            (false, false, Some(text)) => Mode::parse(text)?,
+            (false, false, Some(text)) => Mode::parse_field("mode", text)?,
             (false, false, None) => Mode::TcpOnly,
         };
         // The top-level timeout wins over the (agreeing) per-entry ones of shadowsocks-rust's `servers`.
@@ -159,6 +133,16 @@ impl Config {
             (Some(secs), _) | (None, Some(secs)) => secs,
             (None, None) => servers::shared_timeout(&raw, args)?.unwrap_or(60),
         };
+        let fast_open = args.fast_open || raw.fast_open.unwrap_or(false);
+        let reuse_port = args.reuse_port || raw.reuse_port.unwrap_or(false);
+        let acl = args.acl.clone().or(raw.acl);
+        let mut warnings: Vec<String> =
+            [(fast_open, "fast_open"), (reuse_port, "reuse_port"), (acl.is_some(), "acl")]
+                .into_iter()
+                .filter(|(set, _)| *set)
+                .map(|(_, name)| format!("{name} is not supported yet and is ignored"))
+                .collect();
+        warnings.extend(servers.iter().filter(|entry| entry.password_is_weak).map(weak_password_warning));
         Ok(Config {
             servers,
             local_address,
@@ -190,22 +174,22 @@ impl Config {
                 None => raw.threads.as_ref().map(|threads| threads.positive("threads")).transpose()?,
             },
             allow_private_targets: args.allow_private_targets || raw.allow_private_targets.unwrap_or(false),
-            no_delay: args.no_delay || raw.no_delay.unwrap_or(false),
-            fast_open: args.fast_open || raw.fast_open.unwrap_or(false),
-            reuse_port: args.reuse_port || raw.reuse_port.unwrap_or(false),
+            no_delay: args.no_delay || raw.no_delay.unwrap_or(true),
+            fast_open,
+            reuse_port,
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
             nameserver: nameservers(args.nameserver.as_deref().or(raw.nameserver.as_deref()))?,
             nofile: match args.nofile {
                 Some(nofile) => Some(nofile),
                 None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
             },
-            acl: args.acl.clone().or(raw.acl),
+            acl,
             replay_snapshot: ReplaySnapshot::parse(
                 args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
             ),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -225,6 +209,15 @@ impl Config {
     }
 }
 
+/// The warning for a weak classic password; the same words from both binaries.
+fn weak_password_warning(entry: &ServerEntry) -> String {
+    format!(
+        "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; use a \
+         random key (ss-server --generate-key -m {}) or a long random password",
+        entry.host, entry.port, entry.method
+    )
+}
+
 /// libev's `nameserver` syntax: addresses separated by commas, each an IP (port 53) or an IP and port
 /// (`[v6]:port` for IPv6). Empty entries are ignored.
 fn nameservers(text: Option<&str>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -239,38 +232,6 @@ fn nameservers(text: Option<&str>) -> Result<Vec<SocketAddr>, ConfigError> {
             )),
         })
         .collect()
-}
-
-impl Mode {
-    /// Whether TCP is relayed.
-    pub fn tcp(self) -> bool {
-        matches!(self, Mode::TcpOnly | Mode::TcpAndUdp)
-    }
-
-    /// Whether UDP is relayed.
-    pub fn udp(self) -> bool {
-        matches!(self, Mode::UdpOnly | Mode::TcpAndUdp)
-    }
-
-    /// The config spelling: `tcp_only`, `tcp_and_udp` or `udp_only`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::TcpOnly => "tcp_only",
-            Mode::TcpAndUdp => "tcp_and_udp",
-            Mode::UdpOnly => "udp_only",
-        }
-    }
-
-    fn parse(text: &str) -> Result<Mode, ConfigError> {
-        Mode::parse_field("mode", text)
-    }
-
-    pub(crate) fn parse_field(field: &str, text: &str) -> Result<Mode, ConfigError> {
-        let message = || format!("unknown mode {text:?}; use tcp_only, tcp_and_udp or udp_only");
-        let found =
-            [Mode::TcpOnly, Mode::TcpAndUdp, Mode::UdpOnly].into_iter().find(|mode| mode.name() == text);
-        found.ok_or_else(|| ConfigError::field_error(field, message()))
-    }
 }
 
 impl LogLevel {
@@ -343,6 +304,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::Plugin;
 
     fn check(json: &str) -> Result<Config, ConfigError> {
         Config::from_raw(RawConfig::from_json(json, Path::new("config.json"))?, &CliArgs::default())
@@ -377,7 +339,7 @@ mod tests {
         // One thread per CPU this process may run on (2 on the test machines, so a constant 1 fails).
         let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
         assert_eq!(config.threads_or_cpus(), cpus);
-        assert!(!config.allow_private_targets && !config.fast_open && !config.no_delay);
+        assert!(!config.allow_private_targets && !config.fast_open && config.no_delay);
         assert_eq!(
             (config.servers[0].plugin.as_ref(), config.acl.as_ref(), config.nofile),
             (None, None, None)
@@ -561,5 +523,28 @@ mod tests {
         assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
         assert!(config.allow_private_targets);
         assert_eq!(config.acl, Some(PathBuf::from("/etc/ss.acl")));
+        let off = check(&format!(r#"{{{BASE},"no_delay":false}}"#)).unwrap();
+        assert!(!off.no_delay, "no_delay is on by default and the file can turn it off");
+    }
+
+    #[test]
+    fn unsupported_keys_and_weak_passwords_are_one_line_warnings() {
+        let strong = r#""server":"s","server_port":1,"password":"a long and varied password 1234","method":"aes-256-gcm""#;
+        assert!(check(&format!("{{{strong}}}")).unwrap().warnings.is_empty());
+        let config =
+            check(&format!(r#"{{{strong},"fast_open":true,"reuse_port":true,"acl":"/etc/ss.acl"}}"#))
+                .unwrap();
+        assert_eq!(
+            config.warnings,
+            [
+                "fast_open is not supported yet and is ignored",
+                "reuse_port is not supported yet and is ignored",
+                "acl is not supported yet and is ignored"
+            ]
+        );
+        let weak = check(&format!("{{{BASE}}}")).unwrap().warnings;
+        assert_eq!(weak.len(), 1, "{weak:?}");
+        assert!(weak[0].starts_with("the password for s:8388 is weak: "), "{weak:?}");
+        assert!(weak[0].contains("--generate-key -m aes-256-gcm") && !weak[0].contains('\n'), "{weak:?}");
     }
 }

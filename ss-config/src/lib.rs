@@ -20,8 +20,8 @@
 //! config.json:3:23: expected `,` or `}`
 //! ```
 //!
-//! A binary flattens [`CliArgs`] into its own clap parser and keeps clap's `-h/--help` and
-//! `-V/--version` (`#[command(version)]`):
+//! A binary flattens [`CliArgs`] into its own clap parser, keeps clap's `-h/--help` and `-V/--version`
+//! (`#[command(version)]`), and parses with [`parse_for`] so that the other binary's flags are refused:
 //!
 //! ```no_run
 //! use clap::Parser;
@@ -33,7 +33,7 @@
 //!     config: ss_config::CliArgs,
 //! }
 //!
-//! let cli = Cli::parse();
+//! let cli: Cli = ss_config::parse_for(ss_config::Binary::Local);
 //! match ss_config::load(&cli.config) {
 //!     Ok(config) => println!("{} server(s)", config.servers.len()),
 //!     Err(error) => eprintln!("ss-local: {error}"),
@@ -46,14 +46,15 @@ use std::path::PathBuf;
 
 mod cli;
 mod config;
+mod entry;
 mod raw;
 mod servers;
 mod url;
 
-pub use cli::CliArgs;
-pub use config::{Config, LogLevel, Mode, Plugin, ReplaySnapshot};
+pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
+pub use config::{Config, LogLevel, ReplaySnapshot};
+pub use entry::{Mode, Plugin, ServerEntry};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
-pub use servers::ServerEntry;
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 
 /// Reads the config file named by `-c` (if any), lays the command line over it and checks the result.

@@ -16,31 +16,19 @@
 //! level's options); an entry without one gets the top level's plugin. An empty `plugin` means none.
 //!
 //! The servers of `--server-url` come last, whole: the flags above do not touch them, and each has the
-//! plugin of its own URL, if any.
+//! plugin of its own URL, if any. This module turns them into entries ([`ServerUrl::to_entry`]); `url.rs`
+//! is only the `ss://` codec.
+//!
+//! A `server` value is read by the crate's one `host:port` reader (`entry::split_host_port`, which
+//! `ss://` URLs use too): `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address without a
+//! port; the port is 1-65535 in digits.
 
 use ss_crypto::{is_weak_password, Key, Method};
 
-use crate::config::{Mode, Plugin};
+use crate::entry::{split_host_port, HostPortError, Mode, Plugin, ServerEntry};
 use crate::raw::{RawConfig, RawServer};
-use crate::url::ServerUrl;
+use crate::url::{parse_ss_url, ServerUrl};
 use crate::{CliArgs, ConfigError};
-
-/// One server: for ss-server an address to listen on, for ss-local a remote server to try.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerEntry {
-    /// Host name or IP address, without brackets (`::1`, not `[::1]`).
-    pub host: String,
-    /// Port, 1-65535.
-    pub port: u16,
-    /// The encryption method.
-    pub method: Method,
-    /// The master key (from the base64 key, or derived from the password).
-    pub key: Key,
-    /// A classic method's password is short or repetitive; the binary should warn.
-    pub password_is_weak: bool,
-    /// The SIP003 plugin in front of this server (ss-server: listening for it; ss-local: dialling it).
-    pub plugin: Option<Plugin>,
-}
 
 /// Builds the server list, `urls` last; at least one entry or an error.
 pub(crate) fn resolve(
@@ -193,9 +181,8 @@ struct Credential<'a> {
 impl Settings<'_> {
     /// `prefix` is `""` for the top-level form, `servers[i].` for an entry.
     fn entry(&self, prefix: &str, host: &str) -> Result<ServerEntry, ConfigError> {
-        let host_field = format!("{prefix}server");
-        let (host, own_port) = split_host_port(host)
-            .map_err(|message| ConfigError::field_error(host_field.as_str(), message))?;
+        let (host, own_port) = config_host_port(host)
+            .map_err(|message| ConfigError::field_error(format!("{prefix}server"), message))?;
         let port = own_port.or(self.port).ok_or_else(|| {
             let hint = "missing (set \"server_port\" in the config, -p, or \"host:port\" in \"server\")";
             ConfigError::field_error(format!("{prefix}server_port"), hint)
@@ -244,6 +231,49 @@ fn method(field: &str, name: Option<&str>) -> Result<Option<Method>, ConfigError
         .map_err(|error: ss_crypto::MethodError| ConfigError::field_error(field, error.to_string()))
 }
 
+/// The servers of `--server-url`, in order. Errors name the flag (and which one, if there are several).
+pub(crate) fn cli_servers(args: &CliArgs) -> Result<Vec<ServerUrl>, ConfigError> {
+    let count = args.server_url.len();
+    let parse = |(index, text): (usize, &String)| {
+        let flag = match count {
+            1 => "--server-url".to_string(),
+            _ => format!("--server-url #{}", index + 1),
+        };
+        parse_ss_url(text).map_err(|error| ConfigError::field_error(flag, error.to_string()))
+    };
+    args.server_url.iter().enumerate().map(parse).collect()
+}
+
+impl ServerUrl {
+    /// The server as the config holds it (the tag is not part of an entry).
+    pub fn to_entry(&self) -> ServerEntry {
+        ServerEntry {
+            host: self.host.clone(),
+            port: self.port,
+            method: self.method(),
+            key: self.key().clone(),
+            password_is_weak: !self.method().is_2022() && is_weak_password(self.password()),
+            plugin: self.plugin.clone(),
+        }
+    }
+}
+
+/// A `server` value: [`split_host_port`], with a host required and the message quoting the value.
+fn config_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let text = text.trim();
+    match split_host_port(text) {
+        Ok(("", _)) => Err(format!("{text:?} has no host")),
+        Ok((host, port)) => Ok((host.to_string(), port)),
+        Err(HostPortError::UnclosedBracket) => Err(format!("{text:?} has an unclosed '['")),
+        Err(HostPortError::NotIpv6(host)) => {
+            Err(format!("{text:?}: {host:?} in brackets is not an IPv6 address"))
+        }
+        Err(HostPortError::AfterBracket(_) | HostPortError::Port(_)) => {
+            Err(format!("{text:?} does not end in a port number (1-65535)"))
+        }
+    }
+}
+
 /// shadowsocks-rust's `servers` entries, unless `-s` replaced the file's servers.
 fn file_servers<'a>(raw: &'a RawConfig, args: &CliArgs) -> &'a [RawServer] {
     match &raw.servers {
@@ -275,36 +305,6 @@ fn shared<T: PartialEq>(
         }
     }
     Ok(found.map(|(_, value)| value))
-}
-
-/// libev's `host`, `host:port`, `[v6]` or `[v6]:port`; a bare IPv6 address (several colons) has no port.
-fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
-    let text = text.trim();
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let Some((host, after)) = rest.split_once(']') else {
-            return Err(format!("{text:?} has an unclosed '['"));
-        };
-        match after {
-            "" => (host, None),
-            _ => (host, Some(after.strip_prefix(':').unwrap_or(after))),
-        }
-    } else {
-        match text.split_once(':') {
-            Some((host, port)) if !port.contains(':') => (host, Some(port)),
-            _ => (text, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{text:?} has no host"));
-    }
-    let port = match port {
-        None => None,
-        Some(port) => match port.parse::<u16>() {
-            Ok(port) if port != 0 => Some(port),
-            _ => return Err(format!("{text:?} does not end in a port number (1-65535)")),
-        },
-    };
-    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -463,6 +463,19 @@ mod tests {
     }
 
     #[test]
+    fn server_values_with_a_bad_address_name_the_field() {
+        let json = |server: &str| format!(r#"{{"server":"{server}","password":"p","method":"aes-128-gcm"}}"#);
+        assert_eq!(error(&json("[::1")), r#"server: "[::1" has an unclosed '['"#);
+        assert_eq!(error(&json(":8388")), r#"server: ":8388" has no host"#);
+        assert_eq!(error(&json("[h]:1")), r#"server: "[h]:1": "h" in brackets is not an IPv6 address"#);
+        assert_eq!(error(&json("[::1]x")), r#"server: "[::1]x" does not end in a port number (1-65535)"#);
+        assert_eq!(error(&json("h:+80")), r#"server: "h:+80" does not end in a port number (1-65535)"#);
+        let hosts = servers(r#"{"server":[" fe80::1 ","[::1]:9"],"server_port":1,"password":"a long and varied password 1234","method":"aes-128-gcm"}"#).unwrap();
+        let hosts: Vec<_> = hosts.iter().map(|entry| (entry.host.as_str(), entry.port)).collect();
+        assert_eq!(hosts, [("fe80::1", 1), ("::1", 9)]);
+    }
+
+    #[test]
     fn weak_passwords_are_flagged_for_classic_methods_only() {
         let weak =
             servers(r#"{"server":"s","server_port":1,"password":"barfoo!","method":"aes-128-gcm"}"#).unwrap();
@@ -471,16 +484,5 @@ mod tests {
             r#"{{"server":"s","server_port":1,"password":"{PSK_128}","method":"2022-blake3-aes-128-gcm"}}"#
         );
         assert!(!servers(&psk).unwrap()[0].password_is_weak);
-    }
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(split_host_port("example.com"), Ok(("example.com".into(), None)));
-        assert_eq!(split_host_port("example.com:443"), Ok(("example.com".into(), Some(443))));
-        assert_eq!(split_host_port("fe80::1"), Ok(("fe80::1".into(), None)));
-        assert_eq!(split_host_port("[fe80::1]:8388"), Ok(("fe80::1".into(), Some(8388))));
-        assert!(split_host_port("[::1").is_err());
-        assert!(split_host_port(":8388").is_err());
-        assert!(split_host_port("[::1]x").is_err());
     }
 }

@@ -23,11 +23,9 @@ use std::net::Ipv6Addr;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use ss_crypto::{is_weak_password, Key, KeyError, Method, MethodError};
+use ss_crypto::{Key, KeyError, Method, MethodError};
 
-use crate::config::Plugin;
-use crate::servers::ServerEntry;
-use crate::{CliArgs, ConfigError};
+use crate::entry::{split_host_port, HostPortError, Plugin};
 
 /// A server parsed from, or to be written as, an `ss://` URL.
 ///
@@ -107,7 +105,7 @@ pub fn parse_ss_url(text: &str) -> Result<ServerUrl, UrlError> {
         }
         None => legacy(before_query)?,
     };
-    let (host, port) = split_host_port(&address)?;
+    let (host, port) = host_and_port(&address)?;
     let (method, password) = userinfo;
     // Escaped first so that an error quoting the name stays one line; no method name has control characters.
     let method = crate::one_line(method).parse()?;
@@ -175,18 +173,6 @@ impl ServerUrl {
     pub fn password(&self) -> &str {
         &self.password
     }
-
-    /// The server as the config holds it (the tag is not part of an entry).
-    pub fn to_entry(&self) -> ServerEntry {
-        ServerEntry {
-            host: self.host.clone(),
-            port: self.port,
-            method: self.method,
-            key: self.key.clone(),
-            password_is_weak: !self.method.is_2022() && is_weak_password(&self.password),
-            plugin: self.plugin.clone(),
-        }
-    }
 }
 
 impl std::str::FromStr for ServerUrl {
@@ -215,23 +201,6 @@ impl fmt::Debug for ServerUrl {
             .field("plugin", &self.plugin)
             .field("tag", &self.tag)
             .finish()
-    }
-}
-
-/// The servers of `--server-url`, in order. Errors name the flag (and which one, if there are several).
-pub(crate) fn cli_servers(args: &CliArgs) -> Result<Vec<ServerUrl>, ConfigError> {
-    let count = args.server_url.len();
-    let parse = |(index, text): (usize, &String)| {
-        parse_ss_url(text).map_err(|error| ConfigError::field_error(flag(index, count), error.to_string()))
-    };
-    args.server_url.iter().enumerate().map(parse).collect()
-}
-
-/// `--server-url`, numbered from 1 when there are several.
-fn flag(index: usize, count: usize) -> String {
-    match count {
-        1 => "--server-url".to_string(),
-        _ => format!("--server-url #{}", index + 1),
     }
 }
 
@@ -271,37 +240,25 @@ fn decode_base64(text: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// `host:port` or `[v6]:port`.
-fn split_host_port(address: &str) -> Result<(String, u16), UrlError> {
-    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| UrlError::Host("unclosed '['".into()))?;
-        if host.parse::<Ipv6Addr>().is_err() {
-            return Err(UrlError::Host(format!("{host:?} in brackets is not an IPv6 address")));
+/// `host:port` or `[v6]:port` ([`split_host_port`] with the port required and IPv6 in brackets).
+fn host_and_port(address: &str) -> Result<(String, u16), UrlError> {
+    match split_host_port(address) {
+        Ok((host, Some(port))) => Ok((host.to_string(), port)),
+        Ok((host, None)) if host.contains(':') && !address.starts_with('[') => {
+            Err(UrlError::Host("an IPv6 address must be in brackets, e.g. [::1]:8388".into()))
         }
-        match after.strip_prefix(':') {
-            Some(port) => (host, port),
-            None if after.is_empty() => return Err(UrlError::MissingPort),
-            None => return Err(UrlError::Host(format!("{after:?} after ']'"))),
+        Ok((_, None)) => Err(UrlError::MissingPort),
+        Err(HostPortError::Port(port)) if port.is_empty() => Err(UrlError::MissingPort),
+        Err(HostPortError::Port(port)) => Err(UrlError::Port(port)),
+        Err(HostPortError::UnclosedBracket) => Err(UrlError::Host("unclosed '['".into())),
+        Err(HostPortError::NotIpv6(host)) => {
+            Err(UrlError::Host(format!("{host:?} in brackets is not an IPv6 address")))
         }
-    } else {
-        let (host, port) = address.rsplit_once(':').ok_or(UrlError::MissingPort)?;
-        if host.contains(':') {
-            return Err(UrlError::Host("an IPv6 address must be in brackets, e.g. [::1]:8388".into()));
-        }
-        (host, port)
-    };
-    if port.is_empty() {
-        return Err(UrlError::MissingPort);
-    }
-    match port.parse::<u16>() {
-        Ok(number) if number != 0 && port.bytes().all(|byte| byte.is_ascii_digit()) => {
-            Ok((host.to_string(), number))
-        }
-        _ => Err(UrlError::Port(port.to_string())),
+        Err(HostPortError::AfterBracket(after)) => Err(UrlError::Host(format!("{after:?} after ']'"))),
     }
 }
 
-/// A host as [`ServerEntry`] holds it: non-empty, an IPv6 address if it has a colon, and nothing a URL
+/// A host as [`ServerEntry`](crate::ServerEntry) holds it: non-empty, an IPv6 address if it has a colon, and nothing a URL
 /// would read as a delimiter.
 fn check_host(host: &str) -> Result<(), UrlError> {
     if host.is_empty() {

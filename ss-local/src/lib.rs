@@ -2,14 +2,17 @@
 //! encrypted to a Shadowsocks server.
 //!
 //! [`run`] takes already-bound listeners and a cancellation token, so tests start it in-process on port 0.
-//! `main.rs` only turns the command line and config file into [`Settings`].
+//! `main.rs` parses the command line and config file, and [`Settings::from_config`] turns them into
+//! [`Settings`].
 
 #![warn(missing_docs)]
 
 mod connection;
+mod from_config;
 pub mod socks5;
 mod udp;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +33,9 @@ pub struct Server {
     pub key: Key,
     /// A SIP003 plugin in front of this server, if any: what it carries goes to its loopback address.
     pub plugin: Option<PluginRoute>,
+    /// Try the IPv6 addresses of the server's name before its IPv4 ones (`ipv6_first`, `-6`); otherwise
+    /// the system resolver's order stands.
+    pub ipv6_first: bool,
 }
 
 /// How a server is reached through its plugin (see [`ss_net::plugin`]).
@@ -47,7 +53,7 @@ pub struct PluginRoute {
 impl Server {
     /// A server reached directly, without a plugin.
     pub fn new(host: impl Into<String>, port: u16, method: Method, key: Key) -> Server {
-        Server { host: host.into(), port, method, key, plugin: None }
+        Server { host: host.into(), port, method, key, plugin: None, ipv6_first: false }
     }
 
     /// Opens a TCP connection to the server, through its plugin when one carries TCP. While the plugin
@@ -55,23 +61,38 @@ impl Server {
     pub(crate) async fn connect_tcp(&self) -> std::io::Result<tokio::net::TcpStream> {
         match &self.plugin {
             Some(route) if route.tcp => tokio::net::TcpStream::connect(route.address()?).await,
-            _ => tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await,
+            _ => tokio::net::TcpStream::connect(self.addresses().await?.as_slice()).await,
         }
     }
 
     /// Where UDP datagrams for the server go: the plugin's address when it carries UDP.
-    pub(crate) async fn udp_address(&self) -> std::io::Result<std::net::SocketAddr> {
+    pub(crate) async fn udp_address(&self) -> std::io::Result<SocketAddr> {
         if let Some(route) = self.plugin.as_ref().filter(|route| route.udp) {
             return route.address();
         }
-        tokio::net::lookup_host((self.host.as_str(), self.port)).await?.next().ok_or_else(|| {
+        self.addresses().await?.first().copied().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "server name resolved to no address")
         })
     }
+
+    /// The server's addresses in the order to try them.
+    async fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let mut addresses: Vec<SocketAddr> =
+            tokio::net::lookup_host((self.host.as_str(), self.port)).await?.collect();
+        if self.ipv6_first {
+            prefer_ipv6(&mut addresses);
+        }
+        Ok(addresses)
+    }
+}
+
+/// Moves IPv6 addresses before IPv4 ones, keeping the resolver's order within each family.
+fn prefer_ipv6(addresses: &mut [SocketAddr]) {
+    addresses.sort_by_key(SocketAddr::is_ipv4);
 }
 
 impl PluginRoute {
-    fn address(&self) -> std::io::Result<std::net::SocketAddr> {
+    fn address(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.current().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotConnected, "the plugin is not running (restarting)")
         })
@@ -147,4 +168,18 @@ pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Canc
         });
     }
     while servers.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_first_moves_ipv6_addresses_forward_in_resolver_order() {
+        let parse =
+            |list: &[&str]| list.iter().map(|addr| addr.parse().unwrap()).collect::<Vec<SocketAddr>>();
+        let mut addresses = parse(&["192.0.2.1:1", "[2001:db8::1]:1", "192.0.2.2:1", "[2001:db8::2]:1"]);
+        prefer_ipv6(&mut addresses);
+        assert_eq!(addresses, parse(&["[2001:db8::1]:1", "[2001:db8::2]:1", "192.0.2.1:1", "192.0.2.2:1"]));
+    }
 }

@@ -48,6 +48,50 @@ pub fn fit_to_descriptors(
     (tcp.max(1) as usize, udp as usize)
 }
 
+/// What both binaries do once their config is loaded: set up logging at `log_level`, log `warnings`,
+/// raise the open-file limit to `nofile` (see [`raise_descriptor_limit`]), and run `serve(limit)` to
+/// the end on a single-threaded runtime (connections are spread over worker threads by
+/// [`Workers`](crate::Workers), not by this runtime). The exit code is 1 when any of it fails; the
+/// error is printed as `binary: ...` before logging is up, logged after.
+pub fn run_main<F, E>(
+    binary: &str,
+    log_level: &str,
+    warnings: &[String],
+    nofile: Option<u64>,
+    serve: impl FnOnce(u64) -> F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    init_logging(log_level);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let descriptors = match raise_descriptor_limit(nofile) {
+        Ok(limit) => limit,
+        Err(error) => {
+            eprintln!("{binary}: nofile: cannot set the open-file limit: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{binary}: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(descriptors)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` shows an anyhow error's whole chain of context.
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sends logs to stderr. `RUST_LOG` wins when set; otherwise `default` (e.g. "info", "debug") applies to
 /// every target.
 pub fn init_logging(default: &str) {

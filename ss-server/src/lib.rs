@@ -2,13 +2,15 @@
 //! policy), resolves and connects to the target, and relays both ways.
 //!
 //! [`run`] takes already-bound listeners and a cancellation token, so tests start a server in-process on
-//! port 0 and stop it when they are done. `main.rs` only turns the command line and config file into
-//! [`Settings`].
+//! port 0 and stop it when they are done. `main.rs` parses the command line and config file, and
+//! [`Settings::from_config`] turns them into the [`Settings`] of each server entry; the entries of one
+//! process share one set of worker threads ([`run_on`]).
 
 #![warn(missing_docs)]
 
 pub mod admission;
 mod connection;
+mod from_config;
 mod own_addresses;
 pub mod policy;
 pub mod rejections;
@@ -69,7 +71,7 @@ pub struct Settings {
     /// Counters the server keeps up to date (tests and diagnostics read them).
     pub stats: Arc<Stats>,
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
-    /// everything on the caller's runtime.
+    /// everything on the caller's runtime. [`run`] starts them; [`run_on`] is given them instead.
     pub threads: usize,
     /// Name servers, lookup timeout and limits of the server's resolver ([`ss_net::resolve`]).
     pub resolve: ss_net::ResolveSettings,
@@ -142,8 +144,20 @@ struct Shared {
 }
 
 /// Serves TCP and UDP on every listener until `shutdown` is cancelled, then lets open TCP connections
-/// finish for the drain time and returns.
+/// finish for the drain time and returns. Starts `settings.threads` worker runtimes of its own.
 pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) {
+    let workers = ss_net::Workers::start(settings.threads);
+    run_on(settings, listeners, workers, shutdown).await;
+}
+
+/// [`run`] with its TCP connections spread over `workers`, which several servers of one process share
+/// (`settings.threads` is not used).
+pub async fn run_on(
+    settings: Settings,
+    listeners: Listeners,
+    workers: ss_net::Workers,
+    shutdown: CancellationToken,
+) {
     let replay = ReplayFilter::new(
         &settings.key,
         settings.method.generation(),
@@ -169,7 +183,6 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
             return;
         }
     };
-    let workers = ss_net::Workers::start(settings.threads);
     let own = match settings.policy {
         TargetPolicy::PublicOnly => OwnAddresses::watch(shutdown.clone()),
         TargetPolicy::AllowAll => OwnAddresses::default(),

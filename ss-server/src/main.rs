@@ -1,31 +1,27 @@
-//! `ss-server`: command line and config file in, [`ss_server::run`] out.
+//! `ss-server`: command line and config file in, one [`ss_server::run_on`] per server entry out.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
-use ss_config::{CliArgs, Config, ReplaySnapshot, ServerEntry};
+use ss_config::{Binary, CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
 use ss_net::plugin::{Plugin, Spec, Timing};
-use ss_server::{Listeners, Settings, TargetPolicy};
+use ss_server::{Listeners, Settings};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "ss-server", version)]
 struct Args {
     #[command(flatten)]
     common: CliArgs,
-    /// Print a fresh random key for the method given with -m (base64) and exit.
-    #[arg(long = "generate-key")]
-    generate_key: bool,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.generate_key {
+    let args: Args = ss_config::parse_for(Binary::Server);
+    if args.common.generate_key {
         return generate_key(args.common.method.as_deref().unwrap_or("2022-blake3-aes-256-gcm"));
     }
     let config = match ss_config::load(&args.common) {
@@ -35,33 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ss_net::process::init_logging(config.effective_log_level().as_str());
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
-    let descriptors = match ss_net::process::raise_descriptor_limit(config.nofile) {
-        Ok(limit) => limit,
-        Err(error) => {
-            eprintln!("ss-server: nofile: cannot set the open-file limit: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Single-threaded: the accept loop and UDP run here, and TCP connections are spread over this thread
-    // and `threads - 1` more, each connection staying on one (ss_net::Workers).
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ss-server: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(config, descriptors)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let (log_level, warnings, nofile) =
+        (config.effective_log_level(), config.warnings.clone(), config.nofile);
+    ss_net::process::run_main("ss-server", log_level.as_str(), &warnings, nofile, |descriptors| {
+        serve(config, descriptors)
+    })
 }
 
 fn generate_key(method: &str) -> ExitCode {
@@ -78,15 +52,17 @@ fn generate_key(method: &str) -> ExitCode {
 }
 
 async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
-    warn_about_unsupported(&config);
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
+    // One set of worker threads for the process, whatever the number of server entries.
+    let workers = ss_net::Workers::start(config.threads_or_cpus());
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
     for entry in &config.servers {
         let (listeners, plugin) = listen(&config, entry).await?;
         plugins.extend(plugin);
-        servers.spawn(ss_server::run(settings(&config, entry, descriptors), listeners, shutdown.clone()));
+        let settings = Settings::from_config(&config, entry, descriptors);
+        servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
     }
     while servers.join_next().await.is_some() {}
     // After the drain: open connections came in through the plugins.
@@ -173,73 +149,4 @@ async fn bind_loopback(
     }
     let error = last_error.unwrap_or_else(|| std::io::Error::other("no free port"));
     Err(error).context("binding the loopback port pair for the plugin")
-}
-
-fn settings(config: &Config, entry: &ServerEntry, descriptors: u64) -> Settings {
-    if entry.password_is_weak {
-        tracing::warn!(
-            "the password for {}:{} is weak: anyone who records traffic can try to guess it offline; \
-             use a random key (ss-server --generate-key -m {}) or a long random password",
-            entry.host,
-            entry.port,
-            entry.method
-        );
-    }
-    let mut settings = Settings::new(entry.method, entry.key.clone());
-    if config.mode.tcp() && entry.plugin.as_ref().is_some_and(|plugin| plugin.mode.tcp()) {
-        // Every connection comes from the plugin on loopback: the clients' addresses are unknown.
-        settings.max_handshakes_per_source = ss_server::admission::NO_PER_SOURCE_RULE;
-    }
-    settings.policy =
-        if config.allow_private_targets { TargetPolicy::AllowAll } else { TargetPolicy::PublicOnly };
-    settings.handshake_timeout = config.handshake_timeout;
-    settings.connect_timeout = config.connect_timeout;
-    settings.idle_timeout = config.timeout;
-    settings.max_connections = config.max_connections;
-    settings.threads = config.threads_or_cpus();
-    settings.udp_timeout = config.udp_timeout;
-    settings.resolve.nameservers = config.nameserver.clone();
-    settings.resolve.ipv6_first = config.ipv6_first;
-    let (max_connections, max_udp) = ss_net::process::fit_to_descriptors(
-        descriptors,
-        config.servers.len(),
-        settings.max_connections,
-        if config.mode.udp() { settings.max_udp_associations } else { 0 },
-    );
-    tracing::info!(
-        nofile = descriptors,
-        max_connections,
-        max_udp_associations = max_udp,
-        "{}:{}: limits fitted to the open-file limit",
-        entry.host,
-        entry.port
-    );
-    settings.max_connections = max_connections;
-    settings.max_udp_associations = max_udp.max(1);
-    settings.replay_snapshot = match &config.replay_snapshot {
-        ReplaySnapshot::Off => None,
-        ReplaySnapshot::At(path) => Some(path.clone()),
-        ReplaySnapshot::Default => {
-            let path = ss_server::replay_snapshot::default_path(entry.port, |name| std::env::var_os(name));
-            if path.is_none() && !entry.method.is_2022() {
-                tracing::warn!(
-                    "no state directory (STATE_DIRECTORY, XDG_STATE_HOME, HOME) for the replay filter: \
-                     it is kept in memory only; set replay_snapshot to keep it across restarts"
-                );
-            }
-            path
-        }
-    };
-    settings
-}
-
-/// Warns about tuning knobs we do not act on.
-fn warn_about_unsupported(config: &Config) {
-    for (set, name) in
-        [(config.fast_open, "fast_open"), (config.reuse_port, "reuse_port"), (config.acl.is_some(), "acl")]
-    {
-        if set {
-            tracing::warn!("{name} is not supported yet and is ignored");
-        }
-    }
 }

@@ -1,5 +1,7 @@
 //! The real `ss-server` and `ss-local` executables, run the way a user runs them: config errors and their
-//! exit code, the shipped example config, shadowsocks-libev's README config end to end, `-d` (name
+//! exit code, each binary's own flags (and the other's refused by name), one set of worker threads for
+//! all of ss-server's entries, the same warnings from both
+//! for keys neither acts on, the shipped example config, shadowsocks-libev's README config end to end, `-d` (name
 //! servers) against the test's DNS server, draining on SIGTERM, the classic replay filter saved at SIGTERM
 //! and loaded at start, and key generation.
 //!
@@ -322,6 +324,108 @@ async fn a_classic_server_saves_its_replay_filter_at_sigterm_and_loads_it_at_sta
         }
         let _ = local.terminate().await;
     }
+}
+
+#[tokio::test]
+async fn each_binary_lists_and_takes_only_its_own_flags_and_names_the_other() {
+    let binaries = built().await;
+    // (how to give it, its long name in --help)
+    let local_only: &[(&[&str], &str)] =
+        &[(&["-l", "1080"], "--local-port"), (&["-b", "::"], "--local-address")];
+    let server_only: &[(&[&str], &str)] = &[
+        (&["--allow-private-targets"], "--allow-private-targets"),
+        (&["-d", "127.0.0.1"], "--nameserver"),
+        (&["--replay-snapshot", "off"], "--replay-snapshot"),
+        (&["--udp-timeout", "5"], "--udp-timeout"),
+        (&["--generate-key"], "--generate-key"),
+    ];
+    for (name, binary, own, foreign, other) in [
+        ("ss-local", &binaries.local, local_only, server_only, "ss-server"),
+        ("ss-server", &binaries.server, server_only, local_only, "ss-local"),
+    ] {
+        let output = timeout(STEP, quiet_command(binary).arg("--help").stdout(Stdio::piped()).output())
+            .await
+            .expect("--help did not exit")
+            .expect("run --help");
+        assert!(output.status.success(), "{name} --help: {}", output.status);
+        let help = String::from_utf8_lossy(&output.stdout);
+        for (_, long) in own {
+            assert!(help.contains(long), "{name} --help lacks {long}:\n{help}");
+        }
+        for (args, long) in foreign {
+            assert!(!help.contains(long), "{name} --help lists {other}'s {long}:\n{help}");
+            let command = quiet_command(binary).args(["-s", "127.0.0.1", "-p", "1"]).args(*args).output();
+            let output = timeout(STEP, command).await.expect("did not exit").expect("run");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{name} {args:?}: {}\n{stderr}", output.status);
+            let expected = format!("is an {other} option, not one of {name}");
+            assert!(stderr.contains(&expected), "{name} {args:?}:\n{stderr}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn both_binaries_warn_alike_about_keys_they_do_not_act_on() {
+    let binaries = built().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Both ports are taken, so each binary logs its warnings at start and then fails to bind (exit 1):
+    // the warnings show without serving anything.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let json = format!(
+        r#"{{"server":"127.0.0.1","server_port":{port},"local_port":{port},"method":"aes-256-gcm",
+            "password":"a long and varied password 1234","fast_open":true,"reuse_port":true,"acl":"/none.acl"}}"#
+    );
+    let path = dir.path().join("ignored-keys.json");
+    std::fs::write(&path, json).expect("write config");
+    for (name, binary) in [("ss-server", &binaries.server), ("ss-local", &binaries.local)] {
+        let command = quiet_command(binary).arg("-c").arg(&path).output();
+        let output = timeout(STEP, command).await.expect("did not exit").expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {}\n{stderr}", output.status);
+        for key in ["fast_open", "reuse_port", "acl"] {
+            let warning = format!("{key} is not supported yet and is ignored");
+            assert_eq!(
+                stderr.matches(&warning).count(),
+                1,
+                "{name} did not warn once about {key}:\n{stderr}"
+            );
+        }
+    }
+    drop(taken);
+}
+
+#[tokio::test]
+async fn server_entries_share_one_set_of_worker_threads() {
+    let binaries = built().await;
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let (first, second) = (free_port(), free_port());
+        let (first, second) = (format!("127.0.0.1:{first}"), format!("127.0.0.1:{second}"));
+        let args =
+            ["-s", &first, "-s", &second, "-m", "aes-128-gcm", "-k", "a long and varied password 1234"];
+        let args = strings(&[&args[..], &["--threads", "3"]].concat());
+        // Ready once the second entry listens: both are bound, and the workers start before either.
+        let ready = second.parse().expect("address");
+        let server = match Subprocess::start(&Launch::new(&binaries.server).args(&args), ready).await {
+            Ok(server) => server,
+            Err(failure) => {
+                failures.push(failure);
+                continue;
+            }
+        };
+        let pid = server.pid();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+        let workers = tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("worker-"))
+            .count();
+        // --threads 3: the main thread and two workers, however many entries the process serves.
+        assert_eq!(workers, 2, "{}", server.log());
+        let _ = server.terminate().await;
+        return;
+    }
+    panic!("could not start ss-server:\n{}", failures.join("\n"));
 }
 
 #[tokio::test]

@@ -136,32 +136,41 @@ fn raise_fd_limit() {
 }
 
 /// The open-file limit: raised to the hard limit by default, set by libev's `-n`/`nofile`, logged, and
-/// the connection cap fitted to it.
+/// the connection cap fitted to it, by both binaries (one start-up path, `ss_net::process::run_main`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_open_file_limit_is_raised_or_set_and_the_cap_fitted_to_it() {
     let binaries = binaries().await;
     let method = Method::Aes128Gcm;
     let password = test_password(method);
-    for (nofile_flag, expected) in [(None, 2048), (Some("1000"), 1000)] {
-        let server = Subprocess::start_on_free_port(|port| {
-            let launch = Launch::new(&binaries.server)
-                .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-m", method.name(), "-k", &password])
-                .nofile(2048);
-            match nofile_flag {
-                Some(value) => launch.args(["-n", value]),
-                None => launch,
-            }
-        })
-        .await;
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).expect("limits");
-        let soft: Vec<&str> = limits
-            .lines()
-            .find(|line| line.starts_with("Max open files"))
-            .map(|line| line.split_whitespace().skip(3).take(2).collect())
-            .expect("Max open files line");
-        assert_eq!(soft[0], expected.to_string(), "soft limit with -n {nofile_flag:?}\n{limits}");
-        let (cap, _) = ss_net::process::fit_to_descriptors(expected, 1, 10_000, 0);
-        let logged = format!("nofile={expected} max_connections={cap}");
-        assert_eq!(server.lines_containing(&logged), 1, "{logged}\n{}", server.log());
+    for (name, binary) in [("ss-server", &binaries.server), ("ss-local", &binaries.local)] {
+        for (nofile_flag, expected) in [(None, 2048), (Some("1000"), 1000)] {
+            let process = Subprocess::start_on_free_port(|port| {
+                let port = port.to_string();
+                // ss-local listens on -l and never dials its server (port 9) here.
+                let (server_port, local_port) =
+                    if name == "ss-server" { (&*port, None) } else { ("9", Some(&*port)) };
+                let mut launch = Launch::new(binary)
+                    .args(["-s", "127.0.0.1", "-p", server_port, "-m", method.name(), "-k", &password])
+                    .nofile(2048);
+                if let Some(local_port) = local_port {
+                    launch = launch.args(["-l", local_port]);
+                }
+                match nofile_flag {
+                    Some(value) => launch.args(["-n", value]),
+                    None => launch,
+                }
+            })
+            .await;
+            let limits = std::fs::read_to_string(format!("/proc/{}/limits", process.pid())).expect("limits");
+            let soft: Vec<&str> = limits
+                .lines()
+                .find(|line| line.starts_with("Max open files"))
+                .map(|line| line.split_whitespace().skip(3).take(2).collect())
+                .expect("Max open files line");
+            assert_eq!(soft[0], expected.to_string(), "{name}: soft limit with -n {nofile_flag:?}\n{limits}");
+            let (cap, _) = ss_net::process::fit_to_descriptors(expected, 1, 10_000, 0);
+            let logged = format!("nofile={expected} max_connections={cap}");
+            assert_eq!(process.lines_containing(&logged), 1, "{name}: {logged}\n{}", process.log());
+        }
     }
 }

@@ -1,0 +1,102 @@
+//! [`Settings::from_config`]: the one place where ss-local's checked [`Config`] becomes [`Settings`].
+//!
+//! Every config key ss-local acts on is read here (`local_address` and `local_port` say where `main`
+//! binds, and each server's `plugin` is started by `main`, which then sets [`Server::plugin`]). Keys
+//! only ss-server acts on (`allow_private_targets`, `nameserver`, `udp_timeout`, `replay_snapshot`) are
+//! left for it: one config file serves both binaries. Keys neither acts on yet are warned about by
+//! ss-config ([`Config::warnings`]).
+
+use ss_config::Config;
+
+use crate::{Server, Settings};
+
+impl Settings {
+    /// ss-local's settings for `config`, with the connection cap fitted to `descriptors` open files.
+    /// Servers come without their plugins.
+    pub fn from_config(config: &Config, descriptors: u64) -> Settings {
+        let servers = config
+            .servers
+            .iter()
+            .map(|entry| Server {
+                ipv6_first: config.ipv6_first,
+                ..Server::new(entry.host.clone(), entry.port, entry.method, entry.key.clone())
+            })
+            .collect();
+        // A SOCKS5 connection holds two descriptors, as on the server; a UDP association three (its
+        // control connection, the relay socket and the upstream socket): the UDP share covers the third.
+        let udp_share = if config.mode.udp() { usize::MAX } else { 0 };
+        let (max_connections, _) =
+            ss_net::process::fit_to_descriptors(descriptors, 1, config.max_connections, udp_share);
+        tracing::info!(nofile = descriptors, max_connections, "limits fitted to the open-file limit");
+        Settings {
+            handshake_timeout: config.handshake_timeout,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.timeout,
+            max_connections,
+            no_delay: config.no_delay,
+            tcp: config.mode.tcp(),
+            udp: config.mode.udp(),
+            threads: config.threads_or_cpus(),
+            ..Settings::new(servers)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use ss_config::{CliArgs, RawConfig};
+    use ss_crypto::{Key, Method};
+
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODw==";
+
+    fn config(json: &str) -> Config {
+        let raw = RawConfig::from_json(json, Path::new("config.json")).unwrap();
+        Config::from_raw(raw, &CliArgs::default()).unwrap()
+    }
+
+    #[test]
+    fn every_key_ss_local_uses_reaches_its_settings() {
+        let config = config(&format!(
+            r#"{{"server":["a.example","[2001:db8::1]:9000"],"server_port":8388,"key":"{KEY}",
+                "method":"2022-blake3-aes-128-gcm","local_address":"::1","local_port":1080,"mode":"tcp_and_udp",
+                "timeout":31,"handshake_timeout":32,"connect_timeout":33,"max_connections":34,"threads":3,
+                "no_delay":false,"ipv6_first":true,"nofile":4096}}"#
+        ));
+        let settings = Settings::from_config(&config, 1 << 20);
+        let servers: Vec<_> =
+            settings.servers.iter().map(|s| (s.host.as_str(), s.port, s.method, s.ipv6_first)).collect();
+        let method = Method::Blake3Aes128Gcm;
+        assert_eq!(servers, [("a.example", 8388, method, true), ("2001:db8::1", 9000, method, true)]);
+        assert_eq!(settings.servers[1].key, Key::from_base64(method, KEY).unwrap());
+        assert!(settings.servers.iter().all(|server| server.plugin.is_none()));
+        assert_eq!(
+            (settings.idle_timeout, settings.handshake_timeout, settings.connect_timeout),
+            (Duration::from_secs(31), Duration::from_secs(32), Duration::from_secs(33))
+        );
+        assert_eq!((settings.max_connections, settings.threads), (34, 3));
+        assert!(!settings.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
+        assert!(settings.tcp && settings.udp);
+    }
+
+    #[test]
+    fn defaults_and_the_descriptor_limit() {
+        let config = config(&format!(
+            r#"{{"server":"s","server_port":1,"key":"{KEY}","method":"2022-blake3-aes-128-gcm","mode":"udp_only"}}"#
+        ));
+        let settings = Settings::from_config(&config, 1024);
+        assert!(settings.no_delay, "TCP_NODELAY is on by default");
+        assert!(!settings.servers[0].ipv6_first);
+        assert!(!settings.tcp && settings.udp);
+        // 1024 descriptors, less the reserve, shared with UDP: far fewer than the default 10000.
+        assert_eq!(
+            settings.max_connections,
+            ss_net::process::fit_to_descriptors(1024, 1, 10_000, usize::MAX).0
+        );
+        assert!(settings.max_connections < 500);
+    }
+}
