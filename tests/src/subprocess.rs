@@ -154,7 +154,10 @@ pub struct Subprocess {
 
 impl Subprocess {
     /// Starts `launch` and waits (up to [`STEP`]) until it accepts connections on `addr`. The readiness
-    /// probe is one connection that sends nothing and closes.
+    /// probe is one connection that sends nothing and closes, and it counts only once the listening
+    /// socket on `addr`'s port belongs to the child or one of its descendants (a plugin): a free port can
+    /// be taken by another process between the choice and the child's bind, and a probe answered by that
+    /// process must not pass for the child's readiness.
     pub async fn start(launch: &Launch, addr: SocketAddr) -> Result<Subprocess, String> {
         let name = launch.binary.file_name().map_or_else(String::new, |name| name.to_string_lossy().into());
         let mut child = launch.command().spawn().map_err(|error| match launch.nofile {
@@ -193,7 +196,7 @@ impl Subprocess {
                 let _ = timeout(STEP, &mut process.reader).await;
                 return Err(format!("{} exited with {status}:\n{}", process.name, process.log()));
             }
-            if TcpStream::connect(addr).await.is_ok() {
+            if TcpStream::connect(addr).await.is_ok() && listens_in_tree(pid, addr.port()) {
                 return Ok(process);
             }
             if Instant::now() >= deadline {
@@ -287,6 +290,62 @@ impl Subprocess {
         let _ = self.child.start_kill();
         let _ = self.wait_exit(STEP).await;
     }
+}
+
+/// Whether a socket listening on TCP `port` (IPv4 or IPv6) is held by process `root` or a descendant.
+/// Reads /proc: the listening sockets' inodes from /proc/net/tcp{,6}, then which processes hold them.
+fn listens_in_tree(root: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let listens_here = local
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
+                .is_some_and(|local_port| local_port == port);
+            if listens_here {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(processes) = std::fs::read_dir("/proc") else { return false };
+    processes
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| holds_any(pid, &inodes))
+        .any(|pid| descends_from(pid, root))
+}
+
+/// Whether process `pid` has one of `sockets` (`socket:[inode]`) among its descriptors.
+fn holds_any(pid: u32, sockets: &[String]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| sockets.iter().any(|socket| target.as_os_str() == socket.as_str()))
+}
+
+/// Whether `pid` is `root` or one of its descendants (following parent ids in /proc/PID/stat).
+fn descends_from(mut pid: u32, root: u32) -> bool {
+    for _ in 0..64 {
+        if pid == root {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        // The command name (field 2) is in parentheses and may contain spaces; the parent id follows.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        match parent {
+            Some(parent) if parent > 1 => pid = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The port Debian's shadowsocks-libev service listens on after install; never handed out.
