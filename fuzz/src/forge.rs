@@ -6,8 +6,8 @@
 //! also cross-checks nonce order and the UDP layouts. Key derivation is ss-crypto's public API.
 
 use aes::cipher::BlockEncrypt;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::aead::consts::U12;
+use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::aes::Aes192;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
