@@ -132,7 +132,12 @@ fn forged_seeds(v4: &Address, domain: &Address) {
     // Classic aes-256-gcm request: salt, length record, address and payload.
     let first = [encoded(domain), b"hello".to_vec()].concat();
     let len = (first.len() as u16).to_be_bytes();
-    write("forged_plaintext", "classic-request", &[&[1, 0, 128][..], &[0x11; 32], &len, &first].concat());
+    let aes256 = index(Method::Aes256Gcm);
+    write(
+        "forged_plaintext",
+        "classic-request",
+        &[&[aes256, 0, 128][..], &[0x11; 32], &len, &first].concat(),
+    );
     // 2022 aes-256 request: fixed header, variable header (address, 4 bytes padding, payload), a chunk.
     let variable = [encoded(domain), vec![0, 4, 0, 0, 0, 0], b"hi".to_vec()].concat();
     let fixed = [&[0][..], &now, &(variable.len() as u16).to_be_bytes()].concat();
@@ -140,22 +145,38 @@ fn forged_seeds(v4: &Address, domain: &Address) {
     write(
         "forged_plaintext",
         "2022-request",
-        &[&[4, 0, 200][..], &[0x11; 32], &fixed, &variable, &chunk].concat(),
+        &[&[index(Method::Blake3Aes256Gcm), 0, 200][..], &[0x11; 32], &fixed, &variable, &chunk].concat(),
     );
     // 2022 aes-128 response: fixed header echoing the request salt, then the first payload.
     let fixed = [&[1][..], &now, request_salt(Method::Blake3Aes128Gcm).as_bytes(), &[0, 5]].concat();
-    write("forged_plaintext", "2022-response", &[&[3, 1, 60][..], &[0x11; 16], &fixed, b"hello"].concat());
+    let blake3_aes128 = index(Method::Blake3Aes128Gcm);
+    write(
+        "forged_plaintext",
+        "2022-response",
+        &[&[blake3_aes128, 1, 60][..], &[0x11; 16], &fixed, b"hello"].concat(),
+    );
     // Datagrams: classic aes-128-gcm, 2022 aes-256 from a client, 2022 chacha from a server.
     let body = [encoded(v4), b"ping".to_vec()].concat();
-    write("forged_plaintext", "udp-classic", &[&[0, 2, 0][..], &[0x22; 16], &body].concat());
+    let aes128 = index(Method::Aes128Gcm);
+    write("forged_plaintext", "udp-classic", &[&[aes128, 2, 0][..], &[0x22; 16], &body].concat());
     let client = [&[0][..], &now, &[0, 0], &body].concat();
-    write("forged_plaintext", "udp-2022-client", &[&[4, 2, 0][..], &[0x44; 16], &client].concat());
+    let blake3_aes256 = index(Method::Blake3Aes256Gcm);
+    write(
+        "forged_plaintext",
+        "udp-2022-client",
+        &[&[blake3_aes256, 2, 0][..], &[0x44; 16], &client].concat(),
+    );
     let server = [&[1][..], &now, &[0, 0, 0, 0, 0, 0, 0, 1], &[0, 2, 0, 0], &body].concat();
     write(
         "forged_plaintext",
         "udp-2022-server",
-        &[&[5, 3, 0][..], &[0x44; 16], &[0x33; 24], &server].concat(),
+        &[&[index(Method::Blake3ChaCha20Poly1305), 3, 0][..], &[0x44; 16], &[0x33; 24], &server].concat(),
     );
+}
+
+/// The method byte that makes `forged_plaintext` pick `method` (its position in `Method::ALL`).
+fn index(method: Method) -> u8 {
+    Method::ALL.iter().position(|m| *m == method).unwrap() as u8
 }
 
 fn encoded(address: &Address) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! header, length, padding and address checks that follow authentication see hostile values.
 //!
 //! ```text
-//! input = method (byte % 6) | mode (byte % 4) | cut | rest
+//! input = method (byte % 8) | mode (byte % 4) | cut | rest
 //! mode 0, 1: TCP request, response.  rest = salt | plaintext of each record, in order
 //! mode 2, 3: UDP from a client, from a server.  rest = salt (classic) or session and packet ids
 //!            (2022) [| XChaCha nonce] | body

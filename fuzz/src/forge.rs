@@ -6,8 +6,10 @@
 //! also cross-checks nonce order and the UDP layouts. Key derivation is ss-crypto's public API.
 
 use aes::cipher::BlockEncrypt;
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes128Gcm, Aes256Gcm};
+use aes_gcm::aes::Aes192;
+use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use ss_crypto::{Algorithm, Key, Method, NONCE_LEN};
 
@@ -69,16 +71,26 @@ pub fn udp_2022(method: Method, key: &Key, ids: [u8; 16], xnonce: [u8; 24], body
 /// Appends `plaintext` sealed under `key` and `nonce`, then the tag, to `out`.
 fn seal(algorithm: Algorithm, key: &[u8], nonce: &[u8; NONCE_LEN], plaintext: &[u8], out: &mut Vec<u8>) {
     let mut sealed = plaintext.to_vec();
+    // XChaCha20's 24-byte nonce is the same little-endian counter, zero-extended.
+    let mut xnonce = [0; 24];
+    xnonce[..NONCE_LEN].copy_from_slice(nonce);
+    let xnonce = (&xnonce).into();
     let nonce = nonce.into();
     let sealed_ok = match algorithm {
         Algorithm::Aes128Gcm => {
             Aes128Gcm::new_from_slice(key).expect("16").encrypt_in_place(nonce, b"", &mut sealed)
+        }
+        Algorithm::Aes192Gcm => {
+            AesGcm::<Aes192, U12>::new_from_slice(key).expect("24").encrypt_in_place(nonce, b"", &mut sealed)
         }
         Algorithm::Aes256Gcm => {
             Aes256Gcm::new_from_slice(key).expect("32").encrypt_in_place(nonce, b"", &mut sealed)
         }
         Algorithm::ChaCha20Poly1305 => {
             ChaCha20Poly1305::new_from_slice(key).expect("32").encrypt_in_place(nonce, b"", &mut sealed)
+        }
+        Algorithm::XChaCha20Poly1305 => {
+            XChaCha20Poly1305::new_from_slice(key).expect("32").encrypt_in_place(xnonce, b"", &mut sealed)
         }
     };
     sealed_ok.expect("records are far below the AEAD limits");

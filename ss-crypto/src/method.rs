@@ -3,11 +3,18 @@
 //! | method                        | key | salt | tag | generation |
 //! |-------------------------------|-----|------|-----|------------|
 //! | aes-128-gcm                   | 16  | 16   | 16  | classic    |
+//! | aes-192-gcm                   | 24  | 24   | 16  | classic    |
 //! | aes-256-gcm                   | 32  | 32   | 16  | classic    |
 //! | chacha20-ietf-poly1305        | 32  | 32   | 16  | classic    |
+//! | xchacha20-ietf-poly1305       | 32  | 32   | 16  | classic    |
 //! | 2022-blake3-aes-128-gcm       | 16  | 16   | 16  | AEAD-2022  |
 //! | 2022-blake3-aes-256-gcm       | 32  | 32   | 16  | AEAD-2022  |
 //! | 2022-blake3-chacha20-poly1305 | 32  | 32   | 16  | AEAD-2022  |
+//!
+//! `aes-192-gcm` and `xchacha20-ietf-poly1305` are the two SIP004 methods shadowsocks-libev offers beyond
+//! the common three (shadowsocks-rust builds them only with its `aead-cipher-extra` feature). Their
+//! framing is the classic one; only the primitive differs. XChaCha20-Poly1305 takes a 24-byte nonce: see
+//! the cipher module for how the nonce counter fills it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,10 +33,14 @@ pub const MAX_SALT_LEN: usize = 32;
 pub enum Method {
     /// `aes-128-gcm` (SIP004).
     Aes128Gcm,
+    /// `aes-192-gcm` (SIP004).
+    Aes192Gcm,
     /// `aes-256-gcm` (SIP004).
     Aes256Gcm,
     /// `chacha20-ietf-poly1305` (SIP004).
     ChaCha20IetfPoly1305,
+    /// `xchacha20-ietf-poly1305` (SIP004).
+    XChaCha20IetfPoly1305,
     /// `2022-blake3-aes-128-gcm` (SIP022).
     Blake3Aes128Gcm,
     /// `2022-blake3-aes-256-gcm` (SIP022).
@@ -52,18 +63,24 @@ pub enum Generation {
 pub enum Algorithm {
     /// AES-128 in Galois/Counter Mode.
     Aes128Gcm,
+    /// AES-192 in Galois/Counter Mode.
+    Aes192Gcm,
     /// AES-256 in Galois/Counter Mode.
     Aes256Gcm,
     /// ChaCha20-Poly1305 with a 96-bit nonce (RFC 8439).
     ChaCha20Poly1305,
+    /// XChaCha20-Poly1305 with a 192-bit nonce (libsodium's `xchacha20poly1305_ietf`).
+    XChaCha20Poly1305,
 }
 
 impl Method {
     /// Every supported method, classic first.
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 8] = [
         Method::Aes128Gcm,
+        Method::Aes192Gcm,
         Method::Aes256Gcm,
         Method::ChaCha20IetfPoly1305,
+        Method::XChaCha20IetfPoly1305,
         Method::Blake3Aes128Gcm,
         Method::Blake3Aes256Gcm,
         Method::Blake3ChaCha20Poly1305,
@@ -73,8 +90,10 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::Aes128Gcm => "aes-128-gcm",
+            Method::Aes192Gcm => "aes-192-gcm",
             Method::Aes256Gcm => "aes-256-gcm",
             Method::ChaCha20IetfPoly1305 => "chacha20-ietf-poly1305",
+            Method::XChaCha20IetfPoly1305 => "xchacha20-ietf-poly1305",
             Method::Blake3Aes128Gcm => "2022-blake3-aes-128-gcm",
             Method::Blake3Aes256Gcm => "2022-blake3-aes-256-gcm",
             Method::Blake3ChaCha20Poly1305 => "2022-blake3-chacha20-poly1305",
@@ -84,7 +103,11 @@ impl Method {
     /// Which protocol generation the method belongs to.
     pub fn generation(self) -> Generation {
         match self {
-            Method::Aes128Gcm | Method::Aes256Gcm | Method::ChaCha20IetfPoly1305 => Generation::Classic,
+            Method::Aes128Gcm
+            | Method::Aes192Gcm
+            | Method::Aes256Gcm
+            | Method::ChaCha20IetfPoly1305
+            | Method::XChaCha20IetfPoly1305 => Generation::Classic,
             Method::Blake3Aes128Gcm | Method::Blake3Aes256Gcm | Method::Blake3ChaCha20Poly1305 => {
                 Generation::Aead2022
             }
@@ -100,17 +123,16 @@ impl Method {
     pub fn algorithm(self) -> Algorithm {
         match self {
             Method::Aes128Gcm | Method::Blake3Aes128Gcm => Algorithm::Aes128Gcm,
+            Method::Aes192Gcm => Algorithm::Aes192Gcm,
             Method::Aes256Gcm | Method::Blake3Aes256Gcm => Algorithm::Aes256Gcm,
             Method::ChaCha20IetfPoly1305 | Method::Blake3ChaCha20Poly1305 => Algorithm::ChaCha20Poly1305,
+            Method::XChaCha20IetfPoly1305 => Algorithm::XChaCha20Poly1305,
         }
     }
 
     /// Key length in bytes (also the length of the session subkey).
     pub fn key_len(self) -> usize {
-        match self.algorithm() {
-            Algorithm::Aes128Gcm => 16,
-            Algorithm::Aes256Gcm | Algorithm::ChaCha20Poly1305 => 32,
-        }
+        self.algorithm().key_len()
     }
 
     /// Salt length in bytes; equal to the key length for every method.
@@ -128,6 +150,17 @@ impl Method {
         match self.generation() {
             Generation::Classic => 0x3FFF,
             Generation::Aead2022 => 0xFFFF,
+        }
+    }
+}
+
+impl Algorithm {
+    /// Key length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            Algorithm::Aes128Gcm => 16,
+            Algorithm::Aes192Gcm => 24,
+            Algorithm::Aes256Gcm | Algorithm::ChaCha20Poly1305 | Algorithm::XChaCha20Poly1305 => 32,
         }
     }
 }
@@ -225,8 +258,6 @@ impl FromStr for Method {
             return Err(MethodError::Insecure { name });
         }
         let suggestion = match lower.as_str() {
-            "aes-192-gcm" => "aes-256-gcm",
-            "xchacha20-ietf-poly1305" => "chacha20-ietf-poly1305",
             "2022-blake3-chacha8-poly1305" => "2022-blake3-chacha20-poly1305",
             _ => return Err(MethodError::Unknown { name }),
         };
@@ -252,8 +283,19 @@ mod tests {
         let sizes: Vec<_> = Method::ALL.iter().map(|m| (m.key_len(), m.salt_len(), m.tag_len())).collect();
         assert_eq!(
             sizes,
-            [(16, 16, 16), (32, 32, 16), (32, 32, 16), (16, 16, 16), (32, 32, 16), (32, 32, 16)]
+            [
+                (16, 16, 16),
+                (24, 24, 16),
+                (32, 32, 16),
+                (32, 32, 16),
+                (32, 32, 16),
+                (16, 16, 16),
+                (32, 32, 16),
+                (32, 32, 16)
+            ]
         );
+        assert_eq!(Method::XChaCha20IetfPoly1305.generation(), Generation::Classic);
+        assert_eq!(Method::Aes192Gcm.max_chunk_payload(), 0x3FFF);
         assert_eq!(Method::Aes128Gcm.max_chunk_payload(), 0x3FFF);
         assert_eq!(Method::Blake3Aes128Gcm.max_chunk_payload(), 0xFFFF);
     }
@@ -280,7 +322,13 @@ mod tests {
 
     #[test]
     fn peer_only_aead_methods_point_to_an_alternative() {
-        let err = "aes-192-gcm".parse::<Method>().unwrap_err().to_string();
-        assert!(err.contains("use aes-256-gcm"), "{err}");
+        let err = "2022-blake3-chacha8-poly1305".parse::<Method>().unwrap_err().to_string();
+        assert!(err.contains("use 2022-blake3-chacha20-poly1305"), "{err}");
+    }
+
+    #[test]
+    fn libevs_full_aead_set_is_accepted() {
+        assert_eq!("aes-192-gcm".parse::<Method>(), Ok(Method::Aes192Gcm));
+        assert_eq!("XChaCha20-IETF-Poly1305".parse::<Method>(), Ok(Method::XChaCha20IetfPoly1305));
     }
 }

@@ -9,6 +9,8 @@
 //! +------+-------------------------------------+
 //! ```
 //!
+//! (`xchacha20-ietf-poly1305` too: its all-zero nonce is 24 bytes long.)
+//!
 //! AEAD-2022 (SIP022) with AES:
 //!
 //! ```text
@@ -202,7 +204,11 @@ impl Udp2022 {
             Method::Blake3ChaCha20Poly1305 => {
                 Block::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(psk).ok()?))
             }
-            Method::Aes128Gcm | Method::Aes256Gcm | Method::ChaCha20IetfPoly1305 => return None,
+            Method::Aes128Gcm
+            | Method::Aes192Gcm
+            | Method::Aes256Gcm
+            | Method::ChaCha20IetfPoly1305
+            | Method::XChaCha20IetfPoly1305 => return None,
         };
         Some(Udp2022 { method, key: key.clone(), block })
     }

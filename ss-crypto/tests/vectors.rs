@@ -4,6 +4,10 @@
 //!
 //! The vectors live beside the repository (`../shared/vectors`); `SS_VECTORS_DIR` overrides the path.
 //! A missing directory fails the tests rather than skipping them.
+//!
+//! The `extra_*` tests read `tests/vectors-extra/` inside the repository: the same formats for the two
+//! methods the shared set lacks, `aes-192-gcm` and `xchacha20-ietf-poly1305`, made by the independent
+//! generator beside them (`generate.py`: `cryptography` and libsodium through PyNaCl).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,6 +24,14 @@ fn load(name: &str) -> Value {
     let path = dir.join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {} (set SS_VECTORS_DIR): {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A file of `tests/vectors-extra/`, which is part of the repository.
+fn load_extra(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors-extra").join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -210,6 +222,18 @@ fn tcp_streams_encode_and_decode_exactly() {
     let vectors = load("tcp_stream.json");
     let vectors = vectors["vectors"].as_array().unwrap();
     assert_eq!(vectors.len(), 24);
+    check_tcp_streams(vectors);
+}
+
+#[test]
+fn extra_tcp_streams_encode_and_decode_exactly() {
+    let vectors = load_extra("tcp_stream.json");
+    let vectors = vectors["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), 10);
+    check_tcp_streams(vectors);
+}
+
+fn check_tcp_streams(vectors: &[Value]) {
     for vector in vectors {
         let name = vector["name"].as_str().unwrap();
         let stream = hex(&vector["stream"]);
@@ -228,7 +252,17 @@ fn tcp_streams_encode_and_decode_exactly() {
 
 #[test]
 fn tcp_negative_cases_fail_as_expected() {
-    let file = load("tcp_stream.json");
+    check_tcp_negatives(&load("tcp_stream.json"));
+}
+
+#[test]
+fn extra_tcp_negative_cases_fail_as_expected() {
+    let file = load_extra("tcp_stream.json");
+    assert_eq!(file["negative"].as_array().unwrap().len(), 4);
+    check_tcp_negatives(&file);
+}
+
+fn check_tcp_negatives(file: &Value) {
     let positives = file["vectors"].as_array().unwrap();
     let find = |name: &str| positives.iter().find(|v| v["name"] == name).unwrap().clone();
     for case in file["negative"].as_array().unwrap() {
@@ -274,6 +308,33 @@ fn udp_packets_seal_and_open_exactly() {
     let file = load("udp_packet.json");
     let vectors = file["vectors"].as_array().unwrap();
     assert_eq!(vectors.len(), 24);
+    check_udp_packets(vectors);
+}
+
+#[test]
+fn extra_udp_packets_seal_and_open_exactly() {
+    let file = load_extra("udp_packet.json");
+    let vectors = file["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), 8);
+    check_udp_packets(vectors);
+}
+
+/// The extra vectors' keys and subkeys follow from the password and salts (EVP_BytesToKey, HKDF-SHA1).
+#[test]
+fn extra_keys_derive_from_the_password() {
+    let tcp = load_extra("tcp_stream.json");
+    let udp = load_extra("udp_packet.json");
+    let vectors = tcp["vectors"].as_array().unwrap().iter().chain(udp["vectors"].as_array().unwrap());
+    for vector in vectors {
+        let method = method(vector);
+        let key = Key::from_password(method, vector["password"].as_str().unwrap()).unwrap();
+        assert_eq!(key.as_bytes(), hex(&vector["key"]), "{}", vector["name"]);
+        let subkey = key.session_subkey(method, &hex(&vector["salt"]));
+        assert_eq!(subkey.as_bytes(), hex(&vector["subkey"]), "{}", vector["name"]);
+    }
+}
+
+fn check_udp_packets(vectors: &[Value]) {
     for vector in vectors {
         let name = vector["name"].as_str().unwrap();
         let method = method(vector);

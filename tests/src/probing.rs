@@ -7,10 +7,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::aes::cipher::BlockEncrypt;
+use aes_gcm::aes::Aes192;
 use aes_gcm::aes::{Aes128, Aes256};
-use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
+use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
 use ss_crypto::{Address, Algorithm, Decryptor, Encryptor, Key, Method, Salt};
@@ -419,6 +421,9 @@ impl RecordSealer {
 
 /// Appends `plaintext` sealed under `key` and `nonce`, then its tag, to `out`.
 fn seal_record(algorithm: Algorithm, key: &Key, nonce: &[u8; 12], plaintext: &[u8], out: &mut Vec<u8>) {
+    // XChaCha20's 24-byte nonce is the same little-endian counter, zero-extended.
+    let mut xnonce = XNonce::default();
+    xnonce[..12].copy_from_slice(nonce);
     let nonce = aes_gcm::Nonce::from_slice(nonce);
     let mut record = plaintext.to_vec();
     let key = key.as_bytes();
@@ -426,12 +431,18 @@ fn seal_record(algorithm: Algorithm, key: &Key, nonce: &[u8; 12], plaintext: &[u
         Algorithm::Aes128Gcm => Aes128Gcm::new_from_slice(key)
             .expect("16-byte key")
             .encrypt_in_place_detached(nonce, &[], &mut record),
+        Algorithm::Aes192Gcm => AesGcm::<Aes192, U12>::new_from_slice(key)
+            .expect("24-byte key")
+            .encrypt_in_place_detached(nonce, &[], &mut record),
         Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
             .expect("32-byte key")
             .encrypt_in_place_detached(nonce, &[], &mut record),
         Algorithm::ChaCha20Poly1305 => ChaCha20Poly1305::new_from_slice(key)
             .expect("32-byte key")
             .encrypt_in_place_detached(nonce, &[], &mut record),
+        Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new_from_slice(key)
+            .expect("32-byte key")
+            .encrypt_in_place_detached(&xnonce, &[], &mut record),
     }
     .expect("record within AEAD limits");
     out.extend_from_slice(&record);

@@ -15,7 +15,11 @@ fn largest_payload(method: Method, target: &Address, source: &Address) -> usize 
     let overhead = match method {
         Method::Blake3ChaCha20Poly1305 => 24 + 8 + 8 + 1 + 8 + 8 + 2 + 16,
         Method::Blake3Aes128Gcm | Method::Blake3Aes256Gcm => 16 + 1 + 8 + 8 + 2 + 16,
-        Method::Aes128Gcm | Method::Aes256Gcm | Method::ChaCha20IetfPoly1305 => method.salt_len() + 16,
+        Method::Aes128Gcm
+        | Method::Aes192Gcm
+        | Method::Aes256Gcm
+        | Method::ChaCha20IetfPoly1305
+        | Method::XChaCha20IetfPoly1305 => method.salt_len() + 16,
     };
     65_507 - overhead - target.encoded_len().max(source.encoded_len())
 }

@@ -45,9 +45,15 @@ impl Flavour {
         }
     }
 
-    /// Whether this implementation speaks `method` (shadowsocks-libev has no AEAD-2022).
+    /// Whether this implementation speaks `method`: shadowsocks-libev has no AEAD-2022, and
+    /// shadowsocks-rust as `cargo install` builds it (without `aead-cipher-extra`) has neither
+    /// `aes-192-gcm` nor `xchacha20-ietf-poly1305`.
     pub fn supports(self, method: Method) -> bool {
-        self != Flavour::Libev || !method.is_2022()
+        match self {
+            Flavour::Ours => true,
+            Flavour::Libev => !method.is_2022(),
+            Flavour::Rust => !matches!(method, Method::Aes192Gcm | Method::XChaCha20IetfPoly1305),
+        }
     }
 }
 

@@ -206,7 +206,7 @@ pub fn markdown(info: &RunInfo, results: &Results) -> String {
                 "| {} | {} | {} | {} | {} | {} |",
                 metric.label(&info.sizes),
                 value(ours, metric),
-                value(rust, metric),
+                if Flavour::Rust.supports(method) { value(rust, metric) } else { "–".to_owned() },
                 if Flavour::Libev.supports(method) { value(libev, metric) } else { "–".to_owned() },
                 ratio(ours, rust),
                 ratio(ours, libev),

@@ -2,17 +2,20 @@
 //!
 //! The primitive comes from one small backend module: `ring` by default (assembly AES-GCM and
 //! ChaCha20-Poly1305), or the RustCrypto crates `aes-gcm` / `chacha20poly1305` when the crate is built
-//! without the `ring` feature. Both pass the same known-answer vectors.
+//! without the `ring` feature. Both pass the same known-answer vectors. AES-192-GCM and
+//! XChaCha20-Poly1305, which ring lacks, are RustCrypto's in both builds.
 //!
 //! Nonces are 12-byte little-endian counters starting at 0, incremented after every seal or open.
-//! A counter that would pass 2^96 - 1 is an error, never a silent wrap.
+//! A counter that would pass 2^96 - 1 is an error, never a silent wrap. XChaCha20-Poly1305's nonce is
+//! 24 bytes: the same counter, zero-extended (the upper 12 bytes stay zero, exactly as libev's 24-byte
+//! little-endian increment leaves them below 2^96), so one counter type serves every algorithm and the
+//! backend widens it at the last moment.
 
 #[cfg(feature = "ring")]
 mod ring;
 #[cfg(feature = "ring")]
 use self::ring as backend;
 
-#[cfg(not(feature = "ring"))]
 mod rustcrypto;
 #[cfg(not(feature = "ring"))]
 use self::rustcrypto as backend;
@@ -215,9 +218,15 @@ mod tests {
 
     #[test]
     fn seal_then_open_round_trips_and_detects_flips() {
-        for algorithm in [Algorithm::Aes128Gcm, Algorithm::Aes256Gcm, Algorithm::ChaCha20Poly1305] {
+        for algorithm in [
+            Algorithm::Aes128Gcm,
+            Algorithm::Aes192Gcm,
+            Algorithm::Aes256Gcm,
+            Algorithm::ChaCha20Poly1305,
+            Algorithm::XChaCha20Poly1305,
+        ] {
             let key = [7u8; 32];
-            let key = &key[..if algorithm == Algorithm::Aes128Gcm { 16 } else { 32 }];
+            let key = &key[..algorithm.key_len()];
             let mut sealer = SessionCipher::new(algorithm, key);
             let mut buf = b"attack at dawn\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
             sealer.seal(&mut buf).unwrap();

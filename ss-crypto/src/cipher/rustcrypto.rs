@@ -1,20 +1,31 @@
 //! AEAD backend on the RustCrypto crates `aes-gcm` and `chacha20poly1305` (portable, constant time,
 //! AES-NI when the CPU has it).
+//!
+//! It is the whole backend without the `ring` feature, and the one for AES-192-GCM and
+//! XChaCha20-Poly1305 in every build: ring has neither.
 
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes128Gcm, Aes256Gcm, Tag};
-use chacha20poly1305::ChaCha20Poly1305;
+use aes_gcm::aes::Aes192;
+use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm, Tag};
+use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
 
 use super::NONCE_LEN;
 use crate::method::Algorithm;
 
+#[cfg(not(feature = "ring"))]
 pub(super) const NAME: &str = "rustcrypto";
+
+/// AES-192-GCM with the standard 96-bit nonce; `aes-gcm` names only the 128- and 256-bit variants.
+type Aes192Gcm = AesGcm<Aes192, U12>;
 
 /// An expanded AEAD key.
 pub(super) enum AeadKey {
     Aes128(Box<Aes128Gcm>),
+    Aes192(Box<Aes192Gcm>),
     Aes256(Box<Aes256Gcm>),
     ChaCha(Box<ChaCha20Poly1305>),
+    XChaCha(Box<XChaCha20Poly1305>),
 }
 
 impl AeadKey {
@@ -25,11 +36,17 @@ impl AeadKey {
             Algorithm::Aes128Gcm => {
                 AeadKey::Aes128(Box::new(Aes128Gcm::new_from_slice(key).expect("16-byte key")))
             }
+            Algorithm::Aes192Gcm => {
+                AeadKey::Aes192(Box::new(Aes192Gcm::new_from_slice(key).expect("24-byte key")))
+            }
             Algorithm::Aes256Gcm => {
                 AeadKey::Aes256(Box::new(Aes256Gcm::new_from_slice(key).expect("32-byte key")))
             }
             Algorithm::ChaCha20Poly1305 => {
                 AeadKey::ChaCha(Box::new(ChaCha20Poly1305::new_from_slice(key).expect("32-byte key")))
+            }
+            Algorithm::XChaCha20Poly1305 => {
+                AeadKey::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(key).expect("32-byte key")))
             }
         }
     }
@@ -37,11 +54,14 @@ impl AeadKey {
     /// Seals in place; false (and no tag written) if the crate refuses, which it does only for inputs
     /// beyond 2^36 bytes.
     pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag_out: &mut [u8]) -> bool {
+        let xnonce = extended(nonce);
         let nonce = nonce.into();
         let tag = match self {
             AeadKey::Aes128(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
+            AeadKey::Aes192(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
             AeadKey::Aes256(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
             AeadKey::ChaCha(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
+            AeadKey::XChaCha(key) => key.encrypt_in_place_detached(&xnonce, b"", in_out),
         };
         match tag {
             Ok(tag) => {
@@ -53,13 +73,25 @@ impl AeadKey {
     }
 
     pub(super) fn open(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag: &[u8]) -> bool {
+        let xnonce = extended(nonce);
         let nonce = nonce.into();
         let tag = Tag::from_slice(tag);
         match self {
             AeadKey::Aes128(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
+            AeadKey::Aes192(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
             AeadKey::Aes256(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
             AeadKey::ChaCha(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
+            AeadKey::XChaCha(key) => key.decrypt_in_place_detached(&xnonce, b"", in_out, tag),
         }
         .is_ok()
     }
+}
+
+/// The 24-byte XChaCha20 nonce of a 96-bit counter value: the same little-endian number, its upper 12
+/// bytes zero. libev increments all 24 bytes, which agrees as long as the counter stays below 2^96,
+/// and ours refuses to go further.
+fn extended(nonce: &[u8; NONCE_LEN]) -> XNonce {
+    let mut xnonce = XNonce::default();
+    xnonce[..NONCE_LEN].copy_from_slice(nonce);
+    xnonce
 }
