@@ -241,6 +241,9 @@ impl Builder {
         }
         let list = self.current.unwrap_or(List::Bypass);
         let rule = Rule::classify(line);
+        if matches!(&rule, Rule::Suffix(name) | Rule::Exact(name) if name.is_empty()) {
+            return self.warn(number, "no domain after | or ||, skipped");
+        }
         if let Rule::Regex(pattern) = &rule {
             if let Err(error) = regex::Regex::new(pattern) {
                 let first = error.to_string().lines().last().unwrap_or_default().to_owned();

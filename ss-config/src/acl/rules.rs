@@ -76,6 +76,8 @@ pub(super) struct RuleSet {
 pub(super) struct RuleSetBuilder {
     set: RuleSet,
     regexes: Vec<String>,
+    /// The same patterns, to answer [`RuleSetBuilder::holds`] without a scan per line.
+    known_regexes: HashSet<String>,
 }
 
 impl RuleSetBuilder {
@@ -94,7 +96,11 @@ impl RuleSetBuilder {
             Rule::Exact(name) => {
                 self.set.exact.insert(name);
             }
-            Rule::Regex(pattern) => self.regexes.push(pattern),
+            Rule::Regex(pattern) => {
+                if self.known_regexes.insert(pattern.clone()) {
+                    self.regexes.push(pattern);
+                }
+            }
         }
     }
 
@@ -103,7 +109,7 @@ impl RuleSetBuilder {
         match rule {
             Rule::Suffix(domain) => self.set.suffixes.contains(domain),
             Rule::Exact(name) => self.set.exact.contains(name),
-            Rule::Regex(pattern) => self.regexes.iter().any(|known| known == pattern),
+            Rule::Regex(pattern) => self.known_regexes.contains(pattern),
             Rule::Net(_) => false,
         }
     }

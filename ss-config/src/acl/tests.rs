@@ -100,14 +100,20 @@ fn bad_lines_are_skipped_with_a_warning_naming_the_line() {
     let long = format!("||{}.test", "a".repeat(MAX_LINE));
     let mut text =
         format!("[bypass_list]\r\n||crlf.test\r\n\r\n  # indented comment\n||bücher.test\n{long}\n");
-    text.push_str("([unclosed\n[no_such_section]\n||hidden.test\n[proxy_list]\n||after.test\n");
+    text.push_str("([unclosed\n[no_such_section]\n||hidden.test\n[proxy_list]\n||after.test\n||.\n");
     let mut bytes = text.into_bytes();
     bytes.extend_from_slice(b"||bad\xff.test\n||last.test");
     let parsed = Acl::parse(&bytes).unwrap();
     let lines: Vec<&str> = parsed.warnings.iter().map(|w| w.split(':').next().unwrap()).collect();
-    assert_eq!(lines, ["line 5", "line 6", "line 7", "line 8", "line 12"], "{:?}", parsed.warnings);
+    assert_eq!(
+        lines,
+        ["line 5", "line 6", "line 7", "line 8", "line 12", "line 13"],
+        "{:?}",
+        parsed.warnings
+    );
     assert!(parsed.warnings[1].contains("longer than") && parsed.warnings[2].contains("regex"));
-    assert!(parsed.warnings[3].contains("[no_such_section]") && parsed.warnings[4].contains("UTF-8"));
+    assert!(parsed.warnings[3].contains("[no_such_section]") && parsed.warnings[4].contains("no domain"));
+    assert!(parsed.warnings[5].contains("UTF-8"));
     let acl = parsed.acl;
     assert_eq!(acl.route_host("crlf.test"), decided(Route::Bypass), "CRLF line endings");
     assert_eq!(
