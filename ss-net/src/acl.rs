@@ -14,10 +14,16 @@ use ss_config::acl::{Acl, AclError};
 use tokio_util::sync::CancellationToken;
 
 /// The rules in force and the file they came from.
-#[derive(Debug)]
 pub struct SharedAcl {
     path: PathBuf,
     current: ArcSwap<Acl>,
+}
+
+/// Only the path: the compiled rules of a large list would fill a log line by the megabyte.
+impl std::fmt::Debug for SharedAcl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedAcl").field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 impl SharedAcl {

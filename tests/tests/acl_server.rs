@@ -84,6 +84,33 @@ async fn outbound_targets_are_blocked_by_name_and_by_resolved_address() {
 }
 
 #[tokio::test]
+async fn udp_datagrams_to_blocked_targets_are_dropped() {
+    use ss_tests::udp::{local_settings_udp, socks5_udp_associate, udp_echo_server};
+    let open = udp_echo_server("127.0.0.1:0").await;
+    let blocked = udp_echo_server("127.0.0.2:0").await;
+    let dns = TestDns::start(&[("blocked.test", loopback(1))]).await;
+    let file = acl_file("[outbound_block_list]\n127.0.0.2\n||blocked.test\n");
+    let mut settings = server_settings(METHOD);
+    settings.resolve.nameservers = vec![dns.addr];
+    settings.acl = Some(SharedAcl::load(file.path()).expect("ACL"));
+    let server = start_server(settings).await;
+    let local = start_local(local_settings_udp(METHOD, server.addr)).await;
+    let association = socks5_udp_associate(local.addr).await.expect("UDP ASSOCIATE");
+
+    // Each blocked datagram is sent before an allowed one, over the same association: had it been
+    // forwarded, its echo would arrive first or in between.
+    for (round, refused) in
+        [Address::Ip(blocked), Address::Domain("blocked.test".into(), open.port())].into_iter().enumerate()
+    {
+        association.send(&refused, b"refused").await;
+        association.send(&Address::Ip(open), &[round as u8]).await;
+        let (source, payload) = timeout(STEP, association.recv()).await.expect("no echo");
+        assert_eq!((source, payload), (Address::Ip(open), vec![round as u8]), "{refused}");
+    }
+    assert_eq!(dns.queries("blocked.test"), 0, "a blocked name is not looked up");
+}
+
+#[tokio::test]
 async fn the_acl_loosens_the_private_address_policy_only_by_explicit_allow() {
     let echo = echo_server("127.0.0.1:0").await;
     for (rules, reachable) in [
