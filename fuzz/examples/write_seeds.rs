@@ -18,6 +18,7 @@ fn main() {
     let v4 = Address::Ip("192.0.2.7:443".parse().unwrap());
     let v6 = Address::Ip("[2001:db8::1]:8080".parse().unwrap());
     let domain = Address::domain("example.com", 80).unwrap();
+    acl_seeds();
     write("address_parse", "ipv4", &encoded(&v4));
     write("address_parse", "ipv6", &encoded(&v6));
     write("address_parse", "domain", &encoded(&domain));
@@ -124,6 +125,20 @@ fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
         "2022-raw",
         format!("ss://2022-blake3-chacha20-poly1305:{psk}@h.example:1/?plugin=p").as_bytes(),
     );
+}
+
+/// ACL files: every section and alias and each kind of rule, and the lines that must only warn.
+fn acl_seeds() {
+    write(
+        "acl_parse",
+        "every-section",
+        b"# comment\n||before.example\n[proxy_all]\n[bypass_list]\n10.0.0.0/8\n::1\n||cn\n\
+          [black_list]\n|exact.example\n[proxy_list]\n(^|\\.)google\\.com$\n^www\\.x\\.org$\n\
+          [white_list]\n^ad[0-9]+\\.\n[bypass_all]\n[reject_all]\n[accept_all]\n\
+          [outbound_block_list]\n192.0.2.0/24\n||blocked.example\n[outbound_allow_list]\n192.0.2.7\n\
+          [outbound_block_all]\n[outbound_allow_all]\n",
+    );
+    write("acl_parse", "bad-lines", b"[bypass_list]\r\n||crlf.example\r\n\xff\xfe\n||b\xc3\xbccher.de\n([unclosed\n[nope]\nx\n");
 }
 
 /// Plaintexts laid out as `fuzz_targets/forged_plaintext.rs` reads them.

@@ -14,7 +14,7 @@
 //! shadowsocks-libev leaves it off unless asked, but a proxy that batches small writes adds latency to
 //! every interactive protocol it carries. `--no-delay` is accepted for libev's command lines.
 //!
-//! Keys that neither binary acts on yet (`fast_open`, `reuse_port`, `acl`) load, and each adds the same
+//! Keys that neither binary acts on yet (`fast_open`, `reuse_port`) load, and each adds the same
 //! one-line warning to [`Config::warnings`], which both binaries log at start; so does a weak password.
 //! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries;
 //! each [`ServerEntry`] carries its own [`Plugin`] (see `servers.rs` for the precedence).
@@ -136,12 +136,11 @@ impl Config {
         let fast_open = args.fast_open || raw.fast_open.unwrap_or(false);
         let reuse_port = args.reuse_port || raw.reuse_port.unwrap_or(false);
         let acl = args.acl.clone().or(raw.acl);
-        let mut warnings: Vec<String> =
-            [(fast_open, "fast_open"), (reuse_port, "reuse_port"), (acl.is_some(), "acl")]
-                .into_iter()
-                .filter(|(set, _)| *set)
-                .map(|(_, name)| format!("{name} is not supported yet and is ignored"))
-                .collect();
+        let mut warnings: Vec<String> = [(fast_open, "fast_open"), (reuse_port, "reuse_port")]
+            .into_iter()
+            .filter(|(set, _)| *set)
+            .map(|(_, name)| format!("{name} is not supported yet and is ignored"))
+            .collect();
         warnings.extend(servers.iter().filter(|entry| entry.password_is_weak).map(weak_password_warning));
         Ok(Config {
             servers,
@@ -539,7 +538,6 @@ mod tests {
             [
                 "fast_open is not supported yet and is ignored",
                 "reuse_port is not supported yet and is ignored",
-                "acl is not supported yet and is ignored"
             ]
         );
         let weak = check(&format!("{{{BASE}}}")).unwrap().warnings;

@@ -44,6 +44,7 @@
 
 use std::path::PathBuf;
 
+pub mod acl;
 mod cli;
 mod config;
 mod entry;

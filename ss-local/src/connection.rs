@@ -5,6 +5,9 @@
 //!        ─▶ reply "succeeded" ─▶ wait briefly for the application's first bytes
 //!        ─▶ salt + header + first bytes in one write ─▶ relay both ways (half-close, idle timeout)
 //! ```
+//!
+//! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
+//! plain text, the same reply and relay otherwise.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
 
+use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
 use crate::{Server, Settings};
 
@@ -31,19 +35,28 @@ pub(crate) fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     settings: Arc<Settings>,
+    router: Option<Arc<Router>>,
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
-    run_connection(stream, settings, slot).instrument(span)
+    run_connection(stream, settings, router, slot).instrument(span)
 }
 
-async fn run_connection(client: TcpStream, settings: Arc<Settings>, _slot: ss_net::Slot) {
+async fn run_connection(
+    client: TcpStream,
+    settings: Arc<Settings>,
+    router: Option<Arc<Router>>,
+    _slot: ss_net::Slot,
+) {
     let started = Instant::now();
     // Everything before the relay lives in `open`'s future, which is gone by the time the relay (the long
     // part) runs: the handshake, target, first payload and padding are not kept for the connection's life.
     let Established { client, mut writer, mut reader, server, first_len } =
-        match open(client, &settings).await {
-            Ok(Some(established)) => established,
+        match open(client, &settings, router.as_deref()).await {
+            Ok(Some(Opened::Proxied(established))) => established,
+            Ok(Some(Opened::Direct { client, upstream })) => {
+                return relay_direct(client, upstream, &settings, started).await
+            }
             Ok(None) => return,
             Err(error) => {
                 debug!(%error, "connection ended");
@@ -73,6 +86,43 @@ async fn run_connection(client: TcpStream, settings: Arc<Settings>, _slot: ss_ne
     }
 }
 
+/// Plain relay between the client and a bypassed target.
+async fn relay_direct(client: TcpStream, upstream: TcpStream, settings: &Settings, started: Instant) {
+    let (client_read, mut client_write) = client.into_split();
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let mut client_read = ss_net::PooledReader::new(client_read);
+    let mut upstream_read = ss_net::PooledReader::new(upstream_read);
+    let outcome = ss_net::relay(
+        (&mut client_read, &mut client_write),
+        (&mut upstream_read, &mut upstream_write),
+        settings.idle_timeout,
+    )
+    .await;
+    debug!(
+        route = "direct",
+        up = outcome.a_to_b,
+        down = outcome.b_to_a,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %outcome.end,
+        "connection closed"
+    );
+    if outcome.end.is_failure() {
+        ss_net::abort(client_write);
+        ss_net::abort(upstream_write);
+    }
+}
+
+/// What `open` hands to the relay.
+// Not boxed: `open` returned the large `Established` by value before the ACL existed; the direct
+// variant only makes the (short-lived) return value no larger.
+#[allow(clippy::large_enum_variant)]
+enum Opened<'a> {
+    /// Through a server.
+    Proxied(Established<'a>),
+    /// Bypassed by the ACL: connected directly, the client's early bytes already sent.
+    Direct { client: TcpStream, upstream: TcpStream },
+}
+
 /// A connection ready to relay: the request has gone out with the first payload.
 struct Established<'a> {
     client: TcpStream,
@@ -82,9 +132,13 @@ struct Established<'a> {
     first_len: u64,
 }
 
-/// SOCKS5 handshake, connect to a server, reply, first payload and request header. `None` when the
-/// connection was answered and is done (UDP ASSOCIATE, refused commands).
-async fn open(mut client: TcpStream, settings: &Settings) -> io::Result<Option<Established<'_>>> {
+/// SOCKS5 handshake, route, connect to a server (or the bypassed target), reply, first payload and
+/// request header. `None` when the connection was answered and is done (UDP ASSOCIATE, refused commands).
+async fn open<'a>(
+    mut client: TcpStream,
+    settings: &'a Settings,
+    router: Option<&Router>,
+) -> io::Result<Option<Opened<'a>>> {
     let _ = client.set_nodelay(settings.no_delay);
     let handshake = timeout(settings.handshake_timeout, socks5::handshake(&mut client))
         .await
@@ -110,6 +164,38 @@ async fn open(mut client: TcpStream, settings: &Settings) -> io::Result<Option<E
         Command::Bind | Command::Other(_) => {
             socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS).await?;
             return Ok(None);
+        }
+    }
+
+    let decision = match router {
+        Some(router) => router.decide(&target).await,
+        None => Ok(Decision::Proxy),
+    };
+    let direct = match decision {
+        Ok(Decision::Proxy) => None,
+        Ok(Decision::Direct(addresses)) => Some(
+            timeout(settings.connect_timeout, TcpStream::connect(addresses.as_slice())).await.unwrap_or_else(
+                |_| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connecting to the bypassed target timed out",
+                    ))
+                },
+            ),
+        ),
+        Err(error) => Some(Err(error)),
+    };
+    match direct {
+        None => {}
+        Some(Err(error)) => {
+            socks5::send_reply(&mut client, Reply::HostUnreachable, &socks5::UNSPECIFIED_ADDRESS).await?;
+            return Err(error);
+        }
+        Some(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(settings.no_delay);
+            socks5::send_reply(&mut client, Reply::Succeeded, &socks5::UNSPECIFIED_ADDRESS).await?;
+            upstream.write_all(&handshake.early).await?;
+            return Ok(Some(Opened::Direct { client, upstream }));
         }
     }
 
@@ -141,7 +227,7 @@ async fn open(mut client: TcpStream, settings: &Settings) -> io::Result<Option<E
     writer.flush().await?;
     let decryptor = Decryptor::response(server.method, &server.key, salt);
     let reader = DecryptReader::new(upstream_read, decryptor);
-    Ok(Some(Established { client, writer, reader, server, first_len: first.len() as u64 }))
+    Ok(Some(Opened::Proxied(Established { client, writer, reader, server, first_len: first.len() as u64 })))
 }
 
 /// Connects to the first server that answers, in configured order.

@@ -1,8 +1,10 @@
 //! [`Settings::from_config`]: the one place where ss-local's checked [`Config`] becomes [`Settings`].
 //!
 //! Every config key ss-local acts on is read here (`local_address` and `local_port` say where `main`
-//! binds, and each server's `plugin` is started by `main`, which then sets [`Server::plugin`]). Keys
-//! only ss-server acts on (`allow_private_targets`, `nameserver`, `udp_timeout`, `replay_snapshot`) are
+//! binds, each server's `plugin` is started by `main`, which then sets [`Server::plugin`], and `main`
+//! loads the `acl` file into [`Settings::acl`]). `nameserver` and `ipv6_first` also say how names of
+//! targets the ACL bypasses are resolved here. Keys only ss-server acts on (`allow_private_targets`,
+//! `udp_timeout`, `replay_snapshot`) are
 //! left for it: one config file serves both binaries. Keys neither acts on yet are warned about by
 //! ss-config ([`Config::warnings`]).
 
@@ -28,7 +30,13 @@ impl Settings {
         let (max_connections, _) =
             ss_net::process::fit_to_descriptors(descriptors, 1, config.max_connections, udp_share);
         tracing::info!(nofile = descriptors, max_connections, "limits fitted to the open-file limit");
+        let resolve = ss_net::ResolveSettings {
+            nameservers: config.nameserver.clone(),
+            ipv6_first: config.ipv6_first,
+            ..ss_net::ResolveSettings::default()
+        };
         Settings {
+            resolve,
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.timeout,
@@ -65,7 +73,7 @@ mod tests {
             r#"{{"server":["a.example","[2001:db8::1]:9000"],"server_port":8388,"key":"{KEY}",
                 "method":"2022-blake3-aes-128-gcm","local_address":"::1","local_port":1080,"mode":"tcp_and_udp",
                 "timeout":31,"handshake_timeout":32,"connect_timeout":33,"max_connections":34,"threads":3,
-                "no_delay":false,"ipv6_first":true,"nofile":4096}}"#
+                "no_delay":false,"ipv6_first":true,"nofile":4096,"nameserver":"127.0.0.1:5353"}}"#
         ));
         let settings = Settings::from_config(&config, 1 << 20);
         let servers: Vec<_> =
@@ -81,6 +89,9 @@ mod tests {
         assert_eq!((settings.max_connections, settings.threads), (34, 3));
         assert!(!settings.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
         assert!(settings.tcp && settings.udp);
+        let nameserver: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        assert_eq!((settings.resolve.nameservers, settings.resolve.ipv6_first), (vec![nameserver], true));
+        assert!(settings.acl.is_none(), "main loads the ACL file");
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! [`run`] takes already-bound listeners and a cancellation token, so tests start it in-process on port 0.
 //! `main.rs` parses the command line and config file, and [`Settings::from_config`] turns them into
 //! [`Settings`].
+//!
+//! With an ACL ([`Settings::acl`], `--acl`) each CONNECT is routed: through the server, or directly from
+//! here when the ACL bypasses the target (see `route.rs` for the order and the no-DNS-leak rule).
 
 #![warn(missing_docs)]
 
 mod connection;
 mod from_config;
+mod route;
 pub mod socks5;
 mod udp;
 
@@ -126,6 +130,11 @@ pub struct Settings {
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
     pub threads: usize,
+    /// Routing rules (`acl`, `--acl`): targets the ACL bypasses are connected to directly. `None`: every
+    /// target goes through the server.
+    pub acl: Option<Arc<ss_net::SharedAcl>>,
+    /// How names of bypassed targets are resolved here (`nameserver` overrides the system's servers).
+    pub resolve: ss_net::ResolveSettings,
 }
 
 impl Settings {
@@ -143,6 +152,8 @@ impl Settings {
             tcp: true,
             udp: false,
             threads: 1,
+            acl: None,
+            resolve: ss_net::ResolveSettings::default(),
         }
     }
 }
@@ -152,17 +163,27 @@ impl Settings {
 pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
     let workers = ss_net::Workers::start(settings.threads);
+    let router = match &settings.acl {
+        None => None,
+        Some(acl) => match route::Router::new(acl.clone(), &settings.resolve) {
+            Ok(router) => Some(Arc::new(router)),
+            Err(error) => {
+                tracing::error!(%error, "cannot set up name resolution for bypassed targets");
+                return;
+            }
+        },
+    };
     let settings = Arc::new(settings);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening (SOCKS5)");
         }
-        let settings = settings.clone();
+        let (settings, router) = (settings.clone(), router.clone());
         let (workers, shutdown) = (workers.clone(), shutdown.clone());
         servers.spawn(async move {
             ss_net::accept_loop(listener, limits, &workers, shutdown, move |stream, peer, slot| {
-                connection::handle(stream, peer, settings.clone(), slot)
+                connection::handle(stream, peer, settings.clone(), router.clone(), slot)
             })
             .await
         });

@@ -41,6 +41,11 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let mut settings = Settings::from_config(&config, descriptors);
+    if let Some(path) = &config.acl {
+        let acl = ss_net::SharedAcl::load(path).context("loading the ACL")?;
+        acl.reload_on_hangup(shutdown.clone()).context("installing the SIGHUP handler")?;
+        settings.acl = Some(acl);
+    }
     // One plugin per server, each dialling its own server; started (and ready) before we listen.
     let mut plugins = Vec::new();
     for (entry, server) in config.servers.iter().zip(&mut settings.servers) {

@@ -1,6 +1,7 @@
 //! Runtime pieces both Shadowsocks binaries share. Protocol code lives in `ss-crypto` (pure: no clock,
 //! no sockets, no global state); policy (what to accept, where to connect) lives in each binary.
 //!
+//! - [`acl`]: the ACL file both binaries route and filter by, swapped whole on SIGHUP.
 //! - [`accept`]: the accept loop with its connection cap, back-off and drain.
 //! - [`workers`]: thread per core, connections placed on the least loaded runtime.
 //! - [`stream`]: [`DecryptReader`] / [`EncryptWriter`], ss-crypto's TCP state machines over async sockets.
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod acl;
 pub mod addr;
 pub mod buffer;
 pub mod clock;
@@ -30,6 +32,7 @@ pub mod window;
 pub mod workers;
 
 pub use accept::{accept_loop, bind_tcp, Limits, Slot};
+pub use acl::SharedAcl;
 pub use addr::canonical_addr;
 pub use clock::unix_now;
 pub use pooled::PooledReader;

@@ -11,7 +11,8 @@
 //! connected, the server reads and discards until the handshake deadline counted from accept, then closes
 //! with a FIN. A prober learns the same thing whatever it sends: how long the deadline is.
 //!
-//! Before any of that, [`crate::admission`] decides whether the connection's source may start another
+//! A client the ACL refuses (`[black_list]`, or not in the `[white_list]` under `[reject_all]`) gets the
+//! same silent treatment from the start. Before any of that, [`crate::admission`] decides whether the connection's source may start another
 //! handshake (one host cannot own every slot) and how long the handshake deadline is (shorter when most
 //! slots are taken by connections still in their handshake). Refusals are logged at debug and counted
 //! for the periodic summary ([`crate::rejections`]).
@@ -64,6 +65,14 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         let _ = stream.set_nodelay(shared.settings.no_delay);
         stream.into_split()
     };
+    if !shared.admits_client(peer.ip()) {
+        debug!("client refused by the ACL");
+        shared.settings.stats.rejections.count(Reason::Acl);
+        return tokio::select! {
+            () = reject(read_half, write_half, deadline) => {}
+            () = shared.shutdown.cancelled() => {}
+        };
+    }
     let method = shared.settings.method;
     let mut reader = DecryptReader::new(read_half, Decryptor::request(method, &shared.settings.key));
 
@@ -101,7 +110,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let upstream = match connected {
         Ok(upstream) => upstream,
         Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-            tracing::info!(%error, "target refused by the address policy");
+            tracing::info!(%error, "target refused by the address policy or the ACL");
             return close(write_half).await;
         }
         Err(error) => {
@@ -158,7 +167,8 @@ where
 }
 
 /// Resolves `target` and connects to the first allowed address that answers within the timeout.
-/// Every resolved address is checked against the policy right before it is dialled.
+/// A name the ACL blocks is not even resolved; every resolved address is checked against the policy
+/// (ranges, own addresses, the ACL's IP rules) right before it is dialled.
 ///
 /// The lookup is bounded by the resolver: when all its slots are taken the connection waits for one
 /// up to the lookup timeout, then the lookup itself gets the lookup timeout.
@@ -170,6 +180,9 @@ pub(crate) async fn connect(
 ) -> io::Result<TcpStream> {
     let candidates: Vec<SocketAddr> = match target {
         Address::Ip(addr) => vec![*addr],
+        Address::Domain(host, _) if !guard.allows_name(host) => {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the ACL blocks this name"));
+        }
         Address::Domain(host, port) => {
             let addresses = resolver.resolve(host).await.map_err(lookup_error)?;
             addresses.iter().map(|&ip| SocketAddr::new(ip, *port)).collect()

@@ -2,7 +2,7 @@
 //! [`Settings`] of one server entry.
 //!
 //! Every config key ss-server acts on is read here (the entry's host, port and `plugin` say where
-//! `main` listens, and `mode` what it binds). Keys only ss-local acts on (`local_address`,
+//! `main` listens, and `mode` what it binds; `main` loads the `acl` file into [`Settings::acl`]). Keys only ss-local acts on (`local_address`,
 //! `local_port`) are left for it: one config file serves both binaries. Keys neither acts on yet are
 //! warned about by ss-config ([`Config::warnings`]).
 

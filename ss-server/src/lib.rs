@@ -75,6 +75,9 @@ pub struct Settings {
     pub threads: usize,
     /// Name servers, lookup timeout and limits of the server's resolver ([`ss_net::resolve`]).
     pub resolve: ss_net::ResolveSettings,
+    /// The ACL (`acl`, `--acl`): clients it refuses get the probe treatment, its outbound lists apply
+    /// on top of [`Settings::policy`] ([`policy`]).
+    pub acl: Option<Arc<ss_net::SharedAcl>>,
 }
 
 /// Live counters of a running server.
@@ -124,6 +127,7 @@ impl Settings {
             stats: Arc::default(),
             threads: 1,
             resolve: ss_net::ResolveSettings::default(),
+            acl: None,
         }
     }
 }
@@ -141,6 +145,13 @@ struct Shared {
     resolver: Arc<ss_net::Resolver>,
     /// Cancelled at shutdown; connections still in their handshake stop at once.
     shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Whether the ACL (if any) serves a client from `ip`.
+    fn admits_client(&self, ip: std::net::IpAddr) -> bool {
+        self.settings.acl.as_ref().is_none_or(|acl| acl.current().admits_client(ip))
+    }
 }
 
 /// Serves TCP and UDP on every listener until `shutdown` is cancelled, then lets open TCP connections
@@ -187,7 +198,7 @@ pub async fn run_on(
         TargetPolicy::PublicOnly => OwnAddresses::watch(shutdown.clone()),
         TargetPolicy::AllowAll => OwnAddresses::default(),
     };
-    let guard = AddressGuard::new(settings.policy, own);
+    let guard = AddressGuard::new(settings.policy, own).with_acl(settings.acl.clone());
     let admission = Admission::new(settings.max_connections, settings.max_handshakes_per_source);
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(settings.stats.rejections.clone().report(shutdown.clone()));

@@ -56,12 +56,21 @@ async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     // One set of worker threads for the process, whatever the number of server entries.
     let workers = ss_net::Workers::start(config.threads_or_cpus());
+    // One ACL for every entry, loaded before anything listens, reloaded on SIGHUP.
+    let acl = match &config.acl {
+        None => None,
+        Some(path) => {
+            let acl = ss_net::SharedAcl::load(path).context("loading the ACL")?;
+            acl.reload_on_hangup(shutdown.clone()).context("installing the SIGHUP handler")?;
+            Some(acl)
+        }
+    };
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
     for entry in &config.servers {
         let (listeners, plugin) = listen(&config, entry).await?;
         plugins.extend(plugin);
-        let settings = Settings::from_config(&config, entry, descriptors);
+        let settings = Settings { acl: acl.clone(), ..Settings::from_config(&config, entry, descriptors) };
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
     }
     while servers.join_next().await.is_some() {}

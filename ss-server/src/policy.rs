@@ -29,6 +29,11 @@
 //! The documentation ranges 192.0.2.0/24 and 2001:db8::/32 stay allowed by the range rule, so tests can
 //! put them on a namespace's loopback and exercise the own-address rule alone.
 //!
+//! An ACL (`--acl`, [`AddressGuard::with_acl`]) adds its `[outbound_block_list]` (and
+//! `[outbound_block_all]`) on top: names are checked before they are resolved, addresses right before
+//! connecting. It loosens the range rule only for addresses its `[outbound_allow_list]` names
+//! explicitly; an address the ACL does not mention is judged by the ranges alone.
+//!
 //! The check is applied to each resolved address right before connecting to it, so a name that resolves
 //! to a private address is refused too and there is no gap between checking and connecting (DNS
 //! rebinding). [`AddressGuard::allowed_targets`] and [`AddressGuard::first_allowed`] are that
@@ -36,6 +41,9 @@
 //! relays and testable without a resolver.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ss_net::SharedAcl;
 
 pub use crate::own_addresses::OwnAddresses;
 
@@ -59,27 +67,49 @@ impl TargetPolicy {
 }
 
 /// The rule applied right before each connect: the configured [`TargetPolicy`] and, under
-/// [`TargetPolicy::PublicOnly`], the host's own addresses.
+/// [`TargetPolicy::PublicOnly`], the host's own addresses; then the ACL's outbound lists, if any.
 #[derive(Debug, Clone)]
 pub struct AddressGuard {
     policy: TargetPolicy,
     own: Option<OwnAddresses>,
+    acl: Option<Arc<SharedAcl>>,
 }
 
 impl AddressGuard {
     /// A guard for `policy`; `own` is consulted only when the policy is [`TargetPolicy::PublicOnly`].
     pub fn new(policy: TargetPolicy, own: OwnAddresses) -> AddressGuard {
         let own = (policy == TargetPolicy::PublicOnly).then_some(own);
-        AddressGuard { policy, own }
+        AddressGuard { policy, own, acl: None }
+    }
+
+    /// The same guard with the ACL's outbound lists on top (the rules in force at each check: a reload
+    /// applies to the next address judged).
+    pub fn with_acl(self, acl: Option<Arc<SharedAcl>>) -> AddressGuard {
+        AddressGuard { acl, ..self }
+    }
+
+    /// Whether a target name may be resolved at all: `false` when the ACL blocks it by its host rules.
+    pub fn allows_name(&self, host: &str) -> bool {
+        !self.acl.as_ref().is_some_and(|acl| acl.current().blocks_host(host))
     }
 
     /// The range rule alone (no own addresses): for tests and tools that have no host to protect.
     pub fn ranges_only(policy: TargetPolicy) -> AddressGuard {
-        AddressGuard { policy, own: None }
+        AddressGuard { policy, own: None, acl: None }
     }
 
-    /// Whether the server may connect to `ip`.
+    /// Whether the server may connect to `ip`: the ACL's block lists refuse; its allow list alone may
+    /// admit an address the ranges or the own-address rule refuse.
     pub fn allows(&self, ip: IpAddr) -> bool {
+        if let Some(acl) = &self.acl {
+            let acl = acl.current();
+            if acl.blocks_ip(ip) {
+                return false;
+            }
+            if acl.explicitly_allows_ip(ip) {
+                return true;
+            }
+        }
         self.policy.allows(ip) && !self.own.as_ref().is_some_and(|own| own.contains(ip))
     }
 

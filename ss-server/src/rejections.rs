@@ -29,15 +29,18 @@ pub enum Reason {
     Truncated,
     /// The source already had its budget of connections in their handshake.
     SourceBudget,
+    /// The client's address is refused by the ACL.
+    Acl,
 }
 
-const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 7] = [
     Reason::Authentication,
     Reason::Malformed,
     Reason::Timestamp,
     Reason::Replay,
     Reason::Truncated,
     Reason::SourceBudget,
+    Reason::Acl,
 ];
 
 impl Reason {
@@ -59,6 +62,7 @@ impl Reason {
             Reason::Replay => "replay",
             Reason::Truncated => "truncated",
             Reason::SourceBudget => "source_budget",
+            Reason::Acl => "acl",
         }
     }
 }

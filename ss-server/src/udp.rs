@@ -14,7 +14,9 @@
 //!   ([`crate::udp_replay`]): a classic datagram whose salt was seen (a bounded
 //!   [`crate::replay::SaltHistory`] of [`crate::replay::CLASSIC_UDP_CAPACITY`] salts per generation), and a 2022 datagram of a recently ended session whose
 //!   packet id that session's window refuses. Neither draws a reply, nor creates or evicts an association.
-//! - Every datagram's target goes through the address policy, after resolution.
+//! - Datagrams from a client the ACL refuses are dropped before they are opened. Every datagram's target
+//!   goes through the address policy (with the ACL's outbound lists), after resolution; a name the ACL
+//!   blocks is not resolved.
 //! - A domain target is resolved without holding up the socket: a cached name is sent at once; otherwise
 //!   the datagram waits in a task for its lookup, at most [`MAX_AWAITING_RESOLUTION`] datagrams per
 //!   server socket and [`MAX_AWAITING_PER_ASSOCIATION`] per association, each for at most the lookup
@@ -149,6 +151,9 @@ impl Relay {
 
     /// Opens, checks and forwards one datagram from `from`. Failures are silent.
     async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr) {
+        if !self.shared.admits_client(from.ip()) {
+            return;
+        }
         let Some((flow, target, payload)) = self.codec.open(packet, from, unix_now()) else { return };
         let association = match self.association(&flow, from).await {
             Ok(Some(association)) => association,
@@ -184,6 +189,10 @@ impl Relay {
     async fn resolve(self: Arc<Self>, association: Arc<Association>, target: Address, payload: &[u8]) {
         let Address::Domain(host, port) = &target else { return };
         let port = *port;
+        if !self.shared.guard.allows_name(host) {
+            debug!(%target, "UDP target refused by the ACL");
+            return;
+        }
         let lookup = match self.shared.resolver.try_resolve(host) {
             Ok(lookup) => lookup,
             Err(error) => return self.drop_unresolved(&target, &error),
@@ -222,7 +231,7 @@ impl Relay {
     ) {
         let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(canonical_addr))
         else {
-            debug!(%target, "UDP target refused by the address policy");
+            debug!(%target, "UDP target refused by the address policy or the ACL");
             return;
         };
         let destination = outbound_addr(destination, association.dual_stack);

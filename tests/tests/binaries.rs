@@ -374,7 +374,7 @@ async fn both_binaries_warn_alike_about_keys_they_do_not_act_on() {
     let port = taken.local_addr().expect("address").port();
     let json = format!(
         r#"{{"server":"127.0.0.1","server_port":{port},"local_port":{port},"method":"aes-256-gcm",
-            "password":"a long and varied password 1234","fast_open":true,"reuse_port":true,"acl":"/none.acl"}}"#
+            "password":"a long and varied password 1234","fast_open":true,"reuse_port":true}}"#
     );
     let path = dir.path().join("ignored-keys.json");
     std::fs::write(&path, json).expect("write config");
@@ -383,7 +383,7 @@ async fn both_binaries_warn_alike_about_keys_they_do_not_act_on() {
         let output = timeout(STEP, command).await.expect("did not exit").expect("run");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{name}: {}\n{stderr}", output.status);
-        for key in ["fast_open", "reuse_port", "acl"] {
+        for key in ["fast_open", "reuse_port"] {
             let warning = format!("{key} is not supported yet and is ignored");
             assert_eq!(
                 stderr.matches(&warning).count(),
