@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use ss_crypto::{Decryptor, Encryptor, Salt};
+use ss_crypto::{Address, Decryptor, Encryptor, Salt};
 use ss_net::buffer::{self, Buffer};
 use ss_net::stream::{DecryptReader, EncryptWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,23 +167,11 @@ async fn open<'a>(
         }
     }
 
-    let decision = match router {
-        Some(router) => router.decide(&target).await,
-        None => Ok(Decision::Proxy),
-    };
-    let direct = match decision {
-        Ok(Decision::Proxy) => None,
-        Ok(Decision::Direct(addresses)) => Some(
-            timeout(settings.connect_timeout, TcpStream::connect(addresses.as_slice())).await.unwrap_or_else(
-                |_| {
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connecting to the bypassed target timed out",
-                    ))
-                },
-            ),
-        ),
-        Err(error) => Some(Err(error)),
+    // Boxed: the ACL's decision may resolve a name (a resolver future of a few KiB) and connect directly;
+    // inline, that would make every connection's future bigger for its whole life, ACL or not.
+    let direct = match router {
+        Some(router) => Box::pin(bypass(router, &target, settings)).await,
+        None => None,
     };
     match direct {
         None => {}
@@ -228,6 +216,25 @@ async fn open<'a>(
     let decryptor = Decryptor::response(server.method, &server.key, salt);
     let reader = DecryptReader::new(upstream_read, decryptor);
     Ok(Some(Opened::Proxied(Established { client, writer, reader, server, first_len: first.len() as u64 })))
+}
+
+/// The ACL's decision for `target`: `None` to go through a server, else the outcome of connecting to the
+/// bypassed target directly.
+async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Option<io::Result<TcpStream>> {
+    match router.decide(target).await {
+        Ok(Decision::Proxy) => None,
+        Ok(Decision::Direct(addresses)) => Some(
+            timeout(settings.connect_timeout, TcpStream::connect(addresses.as_slice())).await.unwrap_or_else(
+                |_| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connecting to the bypassed target timed out",
+                    ))
+                },
+            ),
+        ),
+        Err(error) => Some(Err(error)),
+    }
 }
 
 /// Connects to the first server that answers, in configured order.
