@@ -49,10 +49,11 @@ async fn run_connection(
     _slot: ss_net::Slot,
 ) {
     let started = Instant::now();
-    // Everything before the relay lives in `open`'s future, which is gone by the time the relay (the long
-    // part) runs: the handshake, target, first payload and padding are not kept for the connection's life.
+    // Everything before the relay lives in `open`'s future, boxed so that it is freed by the time the relay
+    // (the long part) runs: the handshake, routing, server connect, first payload and padding are not kept
+    // for the connection's life. Inline, the connection's future would be as large as the largest of them.
     let Established { client, mut writer, mut reader, server, first_len } =
-        match open(client, &settings, router.as_deref()).await {
+        match Box::pin(open(client, &settings, router.as_deref())).await {
             Ok(Some(Opened::Proxied(established))) => established,
             Ok(Some(Opened::Direct { client, upstream })) => {
                 return relay_direct(client, upstream, &settings, started).await
