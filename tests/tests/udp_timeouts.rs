@@ -18,7 +18,7 @@ use ss_crypto::{Address, Method};
 use ss_server::Stats;
 use ss_tests::probing::{address_bytes, sealed_udp_request};
 use ss_tests::udp::udp_echo_server;
-use ss_tests::{server_settings, start_server, test_key, STEP};
+use ss_tests::{server_settings, start_server, test_key, RunningServer, STEP};
 use tokio::net::UdpSocket;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -34,15 +34,8 @@ const SILENT_OTHER: &str = "127.53.53.53:9";
 #[tokio::test]
 async fn associations_idle_out_after_the_udp_timeout_and_dns_only_ones_after_20_s() {
     timeout(Duration::from_secs(600), async {
-        let mut settings = server_settings(METHOD);
-        settings.udp_timeout = UDP_TIMEOUT;
-        let stats = settings.stats.clone();
-        let server = start_server(settings).await;
-        let echo = udp_echo_server("127.0.0.1:0").await;
+        let Relay { server, stats, echo, client, dns } = Relay::start().await;
         let dns_client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-
-        let dns: SocketAddr = SILENT_DNS.parse().expect("address");
         let start = Instant::now();
         dns_client.send_to(&request(dns, b"a query nobody answers"), server.addr).await.expect("send");
         exchange(&client, server.addr, echo, b"first").await;
@@ -78,14 +71,7 @@ async fn associations_idle_out_after_the_udp_timeout_and_dns_only_ones_after_20_
 #[tokio::test]
 async fn an_association_that_also_spoke_to_another_port_keeps_the_udp_timeout() {
     timeout(Duration::from_secs(600), async {
-        let mut settings = server_settings(METHOD);
-        settings.udp_timeout = UDP_TIMEOUT;
-        let stats = settings.stats.clone();
-        let server = start_server(settings).await;
-        let echo = udp_echo_server("127.0.0.1:0").await;
-        let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-
-        let dns: SocketAddr = SILENT_DNS.parse().expect("address");
+        let Relay { server, stats, echo, client, dns } = Relay::start().await;
         let start = Instant::now();
         client.send_to(&request(dns, b"a query nobody answers"), server.addr).await.expect("send");
         exchange(&client, server.addr, echo, b"and something else").await;
@@ -97,6 +83,28 @@ async fn an_association_that_also_spoke_to_another_port_keeps_the_udp_timeout() 
     })
     .await
     .expect("the test took too long");
+}
+
+/// A server with the test's UDP timeout, an echo target, a client socket and the silent DNS address.
+struct Relay {
+    server: RunningServer,
+    stats: Arc<Stats>,
+    echo: SocketAddr,
+    client: UdpSocket,
+    dns: SocketAddr,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let mut settings = server_settings(METHOD);
+        settings.udp_timeout = UDP_TIMEOUT;
+        let stats = settings.stats.clone();
+        let server = start_server(settings).await;
+        let echo = udp_echo_server("127.0.0.1:0").await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let dns = SILENT_DNS.parse().expect("address");
+        Relay { server, stats, echo, client, dns }
+    }
 }
 
 fn associations(stats: &Arc<Stats>) -> usize {
