@@ -232,3 +232,33 @@ fn acl_lookup_figure() {
     println!("50,000 rules: compiled in {compile:?}; route_host {per_host:?} per name, route_ip {per_ip:?} per address ({bypassed})");
     assert!(per_host.as_nanos() < 1000 && per_ip.as_nanos() < 1000, "lookups must stay under a microsecond");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever bytes a file holds, parsing never panics, and a broken line costs a warning, not the file.
+        #[test]
+        fn any_file_parses_or_fails_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Acl::parse(&bytes);
+        }
+
+        /// A `||domain` rule in the bypass list covers the domain and every subdomain, whatever comments
+        /// surround it, and nothing that merely ends with the same letters.
+        #[test]
+        fn a_suffix_rule_covers_exactly_its_domain_and_subdomains(
+            domain in "[a-z]{1,10}\\.(test|example)",
+            label in "[a-z0-9]{1,10}",
+            noise in proptest::collection::vec("[ -~]{0,40}", 0..5),
+        ) {
+            let comments: Vec<String> = noise.iter().map(|line| format!("# {line}")).collect();
+            let text = format!("[proxy_all]\n{}\n[bypass_list]\n||{domain}\r\n", comments.join("\n"));
+            let acl = Acl::parse(text.as_bytes()).unwrap().acl;
+            prop_assert_eq!(acl.route_host(&domain), decided(Route::Bypass));
+            prop_assert_eq!(acl.route_host(&format!("{label}.{domain}")), decided(Route::Bypass));
+            prop_assert_ne!(acl.route_host(&format!("{label}{domain}")), decided(Route::Bypass));
+        }
+    }
+}
