@@ -9,6 +9,8 @@
 //! - [`mod@relay`]: the two-way relay with half-close and idle timeout.
 //! - [`window`]: the AEAD-2022 UDP packet-id replay window.
 //! - [`addr`]: socket addresses in canonical (unmapped IPv4) form.
+//! - [`socket_options`]: Fast Open, SO_REUSEPORT, MPTCP, no-delay and keep-alive, set in one place.
+//! - [`happy_eyeballs`]: RFC 8305 connection racing over a name's addresses.
 //! - [`clock`]: the wall clock in Unix seconds, for AEAD-2022 timestamps.
 //! - [`process`]: log setup, the descriptor limit, the shutdown signal.
 //! - `resolve` (feature `resolve`): the bounded asynchronous resolver.
@@ -21,12 +23,14 @@ pub mod acl;
 pub mod addr;
 pub mod buffer;
 pub mod clock;
+pub mod happy_eyeballs;
 pub mod plugin;
 pub mod pooled;
 pub mod process;
 pub mod relay;
 #[cfg(feature = "resolve")]
 pub mod resolve;
+pub mod socket_options;
 pub mod stream;
 pub mod window;
 pub mod workers;
@@ -39,6 +43,7 @@ pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
 #[cfg(feature = "resolve")]
 pub use resolve::{ResolveError, ResolveSettings, Resolver};
+pub use socket_options::SocketOptions;
 pub use stream::{DecryptReader, EncryptWriter};
 pub use window::PacketWindow;
 pub use workers::Workers;
