@@ -85,16 +85,19 @@ pub struct CliArgs {
     /// SIP003 plugin options (SS_PLUGIN_OPTIONS)
     #[arg(long = "plugin-opts", value_name = "OPTIONS")]
     pub plugin_opts: Option<String>,
-    /// TCP Fast Open (not supported yet: warned about and ignored)
+    /// TCP Fast Open on listeners and outbound connections
     #[arg(long = "fast-open")]
     pub fast_open: bool,
     /// Set TCP_NODELAY on relayed sockets (already the default; "no_delay": false in the file turns it off)
     #[arg(long = "no-delay")]
     pub no_delay: bool,
-    /// SO_REUSEPORT on listeners (not supported yet: warned about and ignored)
+    /// SO_REUSEPORT on listeners, so several processes can serve one port
     #[arg(long = "reuse-port")]
     pub reuse_port: bool,
-    /// Access control list file (not supported yet: warned about and ignored)
+    /// Multipath TCP sockets where the kernel has them (plain TCP otherwise, with a warning)
+    #[arg(long = "mptcp")]
+    pub mptcp: bool,
+    /// Access control list file (shadowsocks-libev syntax)
     #[arg(long = "acl", value_name = "FILE")]
     pub acl: Option<PathBuf>,
     /// Prefer IPv6 addresses when resolving (ss-local: the server's name; ss-server: targets)
@@ -285,6 +288,7 @@ mod tests {
             "--fast-open",
             "--no-delay",
             "--reuse-port",
+            "--mptcp",
             "--acl",
             "/cli.acl",
             "-6",
@@ -328,6 +332,7 @@ mod tests {
         assert!(config.servers.iter().all(|server| server.plugin == Some(plugin.clone())));
         assert_eq!(config.acl.as_deref(), Some(Path::new("/cli.acl")));
         assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
+        assert!(config.mptcp, "--mptcp");
         assert!(config.allow_private_targets);
         assert_eq!(config.verbose, 2);
         assert_eq!(config.effective_log_level(), LogLevel::Trace);

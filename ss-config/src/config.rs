@@ -9,13 +9,17 @@
 //! | `udp_timeout`       | 300 s       | `allow_private_targets` | false   |
 //! | `threads`           | one per CPU | `nameserver` (`-d`)     | system's |
 //! | `plugin_mode`       | `tcp_only`  | `no_delay`              | true    |
+//! | `fast_open`         | false       | `reuse_port`            | false   |
+//! | `mptcp`             | false       | `keep_alive`            | 15 s    |
 //!
 //! `no_delay` (`TCP_NODELAY` on both sockets of a relay) is on unless the file says `"no_delay": false`:
 //! shadowsocks-libev leaves it off unless asked, but a proxy that batches small writes adds latency to
 //! every interactive protocol it carries. `--no-delay` is accepted for libev's command lines.
 //!
-//! Keys that neither binary acts on yet (`fast_open`, `reuse_port`) load, and each adds the same
-//! one-line warning to [`Config::warnings`], which both binaries log at start; so does a weak password.
+//! Socket keys (`fast_open`, `reuse_port`, `mptcp`, `no_delay`, `keep_alive`) are applied by
+//! `ss_net::socket_options`; `keep_alive` is 15 s unless given (`0` turns keep-alive off). Every key
+//! the parser accepts takes effect; a weak password adds a line to [`Config::warnings`], which both
+//! binaries log at start.
 //! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries;
 //! each [`ServerEntry`] carries its own [`Plugin`] (see `servers.rs` for the precedence).
 
@@ -55,17 +59,21 @@ pub struct Config {
     pub allow_private_targets: bool,
     /// `TCP_NODELAY` on relayed sockets (default on; `"no_delay": false` turns it off).
     pub no_delay: bool,
-    /// TCP Fast Open (not supported yet: a warning).
+    /// TCP Fast Open on listeners and outbound connections.
     pub fast_open: bool,
-    /// `SO_REUSEPORT` on listeners (not supported yet: a warning).
+    /// `SO_REUSEPORT` on TCP and UDP listeners.
     pub reuse_port: bool,
+    /// Multipath TCP sockets where the kernel has them.
+    pub mptcp: bool,
+    /// Silence before TCP keep-alive probes (`keep_alive`, default 15 s); `None`: off (`"keep_alive": 0`).
+    pub keep_alive: Option<Duration>,
     /// Prefer IPv6 addresses when resolving.
     pub ipv6_first: bool,
     /// DNS servers to resolve with (`nameserver`, `-d`), in place of the system's; empty: the system's.
     pub nameserver: Vec<SocketAddr>,
     /// File descriptor limit to raise to at start-up.
     pub nofile: Option<u64>,
-    /// Access control list file (not supported yet: a warning).
+    /// Access control list file.
     pub acl: Option<PathBuf>,
     /// Where ss-server keeps its classic replay filter across restarts.
     pub replay_snapshot: ReplaySnapshot,
@@ -136,12 +144,13 @@ impl Config {
         let fast_open = args.fast_open || raw.fast_open.unwrap_or(false);
         let reuse_port = args.reuse_port || raw.reuse_port.unwrap_or(false);
         let acl = args.acl.clone().or(raw.acl);
-        let mut warnings: Vec<String> = [(fast_open, "fast_open"), (reuse_port, "reuse_port")]
-            .into_iter()
-            .filter(|(set, _)| *set)
-            .map(|(_, name)| format!("{name} is not supported yet and is ignored"))
-            .collect();
-        warnings.extend(servers.iter().filter(|entry| entry.password_is_weak).map(weak_password_warning));
+        let warnings =
+            servers.iter().filter(|entry| entry.password_is_weak).map(weak_password_warning).collect();
+        let keep_alive = match &raw.keep_alive {
+            None => Some(Duration::from_secs(DEFAULT_KEEP_ALIVE)),
+            Some(secs) if secs.parse::<u64>() == Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs.seconds("keep_alive")?)),
+        };
         Ok(Config {
             servers,
             local_address,
@@ -176,6 +185,8 @@ impl Config {
             no_delay: args.no_delay || raw.no_delay.unwrap_or(true),
             fast_open,
             reuse_port,
+            mptcp: args.mptcp || raw.mptcp.unwrap_or(false),
+            keep_alive,
             ipv6_first: args.ipv6_first || raw.ipv6_first.unwrap_or(false),
             nameserver: nameservers(args.nameserver.as_deref().or(raw.nameserver.as_deref()))?,
             nofile: match args.nofile {
@@ -207,6 +218,10 @@ impl Config {
         }
     }
 }
+
+/// Seconds of silence before keep-alive probes when `keep_alive` is not given: with three probes a
+/// third of it apart, a dead peer is found in about 30 s, inside the default 60 s idle timeout.
+const DEFAULT_KEEP_ALIVE: u64 = 15;
 
 /// The warning for a weak classic password; the same words from both binaries.
 fn weak_password_warning(entry: &ServerEntry) -> String {
@@ -516,30 +531,33 @@ mod tests {
     fn booleans_from_the_file() {
         let config = check(&format!(
             r#"{{{BASE},"fast_open":true,"no_delay":true,"reuse_port":true,"ipv6_first":true,
-                "allow_private_targets":true,"acl":"/etc/ss.acl"}}"#
+                "allow_private_targets":true,"acl":"/etc/ss.acl","mptcp":true,"keep_alive":"40"}}"#
         ))
         .unwrap();
-        assert!(config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first);
+        assert!(
+            config.fast_open && config.no_delay && config.reuse_port && config.ipv6_first && config.mptcp
+        );
+        assert_eq!(config.keep_alive, Some(Duration::from_secs(40)));
         assert!(config.allow_private_targets);
         assert_eq!(config.acl, Some(PathBuf::from("/etc/ss.acl")));
-        let off = check(&format!(r#"{{{BASE},"no_delay":false}}"#)).unwrap();
+        let off = check(&format!(r#"{{{BASE},"no_delay":false,"keep_alive":0}}"#)).unwrap();
         assert!(!off.no_delay, "no_delay is on by default and the file can turn it off");
+        assert_eq!(off.keep_alive, None, "keep_alive 0 turns keep-alive off");
+        let default = check(&format!("{{{BASE}}}")).unwrap();
+        assert!(!default.fast_open && !default.reuse_port && !default.mptcp);
+        assert_eq!(default.keep_alive, Some(Duration::from_secs(15)));
+        let error = check(&format!(r#"{{{BASE},"keep_alive":"soon"}}"#)).unwrap_err().to_string();
+        assert!(error.contains("keep_alive"), "{error}");
     }
 
     #[test]
-    fn unsupported_keys_and_weak_passwords_are_one_line_warnings() {
+    fn socket_keys_are_not_warned_about_and_weak_passwords_are_one_line_warnings() {
         let strong = r#""server":"s","server_port":1,"password":"a long and varied password 1234","method":"aes-256-gcm""#;
         assert!(check(&format!("{{{strong}}}")).unwrap().warnings.is_empty());
         let config =
             check(&format!(r#"{{{strong},"fast_open":true,"reuse_port":true,"acl":"/etc/ss.acl"}}"#))
                 .unwrap();
-        assert_eq!(
-            config.warnings,
-            [
-                "fast_open is not supported yet and is ignored",
-                "reuse_port is not supported yet and is ignored",
-            ]
-        );
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
         let weak = check(&format!("{{{BASE}}}")).unwrap().warnings;
         assert_eq!(weak.len(), 1, "{weak:?}");
         assert!(weak[0].starts_with("the password for s:8388 is weak: "), "{weak:?}");

@@ -62,6 +62,10 @@ pub struct RawConfig {
     pub reuse_port: Option<bool>,
     /// `no_delay`: `TCP_NODELAY`.
     pub no_delay: Option<bool>,
+    /// `mptcp` (shadowsocks-rust): Multipath TCP sockets.
+    pub mptcp: Option<bool>,
+    /// `keep_alive` (shadowsocks-rust): seconds of silence before TCP keep-alive probes; `0` turns them off.
+    pub keep_alive: Option<NumberOrString>,
     /// `ipv6_first`: prefer IPv6 addresses when resolving.
     pub ipv6_first: Option<bool>,
     /// `nameserver`: DNS server(s) to resolve with.

@@ -140,7 +140,7 @@ async fn open<'a>(
     settings: &'a Settings,
     router: Option<&Router>,
 ) -> io::Result<Option<Opened<'a>>> {
-    let _ = client.set_nodelay(settings.no_delay);
+    settings.socket.accepted(&client);
     let handshake = timeout(settings.handshake_timeout, socks5::handshake(&mut client))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "SOCKS5 handshake timed out"))?
@@ -181,7 +181,6 @@ async fn open<'a>(
             return Err(error);
         }
         Some(Ok(mut upstream)) => {
-            let _ = upstream.set_nodelay(settings.no_delay);
             socks5::send_reply(&mut client, Reply::Succeeded, &socks5::UNSPECIFIED_ADDRESS).await?;
             upstream.write_all(&handshake.early).await?;
             return Ok(Some(Opened::Direct { client, upstream }));
@@ -224,16 +223,17 @@ async fn open<'a>(
 async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Option<io::Result<TcpStream>> {
     match router.decide(target).await {
         Ok(Decision::Proxy) => None,
-        Ok(Decision::Direct(addresses)) => Some(
-            timeout(settings.connect_timeout, TcpStream::connect(addresses.as_slice())).await.unwrap_or_else(
-                |_| {
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connecting to the bypassed target timed out",
-                    ))
-                },
-            ),
-        ),
+        Ok(Decision::Direct(addresses)) => {
+            let ordered = ss_net::happy_eyeballs::interleave(&addresses, settings.resolve.ipv6_first);
+            let race = ss_net::happy_eyeballs::race(&ordered, |addr| settings.socket.connect(addr));
+            Some(match timeout(settings.connect_timeout, race).await {
+                Ok(connected) => connected.map(|(stream, _)| stream),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connecting to the bypassed target timed out",
+                )),
+            })
+        }
         Err(error) => Some(Err(error)),
     }
 }
@@ -242,12 +242,9 @@ async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Optio
 async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
     for server in &settings.servers {
-        let attempt = timeout(settings.connect_timeout, server.connect_tcp());
+        let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
         match attempt.await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(settings.no_delay);
-                return Ok((stream, server));
-            }
+            Ok(Ok(stream)) => return Ok((stream, server)),
             Ok(Err(error)) => {
                 debug!(server = %server.host, port = server.port, %error, "server unreachable, trying the next");
                 last_error = error;

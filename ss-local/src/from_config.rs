@@ -5,8 +5,8 @@
 //! loads the `acl` file into [`Settings::acl`]). `nameserver` and `ipv6_first` also say how names of
 //! targets the ACL bypasses are resolved here. Keys only ss-server acts on (`allow_private_targets`,
 //! `udp_timeout`, `replay_snapshot`) are
-//! left for it: one config file serves both binaries. Keys neither acts on yet are warned about by
-//! ss-config ([`Config::warnings`]).
+//! left for it: one config file serves both binaries. The socket keys (`fast_open`, `reuse_port`,
+//! `mptcp`, `no_delay`, `keep_alive`) become [`Settings::socket`].
 
 use ss_config::Config;
 
@@ -41,7 +41,13 @@ impl Settings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.timeout,
             max_connections,
-            no_delay: config.no_delay,
+            socket: ss_net::SocketOptions {
+                fast_open: config.fast_open,
+                reuse_port: config.reuse_port,
+                mptcp: config.mptcp,
+                no_delay: config.no_delay,
+                keep_alive: config.keep_alive,
+            },
             tcp: config.mode.tcp(),
             udp: config.mode.udp(),
             threads: config.threads_or_cpus(),
@@ -87,7 +93,7 @@ mod tests {
             (Duration::from_secs(31), Duration::from_secs(32), Duration::from_secs(33))
         );
         assert_eq!((settings.max_connections, settings.threads), (34, 3));
-        assert!(!settings.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
+        assert!(!settings.socket.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
         assert!(settings.tcp && settings.udp);
         let nameserver: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();
         assert_eq!((settings.resolve.nameservers, settings.resolve.ipv6_first), (vec![nameserver], true));
@@ -100,7 +106,7 @@ mod tests {
             r#"{{"server":"s","server_port":1,"key":"{KEY}","method":"2022-blake3-aes-128-gcm","mode":"udp_only"}}"#
         ));
         let settings = Settings::from_config(&config, 1024);
-        assert!(settings.no_delay, "TCP_NODELAY is on by default");
+        assert!(settings.socket.no_delay, "TCP_NODELAY is on by default");
         assert!(!settings.servers[0].ipv6_first);
         assert!(!settings.tcp && settings.udp);
         // 1024 descriptors, less the reserve, shared with UDP: far fewer than the default 10000.

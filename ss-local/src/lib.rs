@@ -38,7 +38,7 @@ pub struct Server {
     /// A SIP003 plugin in front of this server, if any: what it carries goes to its loopback address.
     pub plugin: Option<PluginRoute>,
     /// Try the IPv6 addresses of the server's name before its IPv4 ones (`ipv6_first`, `-6`); otherwise
-    /// the system resolver's order stands.
+    /// IPv4 first. Families alternate after the first attempt (Happy Eyeballs).
     pub ipv6_first: bool,
 }
 
@@ -61,12 +61,18 @@ impl Server {
     }
 
     /// Opens a TCP connection to the server, through its plugin when one carries TCP. While the plugin
-    /// is down this fails at once (`NotConnected`), so the client gets a prompt SOCKS5 failure.
-    pub(crate) async fn connect_tcp(&self) -> std::io::Result<tokio::net::TcpStream> {
-        match &self.plugin {
-            Some(route) if route.tcp => tokio::net::TcpStream::connect(route.address()?).await,
-            _ => tokio::net::TcpStream::connect(self.addresses().await?.as_slice()).await,
+    /// is down this fails at once (`NotConnected`), so the client gets a prompt SOCKS5 failure. A server
+    /// given by name with several addresses is reached by Happy Eyeballs ([`ss_net::happy_eyeballs`]).
+    pub(crate) async fn connect_tcp(
+        &self,
+        options: &ss_net::SocketOptions,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        if let Some(route) = self.plugin.as_ref().filter(|route| route.tcp) {
+            return options.connect(route.address()?).await;
         }
+        let addresses = self.addresses().await?;
+        let (stream, _) = ss_net::happy_eyeballs::race(&addresses, |addr| options.connect(addr)).await?;
+        Ok(stream)
     }
 
     /// Where UDP datagrams for the server go: the plugin's address when it carries UDP.
@@ -79,20 +85,13 @@ impl Server {
         })
     }
 
-    /// The server's addresses in the order to try them.
+    /// The server's addresses in the order to try them: families alternating, IPv6 first with
+    /// `ipv6_first`, else IPv4.
     async fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
-        let mut addresses: Vec<SocketAddr> =
+        let addresses: Vec<SocketAddr> =
             tokio::net::lookup_host((self.host.as_str(), self.port)).await?.collect();
-        if self.ipv6_first {
-            prefer_ipv6(&mut addresses);
-        }
-        Ok(addresses)
+        Ok(ss_net::happy_eyeballs::interleave(&addresses, self.ipv6_first))
     }
-}
-
-/// Moves IPv6 addresses before IPv4 ones, keeping the resolver's order within each family.
-fn prefer_ipv6(addresses: &mut [SocketAddr]) {
-    addresses.sort_by_key(SocketAddr::is_ipv4);
 }
 
 impl PluginRoute {
@@ -121,8 +120,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// At shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
-    /// Set TCP_NODELAY on both sockets of a relay.
-    pub no_delay: bool,
+    /// Socket options of accepted and outbound connections (no-delay, keep-alive, Fast Open, MPTCP:
+    /// [`ss_net::socket_options`]).
+    pub socket: ss_net::SocketOptions,
     /// Accept SOCKS5 CONNECT (off in udp_only mode).
     pub tcp: bool,
     /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
@@ -148,7 +148,7 @@ impl Settings {
             first_payload_wait: Duration::from_millis(50),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
-            no_delay: true,
+            socket: ss_net::SocketOptions::default(),
             tcp: true,
             udp: false,
             threads: 1,
@@ -189,18 +189,4 @@ pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Canc
         });
     }
     while servers.join_next().await.is_some() {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_first_moves_ipv6_addresses_forward_in_resolver_order() {
-        let parse =
-            |list: &[&str]| list.iter().map(|addr| addr.parse().unwrap()).collect::<Vec<SocketAddr>>();
-        let mut addresses = parse(&["192.0.2.1:1", "[2001:db8::1]:1", "192.0.2.2:1", "[2001:db8::2]:1"]);
-        prefer_ipv6(&mut addresses);
-        assert_eq!(addresses, parse(&["[2001:db8::1]:1", "[2001:db8::2]:1", "192.0.2.1:1", "192.0.2.2:1"]));
-    }
 }

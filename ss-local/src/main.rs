@@ -55,7 +55,9 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
             plugins.push(plugin);
         }
     }
-    let listener = ss_net::bind_tcp(&config.local_address, local_port)
+    let listener = settings
+        .socket
+        .listen_tcp_host(&config.local_address, local_port)
         .await
         .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
     ss_local::run(settings, vec![listener], shutdown).await;

@@ -26,19 +26,11 @@ use crate::Workers;
 /// instead of being dropped by the kernel; the usual default of 128 is too short for a proxy.
 pub const BACKLOG: u32 = 1024;
 
-/// Binds a TCP listener on `host:port` (an IP literal or a name) with a [`BACKLOG`]-long queue.
+/// Binds a TCP listener on `host:port` (an IP literal or a name) with a [`BACKLOG`]-long queue and the
+/// default [`SocketOptions`](crate::SocketOptions) (see [`SocketOptions::listen_tcp_host`](crate::SocketOptions::listen_tcp_host)
+/// for the configured ones).
 pub async fn bind_tcp(host: &str, port: u16) -> io::Result<TcpListener> {
-    let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket =
-            if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-        socket.set_reuseaddr(true)?;
-        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
-            Ok(listener) => return Ok(listener),
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
+    crate::SocketOptions::default().listen_tcp_host(host, port).await
 }
 
 /// Limits of an accept loop.

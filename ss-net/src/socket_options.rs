@@ -86,6 +86,17 @@ impl SocketOptions {
         TcpListener::from_std(listener)
     }
 
+    /// A TCP listener on `host:port` (an IP literal or a name: the first of its addresses that binds)
+    /// with a [`BACKLOG`](crate::accept::BACKLOG)-long queue.
+    pub async fn listen_tcp_host(&self, host: &str, port: u16) -> io::Result<TcpListener> {
+        first_that_binds(host, port, |addr| self.listen_tcp(addr, crate::accept::BACKLOG)).await
+    }
+
+    /// A UDP socket on `host:port` (an IP literal or a name: the first of its addresses that binds).
+    pub async fn bind_udp_host(&self, host: &str, port: u16) -> io::Result<UdpSocket> {
+        first_that_binds(host, port, |addr| self.bind_udp(addr)).await
+    }
+
     /// A UDP socket bound to `addr`, sharing the port when `reuse_port` is set.
     pub fn bind_udp(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -148,6 +159,22 @@ impl SocketOptions {
             let _ = socket.set_tcp_keepalive(&keep_alive);
         }
     }
+}
+
+/// Resolves `host` and returns the first socket `bind` makes, or the last error.
+async fn first_that_binds<T>(
+    host: &str,
+    port: u16,
+    mut bind: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match bind(addr) {
+            Ok(socket) => return Ok(socket),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
 }
 
 static FAST_OPEN_WARNING: Once = Once::new();

@@ -62,7 +62,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     // the whole call unless it is moved out (rust-lang/rust#62958), which would hold a dead TcpStream.
     let (read_half, write_half) = {
         let stream = stream;
-        let _ = stream.set_nodelay(shared.settings.no_delay);
+        shared.settings.socket.accepted(&stream);
         stream.into_split()
     };
     if !shared.admits_client(peer.ip()) {
@@ -105,7 +105,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     drop(in_handshake);
 
     let settings = &shared.settings;
-    let connected = connect(&target, &shared.resolver, &shared.guard, settings.connect_timeout).await;
+    let connected = connect(&target, &shared.resolver, &shared.guard, settings).await;
     drop(target);
     let upstream = match connected {
         Ok(upstream) => upstream,
@@ -121,7 +121,6 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     // Moved into the block and split there, as `stream` above, so the future holds only the halves.
     let (mut writer, upstream_read, mut upstream_write) = {
         let upstream = upstream;
-        let _ = upstream.set_nodelay(settings.no_delay);
         let response_salt = Salt::random(method, &mut OsRng);
         shared.replay.insert(&response_salt);
         let encryptor = Encryptor::response(method, &settings.key, response_salt, request_salt);
@@ -166,9 +165,10 @@ where
     Ok(Ok((salt, reader.read_target().await?)))
 }
 
-/// Resolves `target` and connects to the first allowed address that answers within the timeout.
-/// A name the ACL blocks is not even resolved; every resolved address is checked against the policy
-/// (ranges, own addresses, the ACL's IP rules) right before it is dialled.
+/// Resolves `target` and connects to one of its allowed addresses, raced by Happy Eyeballs
+/// ([`ss_net::happy_eyeballs`], `ipv6_first` choosing the family tried first) within the connect
+/// timeout. A name the ACL blocks is not even resolved; every resolved address is checked against the
+/// policy (ranges, own addresses, the ACL's IP rules) before any is dialled, so a refused one never is.
 ///
 /// The lookup is bounded by the resolver: when all its slots are taken the connection waits for one
 /// up to the lookup timeout, then the lookup itself gets the lookup timeout.
@@ -176,7 +176,7 @@ pub(crate) async fn connect(
     target: &Address,
     resolver: &Arc<Resolver>,
     guard: &AddressGuard,
-    connect_timeout: std::time::Duration,
+    settings: &crate::Settings,
 ) -> io::Result<TcpStream> {
     let candidates: Vec<SocketAddr> = match target {
         Address::Ip(addr) => vec![*addr],
@@ -196,18 +196,24 @@ pub(crate) async fn connect(
             io::Error::new(io::ErrorKind::PermissionDenied, format!("none of {all:?} is an allowed target"))
         }
     };
-    let mut last_error = None;
-    for addr in guard.allowed_targets(candidates.iter().copied()) {
-        match timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(error)) => last_error = Some(error),
-            Err(_) => {
-                last_error =
-                    Some(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))
-            }
+    let allowed: Vec<SocketAddr> = guard.allowed_targets(candidates.iter().copied()).collect();
+    if allowed.is_empty() {
+        return Err(refused(&candidates));
+    }
+    let ordered = ss_net::happy_eyeballs::interleave(&allowed, settings.resolve.ipv6_first);
+    let options = &settings.socket;
+    match timeout(
+        settings.connect_timeout,
+        ss_net::happy_eyeballs::race(&ordered, |addr| options.connect(addr)),
+    )
+    .await
+    {
+        Ok(Ok((stream, _))) => Ok(stream),
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {ordered:?} timed out")))
         }
     }
-    Err(last_error.unwrap_or_else(|| refused(&candidates)))
 }
 
 fn lookup_error(error: ResolveError) -> io::Error {

@@ -3,8 +3,7 @@
 //!
 //! Every config key ss-server acts on is read here (the entry's host, port and `plugin` say where
 //! `main` listens, and `mode` what it binds; `main` loads the `acl` file into [`Settings::acl`]). Keys only ss-local acts on (`local_address`,
-//! `local_port`) are left for it: one config file serves both binaries. Keys neither acts on yet are
-//! warned about by ss-config ([`Config::warnings`]).
+//! `local_port`) are left for it: one config file serves both binaries.
 
 use ss_config::{Config, ReplaySnapshot, ServerEntry};
 
@@ -34,7 +33,13 @@ impl Settings {
         settings.handshake_timeout = config.handshake_timeout;
         settings.connect_timeout = config.connect_timeout;
         settings.idle_timeout = config.timeout;
-        settings.no_delay = config.no_delay;
+        settings.socket = ss_net::SocketOptions {
+            fast_open: config.fast_open,
+            reuse_port: config.reuse_port,
+            mptcp: config.mptcp,
+            no_delay: config.no_delay,
+            keep_alive: config.keep_alive,
+        };
         settings.threads = config.threads_or_cpus();
         settings.udp_timeout = config.udp_timeout;
         settings.resolve.nameservers = config.nameserver.clone();
@@ -123,7 +128,7 @@ mod tests {
             )
         );
         assert_eq!((settings.max_connections, settings.threads), (34, 3));
-        assert!(!settings.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
+        assert!(!settings.socket.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
         assert!(settings.resolve.ipv6_first);
         assert_eq!(settings.resolve.nameservers, ["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]);
         assert_eq!(settings.replay_snapshot, Some(PathBuf::from("/var/lib/ss/replay")));
@@ -137,7 +142,7 @@ mod tests {
                 "mode":"tcp_and_udp"}}"#
         ));
         let settings = Settings::from_config_in(&config, &config.servers[0], 1024, no_env);
-        assert!(settings.no_delay, "TCP_NODELAY is on by default");
+        assert!(settings.socket.no_delay, "TCP_NODELAY is on by default");
         assert!(!settings.resolve.ipv6_first && settings.resolve.nameservers.is_empty());
         assert_eq!(settings.policy, TargetPolicy::PublicOnly);
         assert_eq!(settings.max_handshakes_per_source, admission::DEFAULT_PER_SOURCE);

@@ -47,8 +47,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Most connections from one source (IPv4 address, IPv6 /64) in their handshake at once.
     pub max_handshakes_per_source: usize,
-    /// Time allowed for connecting to each resolved address of a target (name lookups are bounded by
-    /// [`ResolveSettings::timeout`](ss_net::ResolveSettings::timeout)).
+    /// Time allowed for connecting to a target, over all its addresses raced by Happy Eyeballs (name
+    /// lookups are bounded by [`ResolveSettings::timeout`](ss_net::ResolveSettings::timeout)).
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
@@ -57,8 +57,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// At shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
-    /// Set TCP_NODELAY on both sockets of a relay.
-    pub no_delay: bool,
+    /// Socket options of listeners, accepted and outbound connections (no-delay, keep-alive, Fast Open,
+    /// SO_REUSEPORT, MPTCP: [`ss_net::socket_options`]).
+    pub socket: ss_net::SocketOptions,
     /// Classic salts remembered by the replay filter (see [`replay`]).
     pub replay_capacity: usize,
     /// Where the classic replay filter is saved and loaded from ([`replay_snapshot`]); `None` keeps it
@@ -119,7 +120,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
-            no_delay: true,
+            socket: ss_net::SocketOptions::default(),
             replay_capacity: replay::DEFAULT_CLASSIC_CAPACITY,
             replay_snapshot: None,
             udp_timeout: Duration::from_secs(300),

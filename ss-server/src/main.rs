@@ -68,9 +68,9 @@ async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
     for entry in &config.servers {
-        let (listeners, plugin) = listen(&config, entry).await?;
-        plugins.extend(plugin);
         let settings = Settings { acl: acl.clone(), ..Settings::from_config(&config, entry, descriptors) };
+        let (listeners, plugin) = listen(&config, entry, &settings.socket).await?;
+        plugins.extend(plugin);
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
     }
     while servers.join_next().await.is_some() {}
@@ -84,7 +84,11 @@ async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
 /// Binds what `entry` serves on. Without a plugin: TCP and UDP on the public address. With one, what
 /// it carries (`plugin_mode`) is bound on a loopback port of ours instead, the plugin listens on the
 /// public address and forwards to it, and it is started (and ready) before this returns.
-async fn listen(config: &Config, entry: &ServerEntry) -> anyhow::Result<(Listeners, Option<Plugin>)> {
+async fn listen(
+    config: &Config,
+    entry: &ServerEntry,
+    options: &ss_net::SocketOptions,
+) -> anyhow::Result<(Listeners, Option<Plugin>)> {
     let (host, port) = (entry.host.as_str(), entry.port);
     let plugin = entry.plugin.as_ref();
     let plugin_tcp = config.mode.tcp() && plugin.is_some_and(|plugin| plugin.mode.tcp());
@@ -98,13 +102,16 @@ async fn listen(config: &Config, entry: &ServerEntry) -> anyhow::Result<(Listene
         loopback = Some(addr);
     }
     if config.mode.tcp() && !plugin_tcp {
-        let listener =
-            ss_net::bind_tcp(host, port).await.with_context(|| format!("binding TCP {host}:{port}"))?;
+        let listener = options.listen_tcp_host(host, port).await.with_context(|| {
+            let hint =
+                if options.reuse_port { "" } else { " (reuse_port lets several servers share a port)" };
+            format!("binding TCP {host}:{port}{hint}")
+        })?;
         listeners.tcp.push(listener);
     }
     if config.mode.udp() && !plugin_udp {
         let socket =
-            UdpSocket::bind((host, port)).await.with_context(|| format!("binding UDP {host}:{port}"))?;
+            options.bind_udp_host(host, port).await.with_context(|| format!("binding UDP {host}:{port}"))?;
         listeners.udp.push(socket);
     }
     let (Some(plugin), Some(ours)) = (plugin, loopback) else {
