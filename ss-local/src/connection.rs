@@ -156,7 +156,7 @@ async fn open<'a>(
             };
             // Boxed: UDP associations are rare, and inline its future would make every TCP connection's
             // future ~1 KB bigger.
-            return Box::pin(crate::udp::associate(client, server)).await.map(|()| None);
+            return Box::pin(crate::udp::associate(client, server, router)).await.map(|()| None);
         }
         Command::Connect | Command::UdpAssociate => {
             socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;

@@ -15,6 +15,7 @@ mod from_config;
 mod route;
 pub mod socks5;
 mod udp;
+mod udp_direct;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! No DNS leak: a name is looked up locally only when it will be connected to directly, or when IP rules
 //! of the deciding list need its address. A proxied name is sent to the server as a name, even when it
 //! was resolved here to test the rules. A name that does not resolve locally goes through the server.
-//! UDP ASSOCIATE ignores the ACL: every datagram goes through the server.
+//! UDP ASSOCIATE routes each datagram by the same rules (`udp_direct.rs`).
 
 use std::io;
 use std::net::SocketAddr;

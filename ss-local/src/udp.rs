@@ -10,6 +10,8 @@
 //! are fixed by its first datagram, and datagrams from any other address or port (RFC 1928, section 7),
 //! and fragments (FRAG != 0), are dropped. Replies go only to that sender. The association ends when its
 //! TCP control connection closes.
+//!
+//! With an ACL, datagrams to targets it bypasses are sent directly from here instead (`udp_direct.rs`).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,13 +29,19 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::route::Router;
 use crate::socks5::{self, Reply};
+use crate::udp_direct::Direct;
 use crate::Server;
 
 const MAX_DATAGRAM: usize = 65_535;
 
 /// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
-pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Result<()> {
+pub(crate) async fn associate(
+    mut control: TcpStream,
+    server: &Server,
+    router: Option<&Router>,
+) -> io::Result<()> {
     let codec = Codec::new(server.method, &server.key)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
     let client_ip = canonical_addr(control.peer_addr()?).ip();
@@ -46,13 +54,19 @@ pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Re
     };
     let upstream = UdpSocket::bind((unspecified, 0)).await?;
     upstream.connect(server_addr).await?;
+    let direct = match router {
+        Some(router) => Some(Direct::bind(router).await?),
+        None => None,
+    };
     socks5::send_reply(&mut control, Reply::Succeeded, &Address::Ip(relay.local_addr()?)).await?;
 
     let client = Mutex::new(None);
+    let up = Uplink { relay: &relay, upstream: &upstream, direct: direct.as_ref(), codec: &codec };
     tokio::select! {
         () = wait_for_close(&mut control) => debug!("UDP association closed by its control connection"),
-        result = uplink(&relay, &upstream, client_ip, &client, &codec) => result?,
+        result = uplink(up, client_ip, &client) => result?,
         result = downlink(&relay, &upstream, &client, &codec) => result?,
+        result = Direct::downlink(direct.as_ref(), &relay, &client) => result?,
     }
     Ok(())
 }
@@ -62,14 +76,17 @@ async fn wait_for_close(control: &mut TcpStream) {
     while matches!(control.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
-/// Application → server.
-async fn uplink(
-    relay: &UdpSocket,
-    upstream: &UdpSocket,
-    client_ip: IpAddr,
-    client: &Mutex<Option<SocketAddr>>,
-    codec: &Codec,
-) -> io::Result<()> {
+/// Where the application's datagrams go: sealed to the server, or directly when the ACL bypasses them.
+struct Uplink<'a> {
+    relay: &'a UdpSocket,
+    upstream: &'a UdpSocket,
+    direct: Option<&'a Direct<'a>>,
+    codec: &'a Codec,
+}
+
+/// Application → server (or → bypassed target).
+async fn uplink(up: Uplink<'_>, client_ip: IpAddr, client: &Mutex<Option<SocketAddr>>) -> io::Result<()> {
+    let Uplink { relay, upstream, direct, codec } = up;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
     loop {
@@ -90,6 +107,11 @@ async fn uplink(
                     debug!(%from, "UDP datagram from another port of the client dropped");
                     continue;
                 }
+            }
+        }
+        if let Some(direct) = direct {
+            if direct.send_if_bypassed(&header.target, &buf[used..len]).await {
+                continue;
             }
         }
         out.clear();
