@@ -238,6 +238,9 @@ fn nameservers(text: Option<&str>) -> Result<Vec<SocketAddr>, ConfigError> {
     let entries = text.unwrap_or("").split(',').map(str::trim).filter(|entry| !entry.is_empty());
     entries
         .map(|entry| match (entry.parse::<SocketAddr>(), entry.parse::<IpAddr>()) {
+            (Ok(addr), _) if addr.port() == 0 => {
+                Err(ConfigError::field_error("nameserver", format!("{entry:?}: port 0 is not a port")))
+            }
             (Ok(addr), _) => Ok(addr),
             (_, Ok(ip)) => Ok(SocketAddr::new(ip, 53)),
             _ => Err(ConfigError::field_error(
@@ -312,6 +315,9 @@ fn timeout_of(
     };
     Ok(Duration::from_secs(secs))
 }
+
+#[cfg(test)]
+mod nameserver_props;
 
 #[cfg(test)]
 mod tests {
