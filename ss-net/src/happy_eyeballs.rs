@@ -3,15 +3,15 @@
 //!
 //! ```text
 //! order: families alternate, the preferred one (ipv6_first ? IPv6 : IPv4) first
-//! t=0      attempt 1 ─────────────────x (failed: attempt 2 starts at once)
-//! t=fail   attempt 2 ──────────────────────────── ...
-//! +250 ms  attempt 3 ─────────────── connected ─▶ wins; attempts still running are dropped (closed)
+//! t=0       attempt 1 (IPv6) ───x refused: attempt 2 starts at once
+//! t=40 ms   attempt 2 (IPv4) ──────────────────────────── (no answer) ─ dropped
+//! t=290 ms  attempt 3 (IPv6) ─────────── connected ─▶ wins; attempts still running are dropped (closed)
 //! ```
 //!
-//! Each attempt starts [`ATTEMPT_DELAY`] after the previous one started, or at once when every running
-//! attempt has failed. The first to connect wins. The caller bounds the whole race with its connect
-//! timeout; the addresses given must already have passed the caller's policy (ss-server checks every
-//! candidate before any is dialled).
+//! Each attempt starts [`ATTEMPT_DELAY`] after the previous one started, or at once when an attempt
+//! fails. The first to connect wins. The caller bounds the whole race with its connect timeout; the
+//! addresses given must already have passed the caller's policy (ss-server checks every candidate
+//! before any is dialled).
 
 use std::future::Future;
 use std::io;
@@ -67,15 +67,14 @@ where
                 Some((addr, Err(error))) => {
                     tracing::debug!(%addr, %error, "connection attempt failed");
                     last_error = error;
-                    if running.is_empty() {
-                        // Nothing in flight: the next address need not wait for the delay.
-                        match waiting.next() {
-                            Some(next) => {
-                                running.push(start(next, &mut attempt));
-                                delay.as_mut().reset(tokio::time::Instant::now() + ATTEMPT_DELAY);
-                            }
-                            None => return Err(last_error),
+                    // A failure need not wait out the delay: the next address starts now.
+                    match waiting.next() {
+                        Some(next) => {
+                            running.push(start(next, &mut attempt));
+                            delay.as_mut().reset(tokio::time::Instant::now() + ATTEMPT_DELAY);
                         }
+                        None if running.is_empty() => return Err(last_error),
+                        None => {}
                     }
                 }
                 None => return Err(last_error),

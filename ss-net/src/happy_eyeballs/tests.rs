@@ -100,6 +100,17 @@ async fn a_failure_starts_the_next_attempt_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failure_does_not_wait_for_an_attempt_still_running() {
+    let (a, b, c) = (addr("[2001:db8::1]:1"), addr("192.0.2.1:1"), addr("[2001:db8::2]:1"));
+    let plan = [(a, Outcome::Hangs), (b, Outcome::Fails(ms(10))), (c, Outcome::Connects(ms(5)))];
+    let (result, elapsed, log) = run(&plan).await;
+    assert_eq!(result.unwrap().1, c);
+    assert_eq!(*log.started.borrow(), [(a, ms(0)), (b, ms(250)), (c, ms(260))]);
+    assert_eq!(elapsed, ms(265));
+    assert!(log.dropped.borrow().contains(&a));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_slow_winner_keeps_running_while_later_attempts_start() {
     let (a, b) = (addr("[2001:db8::1]:1"), addr("192.0.2.1:1"));
     let plan = [(a, Outcome::Connects(ms(400))), (b, Outcome::Hangs)];
