@@ -43,6 +43,21 @@ struct Peers {
     order: std::collections::VecDeque<SocketAddr>,
 }
 
+impl Peers {
+    /// Remembers `addr`, forgetting the oldest address beyond [`MAX_PEERS`].
+    fn insert(&mut self, addr: SocketAddr) {
+        if !self.known.insert(addr) {
+            return;
+        }
+        self.order.push_back(addr);
+        if self.order.len() > MAX_PEERS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.known.remove(&oldest);
+            }
+        }
+    }
+}
+
 impl<'a> Direct<'a> {
     /// Binds the direct sockets (IPv4, and IPv6 where the host has it).
     pub(crate) async fn bind(router: &'a Router) -> io::Result<Direct<'a>> {
@@ -130,19 +145,28 @@ impl<'a> Direct<'a> {
     }
 
     fn remember(&self, addr: SocketAddr) {
-        let mut peers = self.lock();
-        if !peers.known.insert(addr) {
-            return;
-        }
-        peers.order.push_back(addr);
-        if peers.order.len() > MAX_PEERS {
-            if let Some(oldest) = peers.order.pop_front() {
-                peers.known.remove(&oldest);
-            }
-        }
+        self.lock().insert(addr);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Peers> {
         self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_bounded_and_the_oldest_forgotten_first() {
+        let mut peers = Peers::default();
+        let addr = |n: usize| SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), n as u16 + 1));
+        for n in 0..MAX_PEERS + 10 {
+            peers.insert(addr(n));
+            peers.insert(addr(n)); // a repeat neither grows the set nor refreshes its place
+        }
+        assert_eq!((peers.known.len(), peers.order.len()), (MAX_PEERS, MAX_PEERS));
+        assert!(!peers.known.contains(&addr(9)) && peers.known.contains(&addr(10)));
+        assert!(peers.known.contains(&addr(MAX_PEERS + 9)));
     }
 }
