@@ -188,7 +188,7 @@ pub(crate) async fn connect(
             addresses.iter().map(|&ip| SocketAddr::new(ip, *port)).collect()
         }
     };
-    // Built only if no candidate connects: formatting it up front costs two allocations per connection.
+    // Built only if no candidate is allowed: formatting it up front costs two allocations per connection.
     let refused = |candidates: &[SocketAddr]| match candidates {
         [] => io::Error::new(io::ErrorKind::NotFound, "name resolved to no address"),
         [only] => io::Error::new(io::ErrorKind::PermissionDenied, format!("{only} is not an allowed target")),
@@ -196,24 +196,23 @@ pub(crate) async fn connect(
             io::Error::new(io::ErrorKind::PermissionDenied, format!("none of {all:?} is an allowed target"))
         }
     };
-    let allowed: Vec<SocketAddr> = guard.allowed_targets(candidates.iter().copied()).collect();
-    if allowed.is_empty() {
-        return Err(refused(&candidates));
-    }
-    let ordered = ss_net::happy_eyeballs::interleave(&allowed, settings.resolve.ipv6_first);
-    let options = &settings.socket;
-    match timeout(
-        settings.connect_timeout,
-        ss_net::happy_eyeballs::race(&ordered, |addr| options.connect(addr)),
-    )
-    .await
-    {
-        Ok(Ok((stream, _))) => Ok(stream),
-        Ok(Err(error)) => Err(error),
-        Err(_) => {
-            Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {ordered:?} timed out")))
+    let mut allowed: Vec<SocketAddr> = guard.allowed_targets(candidates.iter().copied()).collect();
+    let connecting = match allowed.as_slice() {
+        [] => return Err(refused(&candidates)),
+        // One address (every IP target): nothing to race, and no race state in this connection's future.
+        [only] => timeout(settings.connect_timeout, settings.socket.connect(*only)).await,
+        _ => {
+            allowed = ss_net::happy_eyeballs::interleave(&allowed, settings.resolve.ipv6_first);
+            // Boxed: the race's state lives on the heap only while a name's addresses are raced.
+            let race = ss_net::happy_eyeballs::race(&allowed, |addr| settings.socket.connect(addr));
+            timeout(settings.connect_timeout, Box::pin(race))
+                .await
+                .map(|raced| raced.map(|(stream, _)| stream))
         }
-    }
+    };
+    connecting.unwrap_or_else(|_| {
+        Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {allowed:?} timed out")))
+    })
 }
 
 fn lookup_error(error: ResolveError) -> io::Error {
