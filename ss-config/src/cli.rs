@@ -52,6 +52,19 @@ pub struct CliArgs {
     /// Local address (ss-local's SOCKS5 listener)
     #[arg(short = 'b', long = "local-address", value_name = "ADDR")]
     pub local_address: Option<String>,
+    /// Tunnel (libev's ss-tunnel; repeatable): HOST:PORT makes the -l port forward there through the
+    /// server, TCP and UDP; [BIND:]LOCAL_PORT:HOST:PORT adds a tunnel on its own port
+    #[arg(short = 'L', long = "tunnel", value_name = "[[BIND:]PORT:]HOST:PORT")]
+    pub tunnel: Vec<String>,
+    /// What the -l port speaks: socks (default), http, tunnel (with -L) or redir (transparent proxy)
+    #[arg(long = "protocol", value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
+    /// How a redir port gets TCP: redirect (nftables/iptables REDIRECT, the default) or tproxy
+    #[arg(long = "tcp-redir", value_name = "redirect|tproxy")]
+    pub tcp_redir: Option<String>,
+    /// How a redir port gets UDP (with -u/-U): tproxy, the only way
+    #[arg(long = "udp-redir", value_name = "tproxy")]
+    pub udp_redir: Option<String>,
     /// Password (classic methods) or base64 key (2022 methods); visible in `ps`, prefer the config file
     #[arg(short = 'k', long = "password", value_name = "PASSWORD")]
     pub password: Option<String>,
@@ -147,6 +160,10 @@ pub enum Binary {
 const OWNED: &[(&str, Binary)] = &[
     ("local_port", Binary::Local),
     ("local_address", Binary::Local),
+    ("tunnel", Binary::Local),
+    ("protocol", Binary::Local),
+    ("tcp_redir", Binary::Local),
+    ("udp_redir", Binary::Local),
     ("allow_private_targets", Binary::Server),
     ("replay_snapshot", Binary::Server),
     ("nameserver", Binary::Server),
