@@ -1,11 +1,11 @@
 //! [`Settings::from_config`]: the one place where ss-local's checked [`Config`] becomes [`Settings`].
 //!
-//! Every config key ss-local acts on is read here (`local_address` and `local_port` say where `main`
-//! binds, each server's `plugin` is started by `main`, which then sets [`Server::plugin`], and `main`
-//! loads the `acl` file into [`Settings::acl`]). `nameserver` and `ipv6_first` also say how names of
-//! targets the ACL bypasses are resolved here. Keys only ss-server acts on (`allow_private_targets`,
-//! `udp_timeout`, `replay_snapshot`) are
-//! left for it: one config file serves both binaries. Keys neither acts on yet are warned about by
+//! Every config key ss-local acts on is read here (the listeners, [`Config::locals`], are bound by
+//! `main` with [`crate::Listener::bind`], each server's `plugin` is started by `main`, which then sets
+//! [`Server::plugin`], and `main` loads the `acl` file into [`Settings::acl`]). `nameserver` and
+//! `ipv6_first` also say how names of targets the ACL bypasses are resolved here; `udp_timeout` ends the
+//! UDP associations of tunnels and redir. Keys only ss-server acts on (`allow_private_targets`,
+//! `replay_snapshot`) are left for it: one config file serves both binaries. Keys neither acts on yet are warned about by
 //! ss-config ([`Config::warnings`]).
 
 use ss_config::Config;
@@ -40,6 +40,7 @@ impl Settings {
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.timeout,
+            udp_timeout: config.udp_timeout,
             max_connections,
             no_delay: config.no_delay,
             tcp: config.mode.tcp(),
