@@ -451,7 +451,9 @@ mod tests {
     fn each_binarys_help_lists_only_its_own_flags() {
         let help = |binary: Binary| binary.command(Cli::command()).render_help().to_string();
         let (local, server) = (help(Binary::Local), help(Binary::Server));
-        for flag in ["--local-port", "--local-address"] {
+        for flag in
+            ["--local-port", "--local-address", "-L", "--tunnel", "--protocol", "--tcp-redir", "--udp-redir"]
+        {
             assert!(local.contains(flag) && !server.contains(flag), "{flag}");
         }
         let server_only = [

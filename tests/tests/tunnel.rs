@@ -170,3 +170,61 @@ async fn a_tunnel_whose_server_is_gone_closes_the_connection() {
     let read = timeout(Duration::from_secs(30), stream.read(&mut buf)).await.expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// The ss-local executable with libev's ss-tunnel flags: `-l PORT -L host:port` (a DNS tunnel, `-u`
+/// for UDP) and a second tunnel on its own port (`-L PORT:host:port`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_libev_tunnel_flags() {
+    use ss_tests::subprocess::{binaries, free_port, Launch, Subprocess};
+    let method = Method::Blake3Aes256Gcm;
+    let server = start_server(server_settings(method)).await;
+    let dns = TestDns::start(&zone()).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let binary = &binaries().await.local;
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let (dns_port, echo_port) = (free_port(), free_port());
+        let args = [
+            "-s".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            server.addr.port().to_string(),
+            "-m".into(),
+            method.to_string(),
+            "-k".into(),
+            ss_tests::test_password(method),
+            "-u".into(),
+            "-l".into(),
+            dns_port.to_string(),
+            "-L".into(),
+            dns.addr.to_string(),
+            "-L".into(),
+            format!("{echo_port}:{echo}"),
+        ];
+        // The own-port tunnel is bound last: once it accepts, both are up.
+        let echo_tunnel = SocketAddr::from(([127, 0, 0, 1], echo_port));
+        let local = match Subprocess::start(&Launch::new(binary).args(&args), echo_tunnel).await {
+            Ok(local) => local,
+            Err(failure) => {
+                failures.push(failure);
+                continue;
+            }
+        };
+        let settings = ResolveSettings {
+            nameservers: vec![SocketAddr::from(([127, 0, 0, 1], dns_port))],
+            ..ResolveSettings::default()
+        };
+        let resolver = std::sync::Arc::new(Resolver::new(&settings).expect("resolver"));
+        let answer = timeout(STEP, resolver.resolve("a.test")).await.expect("in time");
+        assert_eq!(answer.map(|addrs| addrs.to_vec()), Ok(vec![ip(1)]), "{}", local.log());
+        let mut stream = TcpStream::connect(echo_tunnel).await.expect("connect");
+        stream.write_all(b"through the second tunnel").await.expect("write");
+        let mut back = [0u8; 25];
+        timeout(STEP, stream.read_exact(&mut back)).await.expect("in time").expect("echo");
+        assert_eq!(&back, b"through the second tunnel");
+        let (status, log) = local.terminate().await;
+        assert!(status.success(), "{status}\n{log}");
+        return;
+    }
+    panic!("ss-local did not start:\n{}", failures.join("\n"));
+}
