@@ -10,11 +10,13 @@
 //! | only ss-local takes            | only ss-server takes                                               |
 //! |--------------------------------|--------------------------------------------------------------------|
 //! | `-l/--local-port`              | `--allow-private-targets`, `--replay-snapshot`, `-d/--nameserver`, |
-//! | `-b/--local-address`           | `--udp-timeout`, `--generate-key`                                  |
+//! | `-b/--local-address`, `-L`     | `--generate-key`                                                   |
+//! | `--protocol`, `--tcp-redir`,   |                                                                    |
+//! | `--udp-redir`                  |                                                                    |
 //!
 //! libev's ss-server reads `-b` as the address to bind outgoing connections to, which we do not offer,
-//! so `-b` is ss-local's only. ss-local's UDP associations end with their SOCKS5 control connection, so
-//! it has no use for `--udp-timeout`. (The config file's keys are shared: each binary reads the keys it
+//! so `-b` is ss-local's only. `--udp-timeout` serves both: ss-local's tunnel and redir associations end
+//! with it (SOCKS5 ones with their control connection). (The config file's keys are shared: each binary reads the keys it
 //! uses and leaves the other's alone, so one file serves both.)
 //!
 //! `--server-url` is the exception: each `ss://` URL is a whole server (host, port, method, key) and is
@@ -132,7 +134,7 @@ pub struct CliArgs {
     /// separated (libev's -d)
     #[arg(short = 'd', long = "nameserver", value_name = "ADDR[,ADDR]")]
     pub nameserver: Option<String>,
-    /// UDP association idle timeout in seconds [default: 300]
+    /// UDP association idle timeout in seconds (ss-server; ss-local's tunnels and redir) [default: 300]
     #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
     pub udp_timeout: Option<u64>,
     /// Open-file limit to set at start [default: the hard limit]
@@ -167,7 +169,6 @@ const OWNED: &[(&str, Binary)] = &[
     ("allow_private_targets", Binary::Server),
     ("replay_snapshot", Binary::Server),
     ("nameserver", Binary::Server),
-    ("udp_timeout", Binary::Server),
     ("generate_key", Binary::Server),
 ];
 
@@ -456,17 +457,13 @@ mod tests {
         {
             assert!(local.contains(flag) && !server.contains(flag), "{flag}");
         }
-        let server_only = [
-            "--allow-private-targets",
-            "--replay-snapshot",
-            "--nameserver",
-            "--udp-timeout",
-            "--generate-key",
-        ];
+        let server_only = ["--allow-private-targets", "--replay-snapshot", "--nameserver", "--generate-key"];
         for flag in server_only {
             assert!(server.contains(flag) && !local.contains(flag), "{flag}");
         }
-        for shared in ["--server", "--password", "--method", "--threads", "--plugin", "--nofile", "-6"] {
+        for shared in
+            ["--server", "--password", "--method", "--threads", "--plugin", "--nofile", "-6", "--udp-timeout"]
+        {
             assert!(local.contains(shared) && server.contains(shared), "{shared}");
         }
     }

@@ -73,7 +73,7 @@ mod tests {
         let config = config(&format!(
             r#"{{"server":["a.example","[2001:db8::1]:9000"],"server_port":8388,"key":"{KEY}",
                 "method":"2022-blake3-aes-128-gcm","local_address":"::1","local_port":1080,"mode":"tcp_and_udp",
-                "timeout":31,"handshake_timeout":32,"connect_timeout":33,"max_connections":34,"threads":3,
+                "timeout":31,"udp_timeout":35,"handshake_timeout":32,"connect_timeout":33,"max_connections":34,"threads":3,
                 "no_delay":false,"ipv6_first":true,"nofile":4096,"nameserver":"127.0.0.1:5353"}}"#
         ));
         let settings = Settings::from_config(&config, 1 << 20);
@@ -88,6 +88,7 @@ mod tests {
             (Duration::from_secs(31), Duration::from_secs(32), Duration::from_secs(33))
         );
         assert_eq!((settings.max_connections, settings.threads), (34, 3));
+        assert_eq!(settings.udp_timeout, Duration::from_secs(35), "tunnels' and redir's UDP associations");
         assert!(!settings.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
         assert!(settings.tcp && settings.udp);
         let nameserver: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();
