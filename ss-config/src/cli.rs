@@ -48,10 +48,10 @@ pub struct CliArgs {
     /// Server port
     #[arg(short = 'p', long = "server-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub server_port: Option<u16>,
-    /// Local port (ss-local's SOCKS5 listener)
+    /// Local port (ss-local's SOCKS5 listener, unless --protocol or -L HOST:PORT says otherwise)
     #[arg(short = 'l', long = "local-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub local_port: Option<u16>,
-    /// Local address (ss-local's SOCKS5 listener)
+    /// Local address (of the -l listener and of -L tunnels without their own) [default: 127.0.0.1]
     #[arg(short = 'b', long = "local-address", value_name = "ADDR")]
     pub local_address: Option<String>,
     /// Tunnel (libev's ss-tunnel; repeatable): HOST:PORT makes the -l port forward there through the

@@ -464,6 +464,10 @@ mod tests {
             "locals[0].forward_address: missing: a tunnel needs forward_address and forward_port"
         );
         assert_eq!(local(r#""protocol":"tunnel","forward_address":"h""#), "locals[0].forward_port: missing");
+        assert_eq!(
+            local(r#""protocol":"tunnel","forward_address":" ","forward_port":1"#),
+            "locals[0].forward_address: empty host"
+        );
         assert!(local(r#""protocol":"tunnel","forward_address":"h","forward_port":0"#)
             .starts_with("locals[0].forward_port: "));
         assert_eq!(
@@ -533,6 +537,10 @@ mod tests {
         assert!(error(args(&["a:1"], Some(1), Some("redir")))
             .starts_with("--protocol: -L makes the local port a tunnel"));
         assert!(error(args(&["a"], Some(1), None)).starts_with("-L: \"a\" is not HOST:PORT"));
+        assert_eq!(
+            error(args(&[], Some(1), Some("tunnel"))),
+            "tunnel_address: missing: the tunnel's target (-L HOST:PORT or \"tunnel_address\")"
+        );
     }
 
     #[test]

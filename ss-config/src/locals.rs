@@ -113,6 +113,10 @@ pub(crate) fn locals(raw: &RawConfig, args: &CliArgs, mode: Mode) -> Result<Vec<
         };
         result.push(Local { address: top_address.clone(), port, protocol: Protocol::Tunnel(forward), mode });
     } else if let Some(port) = top_port {
+        if top_protocol.map(str::trim) == Some("tunnel") {
+            let message = "missing: the tunnel's target (-L HOST:PORT or \"tunnel_address\")";
+            return Err(ConfigError::field_error("tunnel_address", message));
+        }
         let protocol = protocol(field, top_protocol, None, top_redir, top_udp_redir)?;
         result.push(Local { address: top_address.clone(), port, protocol, mode });
     }
@@ -138,11 +142,11 @@ fn local_entry(index: usize, entry: &RawLocal, mode: Mode) -> Result<Local, Conf
         (None, None) => None,
         (Some(host), Some(port)) => {
             let port = port.port(&field("forward_port"))?;
-            let host = host.trim().trim_start_matches('[').trim_end_matches(']').to_string();
-            if host.is_empty() {
-                return Err(ConfigError::field_error(field("forward_address"), "empty"));
-            }
-            Some(Forward { host, port })
+            let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+            Some(
+                forward(host, port)
+                    .map_err(|message| ConfigError::field_error(field("forward_address"), message))?,
+            )
         }
         (Some(_), None) => return Err(ConfigError::field_error(field("forward_port"), "missing")),
         (None, Some(_)) => return Err(ConfigError::field_error(field("forward_address"), "missing")),
@@ -235,7 +239,7 @@ fn parse_tunnel(text: &str) -> Result<TunnelSpec, String> {
     let usage = || format!("{text:?} is not HOST:PORT or [BIND:]LOCAL_PORT:HOST:PORT");
     if let Ok((host, Some(port))) = split_host_port(text) {
         if !host.is_empty() {
-            return Ok(TunnelSpec::Here(Forward { host: host.to_string(), port }));
+            return Ok(TunnelSpec::Here(forward(host, port)?));
         }
     }
     // ssh style: the local part first, then a host:port of libev's syntax.
@@ -256,12 +260,19 @@ fn parse_tunnel(text: &str) -> Result<TunnelSpec, String> {
         _ => return Err(format!("{port:?} is not a local port number (1-65535) in {text:?}")),
     };
     match split_host_port(target) {
-        Ok((host, Some(target_port))) if !host.is_empty() => Ok(TunnelSpec::Own {
-            bind: bind.map(str::to_string),
-            port,
-            forward: Forward { host: host.to_string(), port: target_port },
-        }),
+        Ok((host, Some(target_port))) if !host.is_empty() => {
+            Ok(TunnelSpec::Own { bind: bind.map(str::to_string), port, forward: forward(host, target_port)? })
+        }
         _ => Err(usage()),
+    }
+}
+
+/// A tunnel target; the host must fit the Shadowsocks address header (1 to 255 bytes).
+fn forward(host: &str, port: u16) -> Result<Forward, String> {
+    match host.len() {
+        0 => Err("empty host".to_string()),
+        1..=255 => Ok(Forward { host: host.to_string(), port }),
+        len => Err(format!("a host name of {len} bytes; at most 255 fit the Shadowsocks header")),
     }
 }
 
@@ -294,6 +305,7 @@ mod tests {
             parse_tunnel("[::1]:5353:dns.example:53"),
             Ok(TunnelSpec::Own { bind: Some("::1".into()), port: 5353, forward: forward("dns.example", 53) })
         );
+        assert!(parse_tunnel(&format!("{}:53", "a".repeat(256))).unwrap_err().contains("at most 255"));
         for bad in ["", "8.8.8.8", ":53", "x:y:z", "5353:8.8.8.8", "0:8.8.8.8:53", "70000:h:1", "[::1:1:h:1"]
         {
             assert!(parse_tunnel(bad).is_err(), "{bad:?}");
