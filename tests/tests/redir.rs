@@ -37,15 +37,28 @@ const REMOTE_V6: &str = "2001:db8:3::10";
 
 #[test]
 fn redirect_diverts_tcp_over_ipv4_and_ipv6() {
-    run(TcpRedir::Redirect);
+    run(TcpRedir::Redirect, Listeners::OnePerFamily);
 }
 
 #[test]
 fn tproxy_diverts_tcp_and_udp_over_ipv4_and_ipv6() {
-    run(TcpRedir::Tproxy);
+    run(TcpRedir::Tproxy, Listeners::OnePerFamily);
 }
 
-fn run(kind: TcpRedir) {
+#[test]
+fn one_dual_stack_listener_serves_both_families() {
+    run(TcpRedir::Redirect, Listeners::DualStack);
+    run(TcpRedir::Tproxy, Listeners::DualStack);
+}
+
+/// How the router listens: `0.0.0.0` and `::` on two ports, or `::` alone for both families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listeners {
+    OnePerFamily,
+    DualStack,
+}
+
+fn run(kind: TcpRedir, listeners: Listeners) {
     let Some(network) = Network::create() else { return };
     let stop = CancellationToken::new();
     let remote = {
@@ -55,7 +68,7 @@ fn run(kind: TcpRedir) {
     let (ports_sender, ports) = std::sync::mpsc::channel();
     let router = {
         let stop = stop.clone();
-        in_namespace(&network.router, move || serve_router(kind, ports_sender, stop))
+        in_namespace(&network.router, move || serve_router(kind, listeners, ports_sender, stop))
     };
     let Ok((v4, v6)) = ports.recv_timeout(STEP) else {
         stop.cancel();
@@ -128,23 +141,38 @@ async fn serve_remote(stop: CancellationToken) {
 
 /// The router: ss-server on its loopback and ss-local's redir listeners (IPv4 and IPv6, each on its
 /// own port) on every address; sends the two ports once listening.
-async fn serve_router(kind: TcpRedir, ports: std::sync::mpsc::Sender<(u16, u16)>, stop: CancellationToken) {
+async fn serve_router(
+    kind: TcpRedir,
+    listeners: Listeners,
+    ports: std::sync::mpsc::Sender<(u16, u16)>,
+    stop: CancellationToken,
+) {
     let method = Method::Blake3Aes128Gcm;
     let server = start_server(server_settings(method)).await;
     let mode = if kind == TcpRedir::Tproxy { Mode::TcpAndUdp } else { Mode::TcpOnly };
-    let mut listeners = Vec::new();
-    for address in ["0.0.0.0", "::"] {
-        let local = Local { address: address.into(), port: 0, protocol: Protocol::Redir { tcp: kind }, mode };
-        listeners.push(Listener::bind(&local).await.expect("bind a redir listener"));
+    let addresses: &[&str] = match listeners {
+        Listeners::OnePerFamily => &["0.0.0.0", "::"],
+        Listeners::DualStack => &["::"],
+    };
+    let mut bound = Vec::new();
+    for address in addresses {
+        let local =
+            Local { address: (*address).into(), port: 0, protocol: Protocol::Redir { tcp: kind }, mode };
+        bound.push(Listener::bind(&local).await.expect("bind a redir listener"));
     }
-    let port =
-        |listener: &Listener| listener.tcp.as_ref().and_then(|tcp| tcp.local_addr().ok()).map(|a| a.port());
-    let (Some(v4), Some(v6)) = (port(&listeners[0]), port(&listeners[1])) else { panic!("no ports") };
+    let port = |listener: Option<&Listener>| {
+        listener
+            .and_then(|listener| listener.tcp.as_ref())
+            .and_then(|tcp| tcp.local_addr().ok())
+            .map(|a| a.port())
+    };
+    let (Some(v4), Some(v6)) = (port(bound.first()), port(bound.last())) else { panic!("no ports") };
+    assert_eq!(v4 == v6, listeners == Listeners::DualStack);
     let mut settings = local_settings(method, server.addr);
     settings.udp = true;
     settings.udp_timeout = Duration::from_secs(30);
     let _ = ports.send((v4, v6));
-    ss_local::run_listeners(settings, listeners, stop).await;
+    ss_local::run_listeners(settings, bound, stop).await;
 }
 
 /// Runs `task` on a thread of its own inside the named namespace, on a runtime made there.
