@@ -75,7 +75,7 @@ fn run(kind: TcpRedir, listeners: Listeners) {
         panic!("the router's listeners did not start: {:?}", router.join());
     };
     network.divert(kind, v4, v6);
-    let client = in_namespace(&network.client, move || client(kind));
+    let client = in_namespace(&network.client, move || client(kind, [v4, v6]));
     let outcome = client.join();
     stop.cancel();
     let _ = (remote.join(), router.join());
@@ -85,8 +85,19 @@ fn run(kind: TcpRedir, listeners: Listeners) {
     }
 }
 
-/// What the client sees: the page and (with tproxy) UDP answers from the address it asked.
-async fn client(kind: TcpRedir) {
+/// What the client sees: the page and (with tproxy) UDP answers from the address it asked; and a
+/// connection straight to a redir port (not diverted) closed at once instead of looping.
+async fn client(kind: TcpRedir, ports: [u16; 2]) {
+    for (router, port) in ["192.0.2.1", "2001:db8:2::1"].into_iter().zip(ports) {
+        let addr = SocketAddr::new(router.parse().expect("address"), port);
+        let mut stream =
+            timeout(STEP, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+        let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+        let mut rest = Vec::new();
+        let read = timeout(STEP, stream.read_to_end(&mut rest)).await.expect("closed in time");
+        assert!(rest.is_empty(), "{kind:?}: a connection to the listener itself got {rest:?}");
+        let _ = read;
+    }
     for remote in [REMOTE_V4, REMOTE_V6] {
         let addr = SocketAddr::new(remote.parse().expect("address"), 80);
         let mut stream =
