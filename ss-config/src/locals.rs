@@ -311,4 +311,19 @@ mod tests {
             assert!(parse_tunnel(bad).is_err(), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever the command line holds, `-L` parses or is refused with a message; a target it
+        /// accepts always has a port and a host that fits the Shadowsocks header.
+        #[test]
+        fn any_tunnel_text_parses_or_is_refused(text in "[0-9a-f:\\[\\]. ]{0,40}|\\PC{0,300}") {
+            match parse_tunnel(&text) {
+                Ok(TunnelSpec::Here(forward)) | Ok(TunnelSpec::Own { forward, .. }) => {
+                    proptest::prop_assert!((1..=255).contains(&forward.host.len()));
+                    proptest::prop_assert!(forward.port != 0);
+                }
+                Err(message) => proptest::prop_assert!(!message.is_empty()),
+            }
+        }
+    }
 }
