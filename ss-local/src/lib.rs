@@ -137,9 +137,10 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Set TCP_NODELAY on both sockets of a relay.
     pub no_delay: bool,
-    /// Accept SOCKS5 CONNECT (off in udp_only mode).
+    /// Accept SOCKS5 CONNECT (off in udp_only mode); [`run`]'s listeners, while [`run_listeners`] goes by
+    /// each [`Listener::mode`].
     pub tcp: bool,
-    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
+    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`); as `tcp`.
     pub udp: bool,
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
@@ -175,8 +176,14 @@ impl Settings {
 
 /// Serves SOCKS5 on every listener until `shutdown` is cancelled, then lets open connections finish for
 /// the drain time and returns. [`run_listeners`] serves listeners of every kind.
+/// [`Settings::tcp`] and [`Settings::udp`] say what each serves.
 pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
-    let listeners = listeners.into_iter().map(Listener::socks).collect();
+    let mode = match (settings.tcp, settings.udp) {
+        (true, true) => ss_config::Mode::TcpAndUdp,
+        (false, true) => ss_config::Mode::UdpOnly,
+        _ => ss_config::Mode::TcpOnly,
+    };
+    let listeners = listeners.into_iter().map(|tcp| Listener::socks(tcp, mode)).collect();
     run_listeners(settings, listeners, shutdown).await;
 }
 

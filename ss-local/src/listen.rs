@@ -50,9 +50,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A SOCKS5 listener with the process's mode.
-    pub fn socks(tcp: TcpListener) -> Listener {
-        Listener { inbound: Inbound::Socks, mode: Mode::TcpAndUdp, tcp: Some(tcp), udp: None }
+    /// A SOCKS5 listener serving CONNECT if `mode` has TCP and UDP ASSOCIATE if it has UDP.
+    pub fn socks(tcp: TcpListener, mode: Mode) -> Listener {
+        Listener { inbound: Inbound::Socks, mode, tcp: Some(tcp), udp: None }
     }
 
     /// Binds what `local` describes. Redir listeners need `CAP_NET_ADMIN` for TPROXY sockets.
@@ -151,12 +151,10 @@ pub async fn run_listeners(settings: Settings, listeners: Vec<Listener>, shutdow
     for listener in listeners {
         let Listener { inbound, mode, tcp, udp } = listener;
         let settings = match inbound {
-            // A SOCKS5 listener of its own mode (locals[].mode) narrows the process's.
-            Inbound::Socks | Inbound::Http => Arc::new(Settings {
-                tcp: shared.tcp && mode.tcp(),
-                udp: shared.udp && mode.udp(),
-                ..Settings::clone(&shared)
-            }),
+            // Each SOCKS5 listener has its own mode (locals[].mode, else the top level's).
+            Inbound::Socks | Inbound::Http => {
+                Arc::new(Settings { tcp: mode.tcp(), udp: mode.udp(), ..Settings::clone(&shared) })
+            }
             _ => shared.clone(),
         };
         if let Some(udp) = udp {

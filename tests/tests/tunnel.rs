@@ -1,6 +1,7 @@
 //! Tunnels (libev's ss-tunnel as a mode of ss-local): a local port forwarded, TCP and UDP, to a fixed
 //! target through ss-server. DNS through the tunnel with real clients (hickory's resolver, and `dig`)
-//! reaching the test DNS server on loopback behind the server; per-client UDP associations.
+//! reaching the test DNS server on loopback behind the server; per-client UDP associations; the ss-local
+//! binary with libev's tunnel flags; SOCKS5 listeners of their own mode beside tunnels.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -227,4 +228,38 @@ async fn the_binary_takes_libev_tunnel_flags() {
         return;
     }
     panic!("ss-local did not start:\n{}", failures.join("\n"));
+}
+
+/// `locals[].mode` is each listener's own: a SOCKS5 listener with UDP beside one without, whatever the
+/// process-wide setting says.
+#[tokio::test]
+async fn each_socks5_listener_has_its_own_mode() {
+    let method = Method::Aes256Gcm;
+    let server = start_server(server_settings(method)).await;
+    let socks = |mode| Local { address: "127.0.0.1".into(), port: 0, protocol: Protocol::Socks, mode };
+    let with_udp = Listener::bind(&socks(Mode::TcpAndUdp)).await.unwrap();
+    let udp_only = Listener::bind(&socks(Mode::UdpOnly)).await.unwrap();
+    let addr = |listener: &Listener| listener.tcp.as_ref().unwrap().local_addr().unwrap();
+    let (with_udp_addr, udp_only_addr) = (addr(&with_udp), addr(&udp_only));
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let settings = local_settings(method, server.addr);
+    assert!(!settings.udp, "the process-wide default has no UDP");
+    tokio::spawn(ss_local::run_listeners(settings, vec![with_udp, udp_only], shutdown));
+
+    let echo = udp_echo_server("127.0.0.1:0").await;
+    let association = timeout(STEP, ss_tests::udp::socks5_udp_associate(with_udp_addr))
+        .await
+        .unwrap()
+        .expect("UDP ASSOCIATE");
+    association.send(&ss_crypto::Address::Ip(echo), b"datagram").await;
+    let (_, payload) = timeout(STEP, association.recv()).await.expect("reply in time");
+    assert_eq!(payload, b"datagram");
+
+    let tcp_echo = echo_server("127.0.0.1:0").await;
+    let refused =
+        timeout(STEP, ss_tests::socks5_connect(udp_only_addr, &ss_crypto::Address::Ip(tcp_echo))).await;
+    assert!(refused.expect("answered in time").is_err(), "udp_only refuses CONNECT");
+    let associated = timeout(STEP, ss_tests::udp::socks5_udp_associate(udp_only_addr)).await.unwrap();
+    assert!(associated.is_ok(), "but takes UDP ASSOCIATE");
 }
