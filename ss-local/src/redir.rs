@@ -268,4 +268,50 @@ mod tests {
         let error = destination(&accepted, TcpRedir::Tproxy, addr).unwrap_err();
         assert!(error.to_string().contains("this listener itself"), "{error}");
     }
+
+    /// A free UDP port on `ip` (loopback).
+    fn free_udp(ip: &str) -> SocketAddr {
+        let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        socket.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn replies_leave_from_the_destination_and_unused_sockets_are_dropped() {
+        use std::io::Write as _;
+        let probe = transparent_socket(free_udp("127.0.0.1"), Type::DGRAM);
+        if probe.as_ref().is_err_and(|error| error.kind() == io::ErrorKind::PermissionDenied) {
+            let ci = std::env::var("CI").is_ok_and(|value| !matches!(value.trim(), "" | "0" | "false"));
+            assert!(!ci, "IP_TRANSPARENT needs CAP_NET_ADMIN (root); CI is set, so this fails");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: redir reply sockets: IP_TRANSPARENT needs CAP_NET_ADMIN (run as root)"
+            );
+            return;
+        }
+        let idle = Duration::from_secs(30);
+        let replier = FromDestination { sockets: Mutex::default(), idle };
+        let count = || replier.sockets.lock().unwrap().len();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client_addr = client.local_addr().unwrap();
+        let (first, second) = (free_udp("127.0.0.3"), free_udp("127.0.0.4"));
+        let mut buf = [0u8; 16];
+        for round in 0..2u8 {
+            replier.reply(&Address::Ip(first), client_addr, &[round]);
+            let (len, from) = tokio::time::timeout(Duration::from_secs(20), client.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((from, &buf[..len]), (first, &[round][..]));
+        }
+        assert_eq!(count(), 1, "one socket per destination, reused");
+        replier.reply(&Address::Domain("name.test".into(), 53), client_addr, b"x");
+        assert_eq!(count(), 1, "a reply from a name has no address to come from");
+        tokio::time::pause();
+        tokio::time::advance(idle + Duration::from_secs(1)).await;
+        replier.reply(&Address::Ip(second), client_addr, b"2");
+        let (_, from) =
+            tokio::time::timeout(Duration::from_secs(20), client.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(from, second);
+        assert_eq!(count(), 1, "the unused socket of the first destination is gone");
+    }
 }
