@@ -8,6 +8,9 @@
 //!
 //! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
 //! plain text, the same reply and relay otherwise.
+//!
+//! Tunnels and redir listeners know the target without a handshake ([`handle_fixed`]): the same route,
+//! connect, first-payload wait and relay, with no SOCKS5 greeting and no reply.
 
 use std::io;
 use std::net::SocketAddr;
