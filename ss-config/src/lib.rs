@@ -48,6 +48,7 @@ pub mod acl;
 mod cli;
 mod config;
 mod entry;
+mod locals;
 mod raw;
 mod servers;
 mod url;
@@ -55,6 +56,7 @@ mod url;
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};
 pub use entry::{Mode, Plugin, ServerEntry};
+pub use locals::{Forward, Local, Protocol, TcpRedir};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 

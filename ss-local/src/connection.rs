@@ -8,6 +8,9 @@
 //!
 //! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
 //! plain text, the same reply and relay otherwise.
+//!
+//! Tunnels and redir listeners know the target without a handshake ([`handle_fixed`]): the same route,
+//! connect, first-payload wait and relay, with no SOCKS5 greeting and no reply.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,31 +42,51 @@ pub(crate) fn handle(
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
-    run_connection(stream, settings, router, slot).instrument(span)
+    run_connection(stream, settings, router, None, slot).instrument(span)
 }
 
+/// Serves one accepted connection whose target is known without a handshake: a tunnel's fixed target,
+/// or the destination a redir listener read from the socket. Routed (ACL) and relayed as a SOCKS5
+/// CONNECT would be; a failure closes the client's connection.
+pub(crate) fn handle_fixed(
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: Address,
+    settings: Arc<Settings>,
+    router: Option<Arc<Router>>,
+    slot: ss_net::Slot,
+) -> impl std::future::Future<Output = ()> + Send {
+    let span = tracing::debug_span!("forward", %peer, %target);
+    run_connection(stream, settings, router, Some(target), slot).instrument(span)
+}
+
+/// `target`: `None` to read it from a SOCKS5 handshake.
 async fn run_connection(
     client: TcpStream,
     settings: Arc<Settings>,
     router: Option<Arc<Router>>,
+    target: Option<Address>,
     _slot: ss_net::Slot,
 ) {
     let started = Instant::now();
     // Everything before the relay lives in `open`'s future, boxed so that it is freed by the time the relay
     // (the long part) runs: the handshake, routing, server connect, first payload and padding are not kept
     // for the connection's life. Inline, the connection's future would be as large as the largest of them.
-    let Established { client, mut writer, mut reader, server, first_len } =
-        match Box::pin(open(client, &settings, router.as_deref())).await {
-            Ok(Some(Opened::Proxied(established))) => established,
-            Ok(Some(Opened::Direct { client, upstream })) => {
-                return relay_direct(client, upstream, &settings, started).await
-            }
-            Ok(None) => return,
-            Err(error) => {
-                debug!(%error, "connection ended");
-                return;
-            }
-        };
+    let opened = match target {
+        None => Box::pin(open(client, &settings, router.as_deref())).await,
+        Some(target) => Box::pin(open_fixed(client, target, &settings, router.as_deref())).await,
+    };
+    let Established { client, mut writer, mut reader, server, first_len } = match opened {
+        Ok(Some(Opened::Proxied(established))) => established,
+        Ok(Some(Opened::Direct { client, upstream })) => {
+            return relay_direct(client, upstream, &settings, started).await
+        }
+        Ok(None) => return,
+        Err(error) => {
+            debug!(%error, "connection ended");
+            return;
+        }
+    };
     let (client_read, mut client_write) = client.into_split();
     let mut client_read = ss_net::PooledReader::new(client_read);
     let outcome = ss_net::relay(
@@ -205,17 +228,53 @@ async fn open<'a>(
     if first.is_empty() {
         first = read_first_payload(&mut client, settings).await?;
     }
+    proxied(client, upstream, server, &target, first)
+        .await
+        .map(|established| Some(Opened::Proxied(established)))
+}
 
+/// [`open`] for a connection whose target is known: route, connect, first payload and request header,
+/// with no handshake and no reply.
+async fn open_fixed<'a>(
+    mut client: TcpStream,
+    target: Address,
+    settings: &'a Settings,
+    router: Option<&Router>,
+) -> io::Result<Option<Opened<'a>>> {
+    settings.socket.accepted(&client);
+    let direct = match router {
+        Some(router) => Box::pin(bypass(router, &target, settings)).await,
+        None => None,
+    };
+    if let Some(upstream) = direct {
+        let upstream = upstream?;
+        return Ok(Some(Opened::Direct { client, upstream }));
+    }
+    let (upstream, server) = connect_any(settings).await?;
+    let first = read_first_payload(&mut client, settings).await?;
+    proxied(client, upstream, server, &target, first)
+        .await
+        .map(|established| Some(Opened::Proxied(established)))
+}
+
+/// Sends the request header for `target` with the first payload to `server` and sets up both directions.
+async fn proxied<'a>(
+    client: TcpStream,
+    upstream: TcpStream,
+    server: &'a Server,
+    target: &Address,
+    first: Vec<u8>,
+) -> io::Result<Established<'a>> {
     let (upstream_read, upstream_write) = upstream.into_split();
     let salt = Salt::random(server.method, &mut OsRng);
     let padding = padding(first.is_empty());
-    let encryptor = Encryptor::request(server.method, &server.key, salt, &target, &padding);
+    let encryptor = Encryptor::request(server.method, &server.key, salt, target, &padding);
     let mut writer = EncryptWriter::new(upstream_write, encryptor);
     writer.write_all(&first).await?;
     writer.flush().await?;
     let decryptor = Decryptor::response(server.method, &server.key, salt);
     let reader = DecryptReader::new(upstream_read, decryptor);
-    Ok(Some(Opened::Proxied(Established { client, writer, reader, server, first_len: first.len() as u64 })))
+    Ok(Established { client, writer, reader, server, first_len: first.len() as u64 })
 }
 
 /// The ACL's decision for `target`: `None` to go through a server, else the outcome of connecting to the

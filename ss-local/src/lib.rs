@@ -7,15 +7,26 @@
 //!
 //! With an ACL ([`Settings::acl`], `--acl`) each CONNECT is routed: through the server, or directly from
 //! here when the ACL bypasses the target (see `route.rs` for the order and the no-DNS-leak rule).
+//!
+//! One process serves several listeners ([`Listener`], bound from the config by [`Listener::bind`] and
+//! served by [`run_listeners`]): SOCKS5, tunnels to a fixed target (`tunnel.rs`) and transparent
+//! proxying (`redir.rs`, Linux).
 
 #![warn(missing_docs)]
 
 mod connection;
 mod from_config;
+mod listen;
+mod nat;
+#[cfg(target_os = "linux")]
+mod redir;
 mod route;
 pub mod socks5;
+mod tunnel;
 mod udp;
 mod udp_direct;
+
+pub use listen::{run_listeners, Inbound, Listener};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +125,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A tunnel's or redir's UDP association with no datagram either way for this long is closed
+    /// (`udp_timeout`). SOCKS5 associations end with their control connection instead.
+    pub udp_timeout: Duration,
     /// How long to wait for the application's first bytes so they travel with the request header;
     /// protocols where the server speaks first pay this once per connection.
     pub first_payload_wait: Duration,
@@ -121,12 +135,13 @@ pub struct Settings {
     pub max_connections: usize,
     /// At shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
-    /// Socket options of accepted and outbound connections (no-delay, keep-alive, Fast Open, MPTCP:
-    /// [`ss_net::socket_options`]).
+    /// Socket options of listeners, accepted and outbound connections (no-delay, keep-alive, Fast Open,
+    /// MPTCP, SO_REUSEPORT: [`ss_net::socket_options`]).
     pub socket: ss_net::SocketOptions,
-    /// Accept SOCKS5 CONNECT (off in udp_only mode).
+    /// Accept SOCKS5 CONNECT (off in udp_only mode); [`run`]'s listeners, while [`run_listeners`] goes by
+    /// each [`Listener::mode`].
     pub tcp: bool,
-    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
+    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`); as `tcp`.
     pub udp: bool,
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
@@ -146,6 +161,7 @@ impl Settings {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            udp_timeout: Duration::from_secs(300),
             first_payload_wait: Duration::from_millis(50),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
@@ -160,34 +176,14 @@ impl Settings {
 }
 
 /// Serves SOCKS5 on every listener until `shutdown` is cancelled, then lets open connections finish for
-/// the drain time and returns.
+/// the drain time and returns. [`run_listeners`] serves listeners of every kind.
+/// [`Settings::tcp`] and [`Settings::udp`] say what each serves.
 pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
-    let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
-    let workers = ss_net::Workers::start(settings.threads);
-    let router = match &settings.acl {
-        None => None,
-        Some(acl) => match route::Router::new(acl.clone(), &settings.resolve) {
-            Ok(router) => Some(Arc::new(router)),
-            Err(error) => {
-                tracing::error!(%error, "cannot set up name resolution for bypassed targets");
-                return;
-            }
-        },
+    let mode = match (settings.tcp, settings.udp) {
+        (true, true) => ss_config::Mode::TcpAndUdp,
+        (false, true) => ss_config::Mode::UdpOnly,
+        _ => ss_config::Mode::TcpOnly,
     };
-    let settings = Arc::new(settings);
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "listening (SOCKS5)");
-        }
-        let (settings, router) = (settings.clone(), router.clone());
-        let (workers, shutdown) = (workers.clone(), shutdown.clone());
-        servers.spawn(async move {
-            ss_net::accept_loop(listener, limits, &workers, shutdown, move |stream, peer, slot| {
-                connection::handle(stream, peer, settings.clone(), router.clone(), slot)
-            })
-            .await
-        });
-    }
-    while servers.join_next().await.is_some() {}
+    let listeners = listeners.into_iter().map(|tcp| Listener::socks(tcp, mode)).collect();
+    run_listeners(settings, listeners, shutdown).await;
 }

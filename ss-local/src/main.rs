@@ -4,12 +4,16 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use ss_config::{Binary, CliArgs, Config, ServerEntry};
-use ss_local::{PluginRoute, Settings};
+use ss_local::{Listener, PluginRoute, Settings};
 use ss_net::plugin::{Plugin, Spec, Timing};
 use tokio_util::sync::CancellationToken;
 
-/// Shadowsocks local: a SOCKS5 proxy that relays through a Shadowsocks server (shadowsocks-libev
-/// compatible flags and config keys).
+/// Shadowsocks local: a SOCKS5 proxy, tunnels (-L) and transparent proxying (--protocol redir) that
+/// relay through a Shadowsocks server (shadowsocks-libev compatible flags and config keys).
+///
+/// Examples: `ss-local -c config.json` (SOCKS5 on local_port);
+/// `ss-local -c config.json -u -l 5353 -L 8.8.8.8:53` (DNS tunnel, TCP and UDP);
+/// `ss-local -c config.json -u -b 0.0.0.0 -l 12345 --protocol redir --tcp-redir tproxy` (router).
 #[derive(Debug, clap::Parser)]
 #[command(name = "ss-local", version)]
 struct Args {
@@ -26,18 +30,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(local_port) = config.local_port else {
-        eprintln!("ss-local: local_port: missing (set \"local_port\" in the config or -l)");
+    if config.locals.is_empty() {
+        eprintln!("ss-local: local_port: missing (set \"local_port\" or \"locals\" in the config, or -l)");
         return ExitCode::from(2);
-    };
+    }
     let (log_level, warnings, nofile) =
         (config.effective_log_level(), config.warnings.clone(), config.nofile);
     ss_net::process::run_main("ss-local", log_level.as_str(), &warnings, nofile, |descriptors| {
-        serve(config, local_port, descriptors)
+        serve(config, descriptors)
     })
 }
 
-async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Result<()> {
+async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let mut settings = Settings::from_config(&config, descriptors);
@@ -55,12 +59,14 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
             plugins.push(plugin);
         }
     }
-    let listener = settings
-        .socket
-        .listen_tcp_host(&config.local_address, local_port)
-        .await
-        .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
-    ss_local::run(settings, vec![listener], shutdown).await;
+    let mut listeners = Vec::new();
+    for local in &config.locals {
+        let listener = Listener::bind(local, &settings.socket)
+            .await
+            .with_context(|| format!("binding {}:{}", local.address, local.port))?;
+        listeners.push(listener);
+    }
+    ss_local::run_listeners(settings, listeners, shutdown).await;
     // After the drain: open connections still used the plugins.
     for plugin in plugins {
         plugin.stop().await;
