@@ -1,13 +1,15 @@
-//! One SOCKS5 client connection, start to end:
+//! One client connection on the local port, start to end:
 //!
 //! ```text
-//! accept ─▶ SOCKS5 greeting + request (handshake timeout) ─▶ connect to a server (next one on failure)
-//!        ─▶ reply "succeeded" ─▶ wait briefly for the application's first bytes
+//! accept ─▶ request: SOCKS5, SOCKS4/4a or HTTP CONNECT (inbound/, handshake timeout)
+//!        ─▶ connect to a server (next one on failure)
+//!        ─▶ reply "succeeded" in the client's protocol ─▶ wait briefly for the application's first bytes
 //!        ─▶ salt + header + first bytes in one write ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
 //! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
-//! plain text, the same reply and relay otherwise.
+//! plain text, the same reply and relay otherwise. Plain HTTP proxy requests (`GET http://...`) leave
+//! this path for `inbound/forward.rs` once their first head is read.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,11 +25,12 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
 
+use crate::inbound::{self, Answer};
 use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
 use crate::{Server, Settings};
 
-/// Serves one accepted SOCKS5 connection; every outcome is logged here.
+/// Serves one accepted connection on the local port, whatever its protocol; every outcome is logged here.
 ///
 /// A plain function returning the instrumented future: an outer `async fn` awaiting `run_connection` would keep
 /// its own copies of its arguments beside the inner future's.
@@ -38,7 +41,7 @@ pub(crate) fn handle(
     router: Option<Arc<Router>>,
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
+    let span = tracing::debug_span!("local", %peer, target = tracing::field::Empty);
     run_connection(stream, settings, router, slot).instrument(span)
 }
 
@@ -57,6 +60,10 @@ async fn run_connection(
             Ok(Some(Opened::Proxied(established))) => established,
             Ok(Some(Opened::Direct { client, upstream })) => {
                 return relay_direct(client, upstream, &settings, started).await
+            }
+            Ok(Some(Opened::Forward { client, head })) => {
+                // Boxed: hyper's connection state exists only for HTTP proxy clients.
+                return Box::pin(inbound::forward::serve(client, head, settings, router)).await;
             }
             Ok(None) => return,
             Err(error) => {
@@ -122,6 +129,8 @@ enum Opened<'a> {
     Proxied(Established<'a>),
     /// Bypassed by the ACL: connected directly, the client's early bytes already sent.
     Direct { client: TcpStream, upstream: TcpStream },
+    /// A plain HTTP proxy client, its bytes read so far in `head`.
+    Forward { client: TcpStream, head: Vec<u8> },
 }
 
 /// A connection ready to relay: the request has gone out with the first payload.
@@ -133,40 +142,49 @@ struct Established<'a> {
     first_len: u64,
 }
 
-/// SOCKS5 handshake, route, connect to a server (or the bypassed target), reply, first payload and
-/// request header. `None` when the connection was answered and is done (UDP ASSOCIATE, refused commands).
+/// Client request (any protocol), route, connect to a server (or the bypassed target), reply, first
+/// payload and request header. `None` when the connection was answered and is done (UDP ASSOCIATE,
+/// refused commands, bad requests).
 async fn open<'a>(
     mut client: TcpStream,
     settings: &'a Settings,
     router: Option<&Router>,
 ) -> io::Result<Option<Opened<'a>>> {
     let _ = client.set_nodelay(settings.no_delay);
-    let handshake = timeout(settings.handshake_timeout, socks5::handshake(&mut client))
+    let request = timeout(settings.handshake_timeout, inbound::accept(&mut client, settings))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "SOCKS5 handshake timed out"))?
-        .map_err(io::Error::other)?;
-    let target = handshake.request.target;
-    tracing::Span::current().record("target", tracing::field::display(&target));
-    match handshake.request.command {
-        Command::Connect if settings.tcp => {}
-        Command::UdpAssociate if settings.udp => {
-            let Some(server) = settings.servers.first() else {
-                socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS).await?;
-                return Ok(None);
-            };
-            // Boxed: UDP associations are rare, and inline its future would make every TCP connection's
-            // future ~1 KB bigger.
-            return Box::pin(crate::udp::associate(client, server)).await.map(|()| None);
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client handshake timed out"))??;
+    let (target, early, answer) = match request {
+        inbound::Request::Socks5(handshake) => {
+            let target = handshake.request.target;
+            tracing::Span::current().record("target", tracing::field::display(&target));
+            match handshake.request.command {
+                Command::Connect if settings.tcp => {}
+                Command::UdpAssociate if settings.udp => {
+                    let Some(server) = settings.servers.first() else {
+                        socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS)
+                            .await?;
+                        return Ok(None);
+                    };
+                    // Boxed: UDP associations are rare, and inline its future would make every TCP
+                    // connection's future ~1 KB bigger.
+                    return Box::pin(crate::udp::associate(client, server)).await.map(|()| None);
+                }
+                Command::Connect | Command::UdpAssociate => {
+                    socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;
+                    return Ok(None);
+                }
+                Command::Bind | Command::Other(_) => {
+                    socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS)
+                        .await?;
+                    return Ok(None);
+                }
+            }
+            (target, handshake.early, Answer::Socks5)
         }
-        Command::Connect | Command::UdpAssociate => {
-            socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;
-            return Ok(None);
-        }
-        Command::Bind | Command::Other(_) => {
-            socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS).await?;
-            return Ok(None);
-        }
-    }
+        inbound::Request::Connect { target, early, answer } => (target, early, answer),
+        inbound::Request::Forward { head } => return Ok(Some(Opened::Forward { client, head })),
+    };
 
     // Boxed: the ACL's decision may resolve a name (a resolver future of a few KiB) and connect directly;
     // inline, that would make every connection's future bigger for its whole life, ACL or not.
@@ -177,13 +195,13 @@ async fn open<'a>(
     match direct {
         None => {}
         Some(Err(error)) => {
-            socks5::send_reply(&mut client, Reply::HostUnreachable, &socks5::UNSPECIFIED_ADDRESS).await?;
+            answer.failed(&mut client, &error).await?;
             return Err(error);
         }
         Some(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(settings.no_delay);
-            socks5::send_reply(&mut client, Reply::Succeeded, &socks5::UNSPECIFIED_ADDRESS).await?;
-            upstream.write_all(&handshake.early).await?;
+            answer.succeeded(&mut client).await?;
+            upstream.write_all(&early).await?;
             return Ok(Some(Opened::Direct { client, upstream }));
         }
     }
@@ -191,18 +209,13 @@ async fn open<'a>(
     let (upstream, server) = match connect_any(settings).await {
         Ok(connected) => connected,
         Err(error) => {
-            // A plugin between restarts is our failure, not the network's.
-            let reply = match error.kind() {
-                io::ErrorKind::NotConnected => Reply::GeneralFailure,
-                _ => Reply::HostUnreachable,
-            };
-            socks5::send_reply(&mut client, reply, &socks5::UNSPECIFIED_ADDRESS).await?;
+            answer.failed(&mut client, &error).await?;
             return Err(error);
         }
     };
-    socks5::send_reply(&mut client, Reply::Succeeded, &socks5::UNSPECIFIED_ADDRESS).await?;
+    answer.succeeded(&mut client).await?;
 
-    let mut first = handshake.early;
+    let mut first = early;
     if first.is_empty() {
         first = read_first_payload(&mut client, settings).await?;
     }
@@ -221,7 +234,11 @@ async fn open<'a>(
 
 /// The ACL's decision for `target`: `None` to go through a server, else the outcome of connecting to the
 /// bypassed target directly.
-async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Option<io::Result<TcpStream>> {
+pub(crate) async fn bypass(
+    router: &Router,
+    target: &Address,
+    settings: &Settings,
+) -> Option<io::Result<TcpStream>> {
     match router.decide(target).await {
         Ok(Decision::Proxy) => None,
         Ok(Decision::Direct(addresses)) => Some(
@@ -239,7 +256,7 @@ async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Optio
 }
 
 /// Connects to the first server that answers, in configured order.
-async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
+pub(crate) async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
     for server in &settings.servers {
         let attempt = timeout(settings.connect_timeout, server.connect_tcp());
@@ -272,7 +289,7 @@ async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::
 
 /// AEAD-2022 padding for the request header: required when there is no payload (1..=900 bytes), a little
 /// otherwise so that header lengths do not repeat. Classic methods ignore it.
-fn padding(without_payload: bool) -> Vec<u8> {
+pub(crate) fn padding(without_payload: bool) -> Vec<u8> {
     let range = if without_payload { 900 } else { 64 };
     let len = (OsRng.next_u32() % range) as usize + usize::from(without_payload);
     vec![0u8; len]

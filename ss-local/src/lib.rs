@@ -12,6 +12,7 @@
 
 mod connection;
 mod from_config;
+pub mod inbound;
 mod route;
 pub mod socks5;
 mod udp;
@@ -135,6 +136,9 @@ pub struct Settings {
     pub acl: Option<Arc<ss_net::SharedAcl>>,
     /// How names of bypassed targets are resolved here (`nameserver` overrides the system's servers).
     pub resolve: ss_net::ResolveSettings,
+    /// Users allowed on the local port (`socks5_auth_config_path`): SOCKS5 username/password and HTTP
+    /// `Proxy-Authorization: Basic` are then required, and SOCKS4 is refused. `None`: no authentication.
+    pub users: Option<Arc<inbound::Users>>,
 }
 
 impl Settings {
@@ -154,11 +158,12 @@ impl Settings {
             threads: 1,
             acl: None,
             resolve: ss_net::ResolveSettings::default(),
+            users: None,
         }
     }
 }
 
-/// Serves SOCKS5 on every listener until `shutdown` is cancelled, then lets open connections finish for
+/// Serves SOCKS5, SOCKS4/4a and HTTP proxying (see [`inbound`]) on every listener until `shutdown` is cancelled, then lets open connections finish for
 /// the drain time and returns.
 pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
@@ -177,7 +182,14 @@ pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Canc
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "listening (SOCKS5)");
+            tracing::info!(%addr, "listening (SOCKS5, SOCKS4/4a, HTTP proxy, PAC at /proxy.pac)");
+            if !addr.ip().is_loopback() && settings.users.is_none() {
+                tracing::warn!(
+                    %addr,
+                    "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach this \
+                     port can use your server; set socks5_auth_config_path or listen on 127.0.0.1"
+                );
+            }
         }
         let (settings, router) = (settings.clone(), router.clone());
         let (workers, shutdown) = (workers.clone(), shutdown.clone());
