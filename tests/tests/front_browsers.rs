@@ -33,9 +33,11 @@ const BROWSER_RUN: Duration = Duration::from_secs(90);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_through_the_http_proxy_and_through_the_pac_file() {
     let Some(chromium) = chromium() else { return };
-    let dns = TestDns::start(&[(NAME, Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 })]).await;
+    let dns =
+        TestDns::start(&[(NAME, Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 })]).await;
     let mut settings = server_settings(METHOD);
-    settings.resolve = ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
+    settings.resolve =
+        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
     let server = start_server(settings).await;
     let local = start_local(local_settings(METHOD, server.addr)).await;
     let target = WebTarget::start(None).await;
@@ -66,7 +68,12 @@ struct BrowserRun {
 impl std::fmt::Display for BrowserRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let relevant: Vec<&str> = self.stderr.lines().filter(|line| !line.contains("bus")).collect();
-        write!(f, "--- DOM ---\n{}\n--- chromium stderr (D-Bus lines left out) ---\n{}", self.dom, relevant.join("\n"))
+        write!(
+            f,
+            "--- DOM ---\n{}\n--- chromium stderr (D-Bus lines left out) ---\n{}",
+            self.dom,
+            relevant.join("\n")
+        )
     }
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Per pair: fresh RSS, then RSS per idle connection (while the processes are still fresh, so memory freed
 //! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), bulk over
-//! several streams, request/response, connection rate, UDP. A failed step is recorded and the pair moves
+//! several streams, request/response, connection rate, UDP, and (ours only) bulk down and up through an
+//! HTTP CONNECT tunnel on the same port. A failed step is recorded and the pair moves
 //! on to its next step; a dead process ends the pair's round.
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use tokio::time::timeout;
 use super::process::{clock_ticks_per_second, Flavour, Implementation, Pair};
 use super::report::{Metric, Results};
 use super::targets::Targets;
-use super::workloads::{self, Direction};
+use super::workloads::{self, Direction, Front};
 
 /// How much each workload does.
 #[derive(Clone, Debug)]
@@ -243,7 +244,35 @@ impl PairRun<'_> {
             .await?;
             Ok(vec![(Metric::UdpRate, rate)])
         };
-        self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await;
+        if !self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await {
+            return;
+        }
+
+        // Last, and ours only: the peers' default local ports speak SOCKS5 alone.
+        if self.flavour == Flavour::Ours {
+            let connect = async {
+                let down = workloads::bulk_via(
+                    Front::HttpConnect,
+                    socks,
+                    targets.bulk,
+                    Direction::Down,
+                    1,
+                    sizes.bulk_bytes,
+                )
+                .await?;
+                let up = workloads::bulk_via(
+                    Front::HttpConnect,
+                    socks,
+                    targets.bulk,
+                    Direction::Up,
+                    1,
+                    sizes.bulk_bytes,
+                )
+                .await?;
+                Ok(vec![(Metric::ConnectBulkDown, down), (Metric::ConnectBulkUp, up)])
+            };
+            self.step(&pair, "bulk via HTTP CONNECT", bulk_limit * 2, connect).await;
+        }
     }
 
     /// Runs one workload under a time limit; records its figures or its failure (with the proxies' logs

@@ -100,8 +100,8 @@ pub(crate) async fn accept(client: &mut TcpStream, settings: &Settings) -> io::R
             Ok(None) => {}
             Err(error) => return refuse(client, 400, &error.to_string()).await,
         }
-        buf.reserve(1024.min(MAX_HEAD - buf.len()).max(1));
-        let room = MAX_HEAD + 1 - buf.len();
+        buf.reserve(1024.min(MAX_HEAD.saturating_sub(buf.len())).max(1));
+        let room = (MAX_HEAD + 1).saturating_sub(buf.len());
         if (&mut *client).take(room as u64).read_buf(&mut buf).await? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the HTTP request head"));
         }
