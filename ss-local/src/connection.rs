@@ -30,7 +30,8 @@ use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
 use crate::{Server, Settings};
 
-/// Serves one accepted connection on the local port, whatever its protocol; every outcome is logged here.
+/// Serves one accepted connection on a local port speaking `protocols`; every outcome is logged here.
+/// The entry point of every listener that takes SOCKS or HTTP clients.
 ///
 /// A plain function returning the instrumented future: an outer `async fn` awaiting `run_connection` would keep
 /// its own copies of its arguments beside the inner future's.
@@ -40,9 +41,10 @@ pub(crate) fn handle(
     settings: Arc<Settings>,
     router: Option<Arc<Router>>,
     slot: ss_net::Slot,
+    protocols: inbound::Protocols,
 ) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::debug_span!("local", %peer, target = tracing::field::Empty);
-    run_connection(stream, settings, router, slot).instrument(span)
+    run_connection(stream, settings, router, slot, protocols).instrument(span)
 }
 
 async fn run_connection(
@@ -50,13 +52,14 @@ async fn run_connection(
     settings: Arc<Settings>,
     router: Option<Arc<Router>>,
     _slot: ss_net::Slot,
+    protocols: inbound::Protocols,
 ) {
     let started = Instant::now();
     // Everything before the relay lives in `open`'s future, boxed so that it is freed by the time the relay
     // (the long part) runs: the handshake, routing, server connect, first payload and padding are not kept
     // for the connection's life. Inline, the connection's future would be as large as the largest of them.
     let Established { client, mut writer, mut reader, server, first_len } =
-        match Box::pin(open(client, &settings, router.as_deref())).await {
+        match Box::pin(open(client, &settings, router.as_deref(), protocols)).await {
             Ok(Some(Opened::Proxied(established))) => established,
             Ok(Some(Opened::Direct { client, upstream })) => {
                 return relay_direct(client, upstream, &settings, started).await
@@ -149,9 +152,10 @@ async fn open<'a>(
     mut client: TcpStream,
     settings: &'a Settings,
     router: Option<&Router>,
+    protocols: inbound::Protocols,
 ) -> io::Result<Option<Opened<'a>>> {
     let _ = client.set_nodelay(settings.no_delay);
-    let request = timeout(settings.handshake_timeout, inbound::accept(&mut client, settings))
+    let request = timeout(settings.handshake_timeout, inbound::accept(&mut client, settings, protocols))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client handshake timed out"))??;
     let (target, early, answer) = match request {

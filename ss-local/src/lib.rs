@@ -195,7 +195,14 @@ pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Canc
         let (workers, shutdown) = (workers.clone(), shutdown.clone());
         servers.spawn(async move {
             ss_net::accept_loop(listener, limits, &workers, shutdown, move |stream, peer, slot| {
-                connection::handle(stream, peer, settings.clone(), router.clone(), slot)
+                connection::handle(
+                    stream,
+                    peer,
+                    settings.clone(),
+                    router.clone(),
+                    slot,
+                    inbound::Protocols::Mixed,
+                )
             })
             .await
         });

@@ -159,6 +159,31 @@ async fn an_unreachable_server_is_a_502() {
 }
 
 #[tokio::test]
+async fn a_server_that_never_answers_the_connect_is_a_504() {
+    // A listener that never accepts, its queue filled: further SYNs are dropped and connects hang.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let silent = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&silent, Duration::from_millis(300)) {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let mut settings = local_settings(METHOD, silent);
+    settings.connect_timeout = Duration::from_secs(1);
+    let local = start_local(settings).await;
+    let response = exchange(local.addr, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n").await;
+    assert!(response.starts_with(b"HTTP/1.1 504 "), "{}", String::from_utf8_lossy(&response));
+    let request = b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let response = exchange(local.addr, request).await;
+    assert!(response.starts_with(b"HTTP/1.1 504 "), "{}", String::from_utf8_lossy(&response));
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_clear_answer_and_a_closed_connection() {
     let (_server, local) = chain(None).await;
     let oversized = format!("GET http://a/ HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));

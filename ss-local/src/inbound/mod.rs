@@ -39,6 +39,19 @@ pub(crate) enum Request {
     Forward { head: Vec<u8> },
 }
 
+/// Which client protocols a listener speaks: the default local port all of them; shadowsocks-rust's
+/// `locals` entries with `"protocol": "socks"` or `"http"` one family each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocols {
+    /// SOCKS5, SOCKS4/4a and HTTP, by the first byte.
+    #[default]
+    Mixed,
+    /// SOCKS5 and SOCKS4/4a only.
+    Socks,
+    /// HTTP only (CONNECT, plain requests, the PAC file).
+    Http,
+}
+
 /// How a front end tells its client whether the stream to the target is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answer {
@@ -50,19 +63,30 @@ pub(crate) enum Answer {
     Http,
 }
 
-/// Reads the client's request, whatever its protocol. Callers bound it with the handshake timeout.
-pub(crate) async fn accept(client: &mut TcpStream, settings: &Settings) -> io::Result<Request> {
+/// Reads the client's request in one of `protocols`. Callers bound it with the handshake timeout.
+///
+/// This is the one place the protocol is chosen.
+pub(crate) async fn accept(
+    client: &mut TcpStream,
+    settings: &Settings,
+    protocols: Protocols,
+) -> io::Result<Request> {
     let mut first = [0u8; 1];
     if client.peek(&mut first).await? == 0 {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed before sending anything"));
     }
-    match first[0] {
-        socks5::VERSION => socks5::handshake_with(client, settings.users.as_deref())
-            .await
-            .map(Request::Socks5)
-            .map_err(io::Error::other),
-        socks4::VERSION => accept_socks4(client, settings).await,
-        _ => http::accept(client, settings).await,
+    match (first[0], protocols) {
+        (socks5::VERSION, Protocols::Mixed | Protocols::Socks) => {
+            socks5::handshake_with(client, settings.users.as_deref())
+                .await
+                .map(Request::Socks5)
+                .map_err(io::Error::other)
+        }
+        (socks4::VERSION, Protocols::Mixed | Protocols::Socks) => accept_socks4(client, settings).await,
+        (_, Protocols::Mixed | Protocols::Http) => http::accept(client, settings).await,
+        (other, Protocols::Socks) => {
+            Err(io::Error::new(io::ErrorKind::InvalidData, format!("not SOCKS (first byte {other:#04x})")))
+        }
     }
 }
 
