@@ -58,6 +58,44 @@ async fn chromium_through_the_http_proxy_and_through_the_pac_file() {
     assert!(dns.queries(NAME) > 0, "ss-server never resolved {NAME}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_the_acl_written_into_the_pac_file() {
+    let Some(chromium) = chromium() else { return };
+    let loopback = || Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 };
+    let names = [NAME, "bypassed.test", "www.bypassed.test", "rx7.test"];
+    let dns = TestDns::start(&names.map(|name| (name, loopback()))).await;
+    let mut settings = server_settings(METHOD);
+    settings.resolve =
+        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
+    let server = start_server(settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let acl_path = dir.path().join("local.acl");
+    // A domain with its subdomains, a regex, and a net (which makes the PAC resolve unlisted names).
+    std::fs::write(&acl_path, "[proxy_all]\n[bypass_list]\n||bypassed.test\n^rx[0-9]+\\.test$\n10.0.0.0/8\n")
+        .unwrap();
+    let target = WebTarget::start(None).await;
+
+    for with_acl in [true, false] {
+        let mut settings = local_settings(METHOD, server.addr);
+        settings.resolve.nameservers = vec![dns.addr];
+        if with_acl {
+            settings.acl = Some(ss_net::SharedAcl::load(&acl_path).unwrap());
+        }
+        let local = start_local(settings).await;
+        let pac = [format!("--proxy-pac-url=http://{}/proxy.pac", local.addr)];
+        for name in names {
+            let token = format!("tok{:016x}", OsRng.next_u64());
+            let run =
+                dump_dom(&chromium, &pac, &format!("http://{name}:{}/{token}", target.addr.port())).await;
+            let loaded = run.dom.contains(&format!("path=/{token}"));
+            // With the ACL, bypassed names go DIRECT, where the browser's resolver rules fail them.
+            let proxied = !with_acl || name == NAME;
+            assert_eq!(loaded, proxied, "{name}, ACL {with_acl}\n{run}");
+            assert_eq!(target.seen_with(&token).len(), usize::from(proxied), "{name}, ACL {with_acl}");
+        }
+    }
+}
+
 /// What one `chromium --dump-dom` run printed.
 #[derive(Debug)]
 struct BrowserRun {

@@ -89,7 +89,10 @@ impl Proxy {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         if request.uri().path() == pac::PATH && self.is_own(request.uri()) {
             return match self.local {
-                Some(local) => text(StatusCode::OK, pac::CONTENT_TYPE, pac::script(local)),
+                Some(local) => {
+                    let acl = self.router.as_ref().map(|router| router.acl());
+                    text(StatusCode::OK, pac::CONTENT_TYPE, pac::script(local, acl.as_deref()))
+                }
                 None => status(StatusCode::INTERNAL_SERVER_ERROR, "local address unknown"),
             };
         }
