@@ -81,6 +81,50 @@ async fn socks4_socks4a_and_http_connect_reach_the_target_with_early_bytes() {
     check_tunnel(stream, 0, b"early-http").await;
 }
 
+/// A target that answers one WebSocket handshake with 101 and then echoes; sends back the head it saw.
+async fn websocket_echo() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, head_seen) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+        let reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        stream.write_all(reply.as_bytes()).await.unwrap();
+        let (mut read, mut write) = stream.split();
+        let _ = tokio::io::copy(&mut read, &mut write).await;
+    });
+    (addr, head_seen)
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_goes_through_and_both_sides_are_joined() {
+    let (_server, local) = chain(None).await;
+    let (target, head_seen) = websocket_echo().await;
+    let request = format!(
+        "GET http://{target}/chat HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nProxy-Connection: keep-alive\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(local.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(timeout(STEP, stream.read_u8()).await.unwrap().unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    let seen = timeout(STEP, head_seen).await.unwrap().unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("get /chat http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("\r\nupgrade: websocket") && seen.contains("\r\nconnection: upgrade"), "{seen}");
+    assert!(seen.contains("sec-websocket-key: ") && !seen.contains("proxy-connection"), "{seen}");
+    check_tunnel(stream, 0, b"").await;
+}
+
 #[tokio::test]
 async fn the_pac_file_sends_everything_through_the_port() {
     let (_server, local) = chain(Some(alice())).await;
