@@ -259,6 +259,28 @@ async fn bad_input_gets_a_clear_answer_and_a_closed_connection() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_http_client_is_closed_after_the_handshake_timeout() {
+    let (_server, local) = chain(None).await;
+    let target = ss_tests::web::WebTarget::start(None).await;
+    let mut stream = TcpStream::connect(local.addr).await.unwrap();
+    let request = format!("GET http://{}/kept HTTP/1.1\r\nHost: a\r\n\r\n", target.addr);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !String::from_utf8_lossy(&response).contains("path=/kept\n") {
+        let mut buf = [0u8; 512];
+        let n = timeout(STEP, stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the response: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    // Kept open for a next request, but not forever: the next head must start within the timeout.
+    // Wall-clock: the 2-second handshake timeout is the behaviour under test.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut rest)).await.expect("idle client never closed").unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1500), "closed before the timeout");
+}
+
+#[tokio::test]
 async fn a_slow_request_head_is_cut_at_the_handshake_timeout() {
     let (_server, local) = chain(None).await;
     // Wall-clock: the 2-second handshake timeout is the behaviour under test; generous bound.

@@ -18,7 +18,7 @@ use super::{Answer, Request};
 use crate::Settings;
 
 /// Longest request head accepted (request line and headers).
-pub(crate) const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = 16 * 1024;
 
 /// Most header lines in a head.
 const MAX_HEADERS: usize = 96;
@@ -28,7 +28,7 @@ pub(crate) const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection establis
 
 /// The parts of a request head the front end acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
+pub struct Head {
     /// A CONNECT request's target (`host:port`); `None` for other methods.
     pub connect: Option<Address>,
     /// The `Proxy-Authorization` value, if any.
@@ -39,7 +39,7 @@ pub(crate) struct Head {
 
 /// Why a head could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum HeadError {
+pub enum HeadError {
     /// Not HTTP, or HTTP that breaks the grammar.
     #[error("malformed HTTP request: {0}")]
     Malformed(String),
@@ -49,7 +49,7 @@ pub(crate) enum HeadError {
 }
 
 /// Parses a request head at the start of `buf`; `Ok(None)` until the blank line has arrived.
-pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {

@@ -13,7 +13,7 @@
 
 mod auth;
 pub(crate) mod forward;
-pub(crate) mod http;
+pub mod http;
 mod pac;
 pub mod socks4;
 
