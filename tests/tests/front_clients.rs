@@ -292,3 +292,79 @@ async fn https_through_connect_with_x_and_with_https_proxy() {
     }
     assert!(chain.dns.queries(NAME) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_users_from_socks5_auth_config_path_and_warns_about_an_open_address() {
+    use ss_tests::subprocess::{binaries, Launch, Subprocess};
+    let Some(curl_path) = program("curl", "apt-get install curl") else { return };
+    let built = binaries().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.json");
+    std::fs::write(&users, r#"{"password":{"users":[{"user_name":"alice","password":"s3cret pass"}]}}"#)
+        .unwrap();
+    let server = Subprocess::start_on_free_port(|port| {
+        let port = port.to_string();
+        Launch::new(&built.server)
+            .args(["-s", "127.0.0.1", "-p", &port, "-k", "a long test password 1234"])
+            .args(["-m", "aes-256-gcm", "--allow-private-targets"])
+    })
+    .await;
+    let server_port = server.addr.port().to_string();
+    // The users file from the config file's key; listening on every address (reached here on loopback).
+    let config = dir.path().join("local.json");
+    std::fs::write(&config, format!(r#"{{"socks5_auth_config_path": "{}"}}"#, users.display())).unwrap();
+    let local = Subprocess::start_on_free_port(|port| {
+        Launch::new(&built.local)
+            .args(["-c", &config.display().to_string(), "-s", "127.0.0.1", "-p", &server_port])
+            .args([
+                "-k",
+                "a long test password 1234",
+                "-m",
+                "aes-256-gcm",
+                "-b",
+                "0.0.0.0",
+                "-l",
+                &port.to_string(),
+            ])
+    })
+    .await;
+    let target = WebTarget::start(None).await;
+    let proxy = format!("127.0.0.1:{}", local.addr.port());
+    let url = |token: &str| format!("http://127.0.0.1:{}/{token}", target.addr.port());
+
+    for scheme in ["http", "socks5h"] {
+        let good = token();
+        let mut curl = client(&curl_path);
+        curl.args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-x",
+            &format!("{scheme}://alice:s3cret%20pass@{proxy}"),
+        ]);
+        let output = run(curl.arg(url(&good))).await;
+        assert!(output.contains(&good), "{scheme}: {output}\n{}", local.log());
+        for wrong in [format!("{scheme}://{proxy}"), format!("{scheme}://alice:wrong@{proxy}")] {
+            let refused = token();
+            let mut curl = client(&curl_path);
+            curl.args(["-sS", "--fail", "--max-time", "30", "-x", &wrong]).arg(url(&refused));
+            curl.stdout(Stdio::null()).stderr(Stdio::null());
+            let status = timeout(CLIENT_RUN, curl.status()).await.unwrap().unwrap();
+            assert!(!status.success(), "{wrong} got through");
+            assert!(target.seen_with(&refused).is_empty(), "{wrong} reached the target");
+        }
+    }
+    let warning = "NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION";
+    assert!(!local.log().contains(warning), "warned although users are set:\n{}", local.log());
+
+    // The same on every address without users: a loud warning at start.
+    let open = Subprocess::start_on_free_port(|port| {
+        Launch::new(&built.local)
+            .args(["-s", "127.0.0.1", "-p", &server_port, "-k", "a long test password 1234"])
+            .args(["-m", "aes-256-gcm", "-b", "0.0.0.0", "-l", &port.to_string()])
+    })
+    .await;
+    assert!(open.wait_for_line(warning, STEP).await, "no warning:\n{}", open.log());
+    drop((server, local, open));
+}

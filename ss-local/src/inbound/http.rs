@@ -106,6 +106,9 @@ pub(crate) async fn accept(client: &mut TcpStream, settings: &Settings) -> io::R
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the HTTP request head"));
         }
     };
+    if !settings.tcp {
+        return refuse(client, 403, "TCP is off (mode udp_only)").await;
+    }
     let Some(target) = head.connect else { return Ok(Request::Forward { head: buf }) };
     tracing::Span::current().record("target", tracing::field::display(&target));
     if let Some(users) = &settings.users {
@@ -113,9 +116,6 @@ pub(crate) async fn accept(client: &mut TcpStream, settings: &Settings) -> io::R
             client.write_all(&challenge()).await?;
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "HTTP proxy authentication failed"));
         }
-    }
-    if !settings.tcp {
-        return refuse(client, 403, "TCP is off (mode udp_only)").await;
     }
     buf.drain(..head.len);
     Ok(Request::Connect { target, early: buf, answer: Answer::Http })
