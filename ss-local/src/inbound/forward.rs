@@ -39,7 +39,8 @@ use crate::connection;
 use crate::route::Router;
 use crate::Settings;
 
-/// Most upstream connections one client connection keeps open; the oldest unused one makes room.
+/// Most idle upstream connections one client connection keeps; past it, closed ones go first, then
+/// any one.
 pub(crate) const MAX_UPSTREAMS: usize = 16;
 
 type Body = BoxBody<Bytes, hyper::Error>;
