@@ -7,10 +7,10 @@
 //! ```
 //!
 //! Per pair: fresh RSS, then RSS per idle connection (while the processes are still fresh, so memory freed
-//! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), bulk over
-//! several streams, request/response, connection rate, UDP, and (ours only) bulk down and up through an
-//! HTTP CONNECT tunnel on the same port. A failed step is recorded and the pair moves
-//! on to its next step; a dead process ends the pair's round.
+//! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), the same
+//! through an HTTP CONNECT tunnel on the same port (ours only), bulk over several streams,
+//! request/response, connection rate, UDP. A failed step is recorded and the pair moves on to its next
+//! step; a dead process ends the pair's round.
 
 use std::future::Future;
 use std::time::Duration;
@@ -185,6 +185,35 @@ impl PairRun<'_> {
             return;
         }
 
+        // Ours only (the peers' default local ports speak SOCKS5 alone), right after the SOCKS5 figures
+        // it is compared with, so both meet the processes in the same state.
+        if self.flavour == Flavour::Ours {
+            let connect = async {
+                let down = workloads::bulk_via(
+                    Front::HttpConnect,
+                    socks,
+                    targets.bulk,
+                    Direction::Down,
+                    1,
+                    sizes.bulk_bytes,
+                )
+                .await?;
+                let up = workloads::bulk_via(
+                    Front::HttpConnect,
+                    socks,
+                    targets.bulk,
+                    Direction::Up,
+                    1,
+                    sizes.bulk_bytes,
+                )
+                .await?;
+                Ok(vec![(Metric::ConnectBulkDown, down), (Metric::ConnectBulkUp, up)])
+            };
+            if !self.step(&pair, "bulk via HTTP CONNECT", bulk_limit * 2, connect).await {
+                return;
+            }
+        }
+
         let parallel = async {
             let rate = workloads::bulk(socks, targets.bulk, Direction::Down, sizes.streams, sizes.bulk_bytes)
                 .await?;
@@ -244,35 +273,7 @@ impl PairRun<'_> {
             .await?;
             Ok(vec![(Metric::UdpRate, rate)])
         };
-        if !self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await {
-            return;
-        }
-
-        // Last, and ours only: the peers' default local ports speak SOCKS5 alone.
-        if self.flavour == Flavour::Ours {
-            let connect = async {
-                let down = workloads::bulk_via(
-                    Front::HttpConnect,
-                    socks,
-                    targets.bulk,
-                    Direction::Down,
-                    1,
-                    sizes.bulk_bytes,
-                )
-                .await?;
-                let up = workloads::bulk_via(
-                    Front::HttpConnect,
-                    socks,
-                    targets.bulk,
-                    Direction::Up,
-                    1,
-                    sizes.bulk_bytes,
-                )
-                .await?;
-                Ok(vec![(Metric::ConnectBulkDown, down), (Metric::ConnectBulkUp, up)])
-            };
-            self.step(&pair, "bulk via HTTP CONNECT", bulk_limit * 2, connect).await;
-        }
+        self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await;
     }
 
     /// Runs one workload under a time limit; records its figures or its failure (with the proxies' logs
