@@ -153,3 +153,46 @@ async fn accept_socks4(client: &mut TcpStream, settings: &Settings) -> io::Resul
     }
     Ok(Request::Connect { target: request.target, early: buf, answer: Answer::Socks4 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair on loopback: (client, the accepted side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        (client, listener.accept().await.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn the_first_byte_picks_the_protocol_within_what_the_listener_speaks() {
+        let settings = Settings::new(vec![]);
+        let socks4 = b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00".as_slice();
+        let connect = b"CONNECT a.example:443 HTTP/1.1\r\n\r\n".as_slice();
+        let cases = [
+            (socks4, Protocols::Mixed, Some(Answer::Socks4)),
+            (socks4, Protocols::Socks, Some(Answer::Socks4)),
+            (connect, Protocols::Mixed, Some(Answer::Http)),
+            (connect, Protocols::Http, Some(Answer::Http)),
+            (connect, Protocols::Socks, None),
+        ];
+        for (bytes, protocols, expected) in cases {
+            let (mut client, mut accepted) = pair().await;
+            client.write_all(bytes).await.unwrap();
+            let answer = match accept(&mut accepted, &settings, protocols).await {
+                Ok(Request::Connect { answer, .. }) => Some(answer),
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => None,
+            };
+            assert_eq!(answer, expected, "{:?} on {protocols:?}", String::from_utf8_lossy(bytes));
+        }
+        // An HTTP-only listener hands SOCKS bytes to the HTTP parser, which refuses them with a 400.
+        let (mut client, mut accepted) = pair().await;
+        client.write_all(&[5, 1, 0, b'\r', b'\n', b'\r', b'\n']).await.unwrap();
+        assert!(accept(&mut accepted, &settings, Protocols::Http).await.is_err());
+        let mut response = [0u8; 12];
+        client.read_exact(&mut response).await.unwrap();
+        assert_eq!(&response, b"HTTP/1.1 400");
+    }
+}
