@@ -22,8 +22,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(Some(head)) = http::parse_head(data) {
-        assert!(head.len <= data.len() && head.len >= 4);
-        assert_eq!(&data[head.len - 2..head.len], b"\r\n", "a head ends with its blank line");
+        // httparse takes bare LF line ends too, so the blank line may be "\n" alone.
+        assert!(head.len <= data.len() && head.len >= 2);
+        assert_eq!(data[head.len - 1], b'\n', "a head ends with its blank line");
     }
 
     let users = Users::new([("user", "password")]);

@@ -199,6 +199,22 @@ mod tests {
         assert!(matches!(parse_head(request.as_bytes()), Err(HeadError::Malformed(_))));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_head_parses_or_fails_cleanly_and_ends_with_its_blank_line(
+            method in proptest::sample::select(vec!["GET http://a/ ", "CONNECT a:1 ", "CONNECT [::1]:1 ", "X "]),
+            rest in proptest::collection::vec(proptest::sample::select(b"ab:[]/ \r\n\x00\xff".to_vec()), 0..200),
+        ) {
+            let mut data = format!("{method}HTTP/1.1\r\n").into_bytes();
+            data.extend_from_slice(&rest);
+            if let Ok(Some(head)) = parse_head(&data) {
+                proptest::prop_assert!(head.len <= data.len());
+                proptest::prop_assert_eq!(data[head.len - 1], b'\n');
+                proptest::prop_assert_eq!(parse_head(&data[..head.len - 1]), Ok(None));
+            }
+        }
+    }
+
     #[test]
     fn responses() {
         let text = String::from_utf8(error_response(502, "")).unwrap();

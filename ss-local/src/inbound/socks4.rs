@@ -121,6 +121,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly_and_a_request_needs_all_its_bytes(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            ip_last in 0u8..3,
+        ) {
+            // A valid start (4a marker half the time), then anything.
+            let mut data = vec![4, 1, 0, 80, 0, 0, 0, ip_last];
+            data.extend_from_slice(&tail);
+            if let Ok(Some((_, used))) = parse_request(&data) {
+                proptest::prop_assert!((9..=data.len()).contains(&used));
+                proptest::prop_assert_eq!(parse_request(&data[..used - 1]), Ok(None));
+            }
+        }
+    }
+
     #[test]
     fn replies() {
         assert_eq!(reply(true), [0, 0x5A, 0, 0, 0, 0, 0, 0]);
