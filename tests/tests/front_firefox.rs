@@ -1,8 +1,9 @@
 //! Firefox ESR (Debian `firefox-esr`, headless, a fresh profile each run) loading a page through
 //! ss-local's one port the three ways its connection settings dialog offers: SOCKS5 with "Proxy DNS when
 //! using SOCKS v5", an HTTP proxy (also for HTTPS), and the PAC URL. The profile's `user.js` sets the
-//! prefs the dialog sets (`network.proxy.type`, `socks`, `socks_port`, `socks_version`, `socks_remote_dns`,
-//! `http`, `http_port`, `ssl`, `ssl_port`, `autoconfig_url`) and turns off Firefox's own background calls.
+//! prefs the dialog sets (`network.proxy.type`, `socks`, `socks_port`, `socks_version`, `socks_remote_dns`
+//! and its newer name `socks5_remote_dns`, `http`, `http_port`, `ssl`, `ssl_port`, `autoconfig_url`) and
+//! turns off Firefox's own background calls.
 //!
 //! Proof that each load came through the chain: the page's host name is known only to the test's DNS
 //! server, which only ss-server asks (so with SOCKS5 the name was resolved remotely), and the target sees
@@ -84,7 +85,8 @@ async fn firefox_through_socks5_with_remote_dns_as_http_proxy_and_from_the_pac_u
             format!(
                 "user_pref(\"network.proxy.type\", 1);\nuser_pref(\"network.proxy.socks\", \"{host}\");\n\
                  user_pref(\"network.proxy.socks_port\", {port});\nuser_pref(\"network.proxy.socks_version\", 5);\n\
-                 user_pref(\"network.proxy.socks_remote_dns\", true);\n"
+                 user_pref(\"network.proxy.socks_remote_dns\", true);\n\
+                 user_pref(\"network.proxy.socks5_remote_dns\", true);\n"
             ),
         ),
         (
