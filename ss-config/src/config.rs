@@ -78,6 +78,8 @@ pub struct Config {
     pub nofile: Option<u64>,
     /// Access control list file.
     pub acl: Option<PathBuf>,
+    /// Users file for ss-local's port (`socks5_auth_config_path`, shadowsocks-rust's form).
+    pub socks5_auth_config_path: Option<PathBuf>,
     /// Where ss-server keeps its classic replay filter across restarts.
     pub replay_snapshot: ReplaySnapshot,
     /// `log_level` from the file; see [`Config::effective_log_level`].
@@ -199,6 +201,7 @@ impl Config {
                 None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
             },
             acl,
+            socks5_auth_config_path: raw.socks5_auth_config_path,
             replay_snapshot: ReplaySnapshot::parse(
                 args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
             ),

@@ -103,6 +103,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
     pub replay_snapshot: Option<String>,
+    /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
+    pub socks5_auth_config_path: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.

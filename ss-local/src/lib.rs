@@ -16,6 +16,7 @@
 
 mod connection;
 mod from_config;
+pub mod inbound;
 mod listen;
 mod nat;
 #[cfg(target_os = "linux")]
@@ -151,6 +152,9 @@ pub struct Settings {
     pub acl: Option<Arc<ss_net::SharedAcl>>,
     /// How names of bypassed targets are resolved here (`nameserver` overrides the system's servers).
     pub resolve: ss_net::ResolveSettings,
+    /// Users allowed on the local port (`socks5_auth_config_path`): SOCKS5 username/password and HTTP
+    /// `Proxy-Authorization: Basic` are then required, and SOCKS4 is refused. `None`: no authentication.
+    pub users: Option<Arc<inbound::Users>>,
 }
 
 impl Settings {
@@ -171,13 +175,14 @@ impl Settings {
             threads: 1,
             acl: None,
             resolve: ss_net::ResolveSettings::default(),
+            users: None,
         }
     }
 }
 
-/// Serves SOCKS5 on every listener until `shutdown` is cancelled, then lets open connections finish for
-/// the drain time and returns. [`run_listeners`] serves listeners of every kind.
-/// [`Settings::tcp`] and [`Settings::udp`] say what each serves.
+/// Serves SOCKS5, SOCKS4/4a and HTTP proxying (see [`inbound`]) on every listener until `shutdown` is
+/// cancelled, then lets open connections finish for the drain time and returns. [`run_listeners`] serves
+/// listeners of every kind. [`Settings::tcp`] and [`Settings::udp`] say what each serves.
 pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
     let mode = match (settings.tcp, settings.udp) {
         (true, true) => ss_config::Mode::TcpAndUdp,

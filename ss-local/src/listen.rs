@@ -3,8 +3,8 @@
 //!
 //! | inbound  | TCP                                     | UDP                                        |
 //! |----------|-----------------------------------------|--------------------------------------------|
-//! | SOCKS5   | handshake, then CONNECT / UDP ASSOCIATE | per association (`udp.rs`)                |
-//! | HTTP     | the SOCKS5 handler for now              | none                                       |
+//! | socks    | SOCKS5, SOCKS4/4a or HTTP by first byte | SOCKS5 UDP ASSOCIATE (`udp.rs`)            |
+//! | http     | HTTP proxy only (CONNECT, plain, PAC)   | none                                       |
 //! | tunnel   | each connection to the fixed target     | per client address to the fixed target     |
 //! | redir    | to the diverted destination             | TPROXY, to the diverted destination        |
 //!
@@ -26,9 +26,9 @@ use crate::{connection, Settings};
 /// What a listener speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// SOCKS5 (the default port).
+    /// SOCKS5, SOCKS4/4a and HTTP on one port, told apart by the first byte (the default port).
     Socks,
-    /// HTTP proxy; served by the SOCKS5 handler until the HTTP front end lands.
+    /// HTTP proxy only (a `locals[]` entry with `"protocol": "http"`).
     Http,
     /// Every connection and datagram goes to this target through the server.
     Tunnel(Address),
@@ -167,12 +167,26 @@ pub async fn run_listeners(settings: Settings, listeners: Vec<Listener>, shutdow
         let Some(tcp) = tcp else { continue };
         let Ok(listen_addr) = tcp.local_addr() else { continue };
         tracing::info!(addr = %listen_addr, inbound = ?inbound, "listening (TCP)");
+        if matches!(inbound, Inbound::Socks | Inbound::Http)
+            && !listen_addr.ip().is_loopback()
+            && settings.users.is_none()
+        {
+            tracing::warn!(
+                addr = %listen_addr,
+                "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach this port \
+                 can use your server; set socks5_auth_config_path or listen on 127.0.0.1"
+            );
+        }
         let (router, workers, shutdown) = (router.clone(), workers.clone(), shutdown.clone());
         // One accept loop per kind, so that the SOCKS5 path's connection future is what it was.
         match inbound {
             Inbound::Socks | Inbound::Http => servers.spawn(async move {
+                let protocols = match inbound {
+                    Inbound::Http => crate::inbound::Protocols::Http,
+                    _ => crate::inbound::Protocols::Mixed,
+                };
                 ss_net::accept_loop(tcp, limits, &workers, shutdown, move |stream, peer, slot| {
-                    connection::handle(stream, peer, settings.clone(), router.clone(), slot)
+                    connection::handle(stream, peer, settings.clone(), router.clone(), slot, protocols)
                 })
                 .await;
             }),
