@@ -51,6 +51,7 @@ mod entry;
 mod raw;
 mod servers;
 mod url;
+pub mod users;
 
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};

@@ -88,6 +88,10 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
     pub replay_snapshot: Option<String>,
+    /// `users`: the users of a multi-user server ([`crate::users`]).
+    pub users: Option<Vec<crate::users::RawUser>>,
+    /// `users_file` (ours): a JSON list of users, re-read on SIGHUP.
+    pub users_file: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.
@@ -117,6 +121,10 @@ pub struct RawServer {
     pub plugin_args: Option<Vec<String>>,
     /// `plugin_mode` of this entry's own plugin.
     pub plugin_mode: Option<String>,
+    /// `users` of this entry (else the top level's).
+    pub users: Option<Vec<crate::users::RawUser>>,
+    /// `users_file` of this entry (else the top level's).
+    pub users_file: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.

@@ -25,6 +25,10 @@ impl Settings {
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Settings {
         let mut settings = Settings::new(entry.method, entry.key.clone());
+        settings.users = entry
+            .users
+            .as_ref()
+            .map(|list| std::sync::Arc::new(crate::users::Users::new(entry.method, &list.users)));
         if config.mode.tcp() && entry.plugin.as_ref().is_some_and(|plugin| plugin.mode.tcp()) {
             // Every connection comes from the plugin on loopback: the clients' addresses are unknown.
             settings.max_handshakes_per_source = admission::NO_PER_SOURCE_RULE;
