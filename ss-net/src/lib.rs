@@ -21,6 +21,7 @@ pub mod acl;
 pub mod addr;
 pub mod buffer;
 pub mod clock;
+pub mod hangup;
 pub mod plugin;
 pub mod pooled;
 pub mod process;

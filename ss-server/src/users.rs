@@ -150,6 +150,30 @@ impl Users {
         self.current.store(Arc::new(table));
         (kept_count, added, removed)
     }
+
+    /// Puts the users of `entry` (this server's entry in a freshly loaded config) in force and logs one
+    /// line saying what changed; an entry that is gone, has no users, or changed its method keeps the
+    /// users in force and logs one line why.
+    pub fn reload_from(&self, entry: Option<&ss_config::ServerEntry>) -> Result<(), String> {
+        let result = match entry {
+            None => Err("the server entry is gone from the config".to_string()),
+            Some(entry) if entry.method != self.method => {
+                Err(format!("the method changed to {} (a restart is needed)", entry.method))
+            }
+            Some(ss_config::ServerEntry { users: None, .. }) => Err("the entry has no users any more".into()),
+            Some(ss_config::ServerEntry { users: Some(list), .. }) => Ok(self.replace(&list.users)),
+        };
+        match result {
+            Ok((kept, added, removed)) => {
+                tracing::info!(kept, added, removed, "users reloaded");
+                Ok(())
+            }
+            Err(why) => {
+                tracing::error!("users reload failed: {why}; the previous users stay in force");
+                Err(why)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
