@@ -115,3 +115,48 @@ fn a_trial_finds_the_key_of_the_first_record_and_only_that_one() {
         assert_eq!(&wire[..head.len()], head, "the trial leaves the bytes as they were");
     }
 }
+
+#[test]
+fn a_multi_user_udp_packet_names_its_user_and_the_reply_opens_with_the_upsk() {
+    use crate::udp::{Header2022, Origin, Sender, Udp2022, XNONCE_LEN};
+    for method in [Method::Blake3Aes128Gcm, Method::Blake3Aes256Gcm] {
+        let (ipsk, upsk) = keys(method);
+        let client = Udp2022::with_identity(method, std::slice::from_ref(&ipsk), &upsk).unwrap();
+        let target = Address::domain("example.com", 53).unwrap();
+        let header = Header2022 { session_id: 5, packet_id: 9, sender: Sender::Client, timestamp: 100 };
+        let mut packet = Vec::new();
+        client.seal(&header, &[], &target, b"query", &[0; XNONCE_LEN], &mut packet).unwrap();
+        let mut plain = Vec::new();
+        let single = Udp2022::new(method, &upsk).unwrap();
+        single.seal(&header, &[], &target, b"query", &[0; XNONCE_LEN], &mut plain).unwrap();
+        assert_eq!(packet.len(), plain.len() + 16, "{method}: one identity header more");
+        assert_eq!(client.overhead(), single.overhead() + 16);
+
+        // The server: separate header under its iPSK, identity header, then the user's cipher.
+        let server_identity = Udp2022::new(method, &ipsk).unwrap();
+        let separate = server_identity.separate_header(&packet).unwrap();
+        assert_eq!(u64::from_be_bytes(separate[..8].try_into().unwrap()), 5);
+        let eih: [u8; 16] = packet[16..32].try_into().unwrap();
+        assert_eq!(open_udp_identity(method, &ipsk, &separate, &eih), Some(UserHash::of(&upsk)));
+        let user = Udp2022::new(method, &upsk).unwrap();
+        assert!(
+            server_identity.open(&mut packet.clone(), 100, Origin::Client).is_err(),
+            "not the iPSK's body"
+        );
+        let opened = user.open_identified(&mut packet, &separate, 100).unwrap();
+        assert_eq!((opened.header, opened.address), (header, target.clone()));
+        assert_eq!(&packet[opened.payload], b"query");
+
+        // The reply: the user's key throughout, no identity header.
+        let reply = Header2022 {
+            session_id: 77,
+            packet_id: 1,
+            sender: Sender::Server { client_session_id: 5 },
+            timestamp: 100,
+        };
+        let mut sealed = Vec::new();
+        user.seal(&reply, &[], &target, b"answer", &[0; XNONCE_LEN], &mut sealed).unwrap();
+        let opened = client.open(&mut sealed, 100, Origin::Server).unwrap();
+        assert_eq!(&sealed[opened.payload], b"answer", "{method}");
+    }
+}
