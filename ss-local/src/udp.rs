@@ -34,7 +34,7 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
 pub(crate) async fn associate(mut control: TcpStream, server: &Server) -> io::Result<()> {
-    let codec = Codec::new(server.method, &server.key)
+    let codec = Codec::new(server.method, &server.identity_keys, &server.key)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
     let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
@@ -198,9 +198,10 @@ impl ServerSessions {
 }
 
 impl Codec {
-    /// `None` only if the key does not fit the method.
-    fn new(method: Method, key: &Key) -> Option<Codec> {
-        let Some(cipher) = Udp2022::new(method, key) else {
+    /// `None` only if the key does not fit the method. `identity_keys`: a multi-user server's iPSK
+    /// chain (SIP023; `key` is then the uPSK).
+    fn new(method: Method, identity_keys: &[Key], key: &Key) -> Option<Codec> {
+        let Some(cipher) = Udp2022::with_identity(method, identity_keys, key) else {
             return UdpClassic::new(method, key).map(Codec::Classic);
         };
         Some(Codec::Aead2022(Box::new(Session2022 {

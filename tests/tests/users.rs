@@ -36,7 +36,7 @@ async fn multi_user_server(method: Method, numbers: &[u8]) -> (RunningServer, Ar
 
 /// An ss-local for user `n` of a multi-user server at `server`.
 async fn local_for(method: Method, server: SocketAddr, n: u8) -> RunningServer {
-    let mut settings = local_settings(method, server);
+    let mut settings = ss_tests::udp::local_settings_udp(method, server);
     settings.servers[0].key = user_key(method, n);
     if supports_identity_headers(method) {
         settings.servers[0].identity_keys = vec![test_key(method)];
@@ -95,5 +95,34 @@ async fn a_reload_ends_removed_users_connections_and_keeps_the_others() {
         let carol = local_for(method, server.addr, 3).await;
         let mut new = socks5_connect(carol.addr, &echo).await.unwrap();
         assert_eq!(echo_once(&mut new, b"four").await.unwrap(), b"four", "{method}");
+    }
+}
+
+/// One datagram through `local` to `echo`; the reply's payload, or `None` if none came within `wait`.
+async fn udp_echo(local: &RunningServer, echo: SocketAddr, wait: std::time::Duration) -> Option<Vec<u8>> {
+    let association = timeout(STEP, ss_tests::udp::socks5_udp_associate(local.addr)).await.unwrap().unwrap();
+    association.send(&Address::Ip(echo), b"datagram of a user").await;
+    timeout(wait, association.recv()).await.ok().map(|(_, payload)| payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_relays_datagrams_and_a_removed_or_unknown_key_gets_none() {
+    let echo = ss_tests::udp::udp_echo_server("127.0.0.1:0").await;
+    // Long enough for a reply on a loaded machine; only waited out where no reply must come.
+    let quiet = std::time::Duration::from_secs(1);
+    for method in Method::ALL {
+        let (server, users) = multi_user_server(method, &[1, 2, 3]).await;
+        for n in [3, 1, 2] {
+            let local = local_for(method, server.addr, n).await;
+            let back = udp_echo(&local, echo, STEP).await;
+            assert_eq!(back.as_deref(), Some(&b"datagram of a user"[..]), "{method} user{n}");
+        }
+        let stranger = local_for(method, server.addr, 9).await;
+        assert_eq!(udp_echo(&stranger, echo, quiet).await, None, "{method}: a stranger's datagram");
+        users.replace(&entries(method, &[1, 3]));
+        let removed = local_for(method, server.addr, 2).await;
+        assert_eq!(udp_echo(&removed, echo, quiet).await, None, "{method}: a removed user's datagram");
+        let kept = local_for(method, server.addr, 1).await;
+        assert!(udp_echo(&kept, echo, STEP).await.is_some(), "{method}: a kept user");
     }
 }

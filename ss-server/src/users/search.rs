@@ -56,6 +56,18 @@ pub fn find_user(
     users.get(index).cloned()
 }
 
+/// The user of a datagram without identity header: keys are tried in trial order with `opens` (which
+/// must not change the datagram). A client's later datagrams find its key first, from its address.
+pub fn find_datagram_user(
+    table: &UserTable,
+    source: IpAddr,
+    mut opens: impl FnMut(&Key) -> bool,
+) -> Option<Arc<User>> {
+    let users = table.users();
+    let index = table.order.search(source, |index| opens(users[index].key()))?;
+    users.get(index).cloned()
+}
+
 /// The order trial decryption tries a table's keys in.
 #[derive(Debug)]
 pub struct KeyOrder {
