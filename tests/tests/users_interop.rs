@@ -97,3 +97,43 @@ async fn our_local_with_a_user_chain_through_their_server_with_users() {
         }
     }
 }
+
+async fn udp_echo_through(socks: std::net::SocketAddr, echo: std::net::SocketAddr, what: &str) {
+    let association = timeout(STEP, ss_tests::udp::socks5_udp_associate(socks)).await.unwrap().unwrap();
+    association.send(&Address::Ip(echo), b"multi-user datagram").await;
+    let reply = timeout(STEP, association.recv()).await;
+    assert!(matches!(&reply, Ok((_, payload)) if payload == b"multi-user datagram"), "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_their_local_through_our_server_and_our_local_through_their_server() {
+    let Some(sslocal) = SHADOWSOCKS_RUST.local_binary().await else { return };
+    let Some(ssserver) = SHADOWSOCKS_RUST.server_binary().await else { return };
+    let echo = ss_tests::udp::udp_echo_server("127.0.0.1:0").await;
+    for method in METHODS {
+        let users = Arc::new(Users::new(method, &entries(method)));
+        let ours = start_server(ss_server::Settings { users: Some(users), ..server_settings(method) }).await;
+        let theirs_local =
+            start_peer_with_config(&sslocal, |port| rust_config(method, ours.addr.port(), Some(port), 2))
+                .await;
+        udp_echo_through(
+            theirs_local.addr,
+            echo,
+            &format!("sslocal -> ss-server {method}\n{}", theirs_local.log()),
+        )
+        .await;
+
+        let theirs_server =
+            start_peer_with_config(&ssserver, |port| rust_config(method, port, None, 0)).await;
+        let mut settings = ss_tests::udp::local_settings_udp(method, theirs_server.addr);
+        settings.servers[0].key = user_key(method, 3);
+        settings.servers[0].identity_keys = vec![test_key(method)];
+        let local = start_local(settings).await;
+        udp_echo_through(
+            local.addr,
+            echo,
+            &format!("ss-local -> ssserver {method}\n{}", theirs_server.log()),
+        )
+        .await;
+    }
+}
