@@ -176,6 +176,61 @@ mod tests {
         assert_eq!(error.field(), Some("users[1].password"), "equal passwords give equal keys");
     }
 
+    fn load(json: &str) -> Result<crate::Config, ConfigError> {
+        let raw = crate::RawConfig::from_json(json, Path::new("config.json"))?;
+        crate::Config::from_raw(raw, &crate::CliArgs::default())
+    }
+
+    #[test]
+    fn the_example_config_has_an_ipsk_and_two_users() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.users.example.json");
+        let text = std::fs::read_to_string(example).unwrap();
+        let config = load(&text).unwrap();
+        let entry = &config.servers[0];
+        let names: Vec<&str> = entry.users.as_ref().unwrap().users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        let ipsk = "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=";
+        assert_eq!(
+            entry.key,
+            Key::from_base64(Method::Blake3Aes256Gcm, ipsk).unwrap(),
+            "password is the iPSK"
+        );
+    }
+
+    #[test]
+    fn methods_without_identity_headers_take_users_but_no_server_password() {
+        let users = r#""users":[{"name":"a","password":"first secret"},{"name":"b","password":"second"}]"#;
+        let top = r#""server":"127.0.0.1","server_port":8388,"method":"aes-256-gcm""#;
+        let config = load(&format!("{{{top},{users}}}")).unwrap();
+        assert_eq!(config.servers[0].users.as_ref().unwrap().users.len(), 2);
+        let error = load(&format!(r#"{{{top},{users},"password":"x"}}"#)).unwrap_err();
+        assert_eq!(error.field(), Some("password"), "{error}");
+        assert!(error.to_string().contains("no server key"), "{error}");
+        let error = load(&format!(r#"{{{top},"users":[]}}"#)).unwrap_err();
+        assert_eq!(error.field(), Some("users"), "{error}");
+        // AES 2022 needs the iPSK.
+        let aes = r#""server":"127.0.0.1","server_port":8388,"method":"2022-blake3-aes-256-gcm""#;
+        let alice = format!(r#""users":[{{"name":"a","password":"{ALICE}"}}]"#);
+        let error = load(&format!("{{{aes},{alice}}}")).unwrap_err();
+        assert_eq!(error.field(), Some("password"), "{error}");
+        assert!(error.to_string().contains("iPSK"), "{error}");
+    }
+
+    #[test]
+    fn a_client_password_may_be_an_identity_chain() {
+        let ipsk = "AQIDBAUGBwgJCgsMDQ4PEA==";
+        let upsk = "ERITFBUWFxgZGhscHR4fIA==";
+        let json = format!(
+            r#"{{"server":"127.0.0.1","server_port":1,"method":"2022-blake3-aes-128-gcm","password":"{ipsk}:{upsk}"}}"#
+        );
+        let entry = load(&json).unwrap().servers.remove(0);
+        assert_eq!(entry.identity_keys, [Key::from_base64(Method::Blake3Aes128Gcm, ipsk).unwrap()]);
+        assert_eq!(entry.key, Key::from_base64(Method::Blake3Aes128Gcm, upsk).unwrap());
+        // ChaCha20 has no identity headers: the chain is not a key.
+        let json = json.replace("2022-blake3-aes-128-gcm", "2022-blake3-chacha20-poly1305");
+        assert_eq!(load(&json).unwrap_err().field(), Some("password"));
+    }
+
     #[test]
     fn a_users_file_is_joined_after_the_inline_users() {
         let dir = std::env::temp_dir().join(format!("ss-config-users-{}", std::process::id()));
