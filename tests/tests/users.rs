@@ -126,3 +126,55 @@ async fn each_user_relays_datagrams_and_a_removed_or_unknown_key_gets_none() {
         assert!(udp_echo(&kept, echo, STEP).await.is_some(), "{method}: a kept user");
     }
 }
+
+/// How the server reacted to one probe: bytes it sent, whether it closed with a FIN (not a reset), and
+/// when, counted from our connect.
+async fn probe_reaction(server: SocketAddr, probe: &[u8]) -> (usize, bool, std::time::Duration) {
+    let started = tokio::time::Instant::now();
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    stream.write_all(probe).await.unwrap();
+    let mut back = Vec::new();
+    let read = timeout(STEP, stream.read_to_end(&mut back)).await.expect("the server never closed");
+    (back.len(), read.is_ok(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_over_a_thousand_keys_looks_like_a_miss_over_one() {
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+    // Generous: the deadline is the behaviour under test, on a loaded two-core machine.
+    const TOLERANCE: std::time::Duration = std::time::Duration::from_millis(1000);
+    for method in [Method::Aes256Gcm, Method::Blake3ChaCha20Poly1305, Method::Blake3Aes256Gcm] {
+        for count in [1u16, 1000] {
+            let entries: Vec<UserEntry> = (0..count)
+                .map(|n| {
+                    let mut bytes = [7u8; 32];
+                    bytes[..2].copy_from_slice(&n.to_le_bytes());
+                    UserEntry {
+                        name: format!("user{n}"),
+                        key: Key::from_bytes(method, &bytes[..method.key_len()]).unwrap(),
+                    }
+                })
+                .collect();
+            let users = Arc::new(Users::new(method, &entries));
+            let mut settings = ss_server::Settings { users: Some(users), ..server_settings(method) };
+            settings.handshake_timeout = DEADLINE;
+            let server = start_server(settings).await;
+            let server = &server;
+            let probes = [1, 60, 300].map(|len| async move {
+                (len, probe_reaction(server.addr, &ss_tests::probing::random_bytes(len)).await)
+            });
+            let [one, two, three] = probes;
+            let (one, two, three) = tokio::join!(one, two, three);
+            for (len, (sent, fin, after)) in [one, two, three] {
+                let what = format!("{method}, {count} users, {len}-byte probe");
+                assert_eq!(sent, 0, "{what}: the server answered");
+                assert!(fin, "{what}: reset instead of a FIN");
+                assert!(
+                    after + std::time::Duration::from_millis(20) >= DEADLINE,
+                    "{what}: closed early, {after:?}"
+                );
+                assert!(after <= DEADLINE + TOLERANCE, "{what}: closed late, {after:?}");
+            }
+        }
+    }
+}
