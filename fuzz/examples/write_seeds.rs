@@ -79,6 +79,13 @@ fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
     write("socks5_parse", "udp-fragment", &[&[0, 0, 1][..], &encoded(v4), b"ping"].concat());
 
     write("config_json", "example", include_bytes!("../../config.example.json"));
+    write("config_json", "users", include_bytes!("../../config.users.example.json"));
+    write(
+        "users_json",
+        "two-users",
+        br#"[{"name":"alice","password":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+{"name":"bob","password":"a classic password"}]"#,
+    );
     write(
         "config_json",
         "libev",
