@@ -1,8 +1,8 @@
 //! One client connection, start to end:
 //!
 //! ```text
-//! accept ─▶ read salt + first record ─▶ replay check ─▶ rest of the header ─▶ target policy + resolve
-//!        (all within the handshake deadline)
+//! accept ─▶ [users: find the user] ─▶ read salt + first record ─▶ replay check ─▶ rest of the header
+//!        ─▶ target policy + resolve                              (all within the handshake deadline)
 //!        ─▶ connect (timeout) ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
@@ -10,6 +10,11 @@
 //! salt, stale timestamp, bad address type) gets the same silent treatment: nothing is written, nothing is
 //! connected, the server reads and discards until the handshake deadline counted from accept, then closes
 //! with a FIN. A prober learns the same thing whatever it sends: how long the deadline is.
+//!
+//! A multi-user server ([`crate::users`]) first reads a fixed number of bytes (salt and identity header,
+//! or salt and first record) and finds the user whose key opens them; the stream and the response are then
+//! keyed by that user, the connection carries its `Arc<User>`, and it ends when a reload removes the user.
+//! No user is an authentication failure like any other. Without users none of this runs.
 //!
 //! A client the ACL refuses (`[black_list]`, or not in the `[white_list]` under `[reject_all]`) gets the
 //! same silent treatment from the start. Before any of that, [`crate::admission`] decides whether the connection's source may start another

@@ -24,6 +24,14 @@ impl Settings {
         descriptors: u64,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Settings {
+        if !entry.identity_keys.is_empty() {
+            tracing::warn!(
+                "{}:{}: the password is an iPSK:uPSK chain, a client setting; the server uses its last key \
+                 (for many users, set the iPSK as password and list the users in \"users\")",
+                entry.host,
+                entry.port
+            );
+        }
         let mut settings = Settings::new(entry.method, entry.key.clone());
         settings.users = entry
             .users
