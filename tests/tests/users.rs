@@ -3,6 +3,7 @@
 //! reload ends the connections of removed users only.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ss_config::users::UserEntry;
@@ -32,6 +33,17 @@ async fn multi_user_server(method: Method, numbers: &[u8]) -> (RunningServer, Ar
     let users = Arc::new(Users::new(method, &entries(method, numbers)));
     let settings = ss_server::Settings { users: Some(users.clone()), ..server_settings(method) };
     (start_server(settings).await, users)
+}
+
+/// [`multi_user_server`] with its live counters.
+async fn multi_user_server_with_stats(
+    method: Method,
+    numbers: &[u8],
+) -> (RunningServer, Arc<Users>, Arc<ss_server::Stats>) {
+    let users = Arc::new(Users::new(method, &entries(method, numbers)));
+    let settings = ss_server::Settings { users: Some(users.clone()), ..server_settings(method) };
+    let stats = settings.stats.clone();
+    (start_server(settings).await, users, stats)
 }
 
 /// An ss-local for user `n` of a multi-user server at `server`.
@@ -111,7 +123,7 @@ async fn each_user_relays_datagrams_and_a_removed_or_unknown_key_gets_none() {
     // Long enough for a reply on a loaded machine; only waited out where no reply must come.
     let quiet = std::time::Duration::from_secs(1);
     for method in Method::ALL {
-        let (server, users) = multi_user_server(method, &[1, 2, 3]).await;
+        let (server, users, stats) = multi_user_server_with_stats(method, &[1, 2, 3]).await;
         for n in [3, 1, 2] {
             let local = local_for(method, server.addr, n).await;
             let back = udp_echo(&local, echo, STEP).await;
@@ -119,7 +131,15 @@ async fn each_user_relays_datagrams_and_a_removed_or_unknown_key_gets_none() {
         }
         let stranger = local_for(method, server.addr, 9).await;
         assert_eq!(udp_echo(&stranger, echo, quiet).await, None, "{method}: a stranger's datagram");
+        assert_eq!(stats.udp_associations.load(Ordering::Relaxed), 3, "{method}: one per user");
         users.replace(&entries(method, &[1, 3]));
+        // The removed user's association ends at once (its reply task sees the removal).
+        let ended = timeout(STEP, async {
+            while stats.udp_associations.load(Ordering::Relaxed) != 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        assert!(ended.await.is_ok(), "{method}: the removed user's association stayed");
         let removed = local_for(method, server.addr, 2).await;
         assert_eq!(udp_echo(&removed, echo, quiet).await, None, "{method}: a removed user's datagram");
         let kept = local_for(method, server.addr, 1).await;
