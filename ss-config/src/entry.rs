@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 
 use ss_crypto::{Key, Method};
 
+use crate::users::UserList;
 use crate::ConfigError;
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
@@ -23,6 +24,11 @@ pub struct ServerEntry {
     pub password_is_weak: bool,
     /// The SIP003 plugin in front of this server (ss-server: listening for it; ss-local: dialling it).
     pub plugin: Option<Plugin>,
+    /// ss-server: the users of a multi-user entry (`users`, `users_file`); `None` for one key.
+    pub users: Option<UserList>,
+    /// ss-local: the identity PSKs of a `password: "iPSK:uPSK"` chain (SIP023, AES 2022 methods), in
+    /// order; `key` is then the uPSK. Empty for a plain key.
+    pub identity_keys: Vec<Key>,
 }
 
 /// Which protocols to relay (libev's `mode`).

@@ -52,6 +52,7 @@ mod locals;
 mod raw;
 mod servers;
 mod url;
+pub mod users;
 
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};

@@ -105,6 +105,10 @@ pub struct RawConfig {
     pub replay_snapshot: Option<String>,
     /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
     pub socks5_auth_config_path: Option<PathBuf>,
+    /// `users`: the users of a multi-user server ([`crate::users`]).
+    pub users: Option<Vec<crate::users::RawUser>>,
+    /// `users_file` (ours): a JSON list of users, re-read on SIGHUP.
+    pub users_file: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.
@@ -134,6 +138,10 @@ pub struct RawServer {
     pub plugin_args: Option<Vec<String>>,
     /// `plugin_mode` of this entry's own plugin.
     pub plugin_mode: Option<String>,
+    /// `users` of this entry (else the top level's).
+    pub users: Option<Vec<crate::users::RawUser>>,
+    /// `users_file` of this entry (else the top level's).
+    pub users_file: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.
