@@ -9,7 +9,7 @@ use ss_crypto::{Key, Method};
 use crate::ConfigError;
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerEntry {
     /// Host name or IP address, without brackets (`::1`, not `[::1]`).
     pub host: String,
@@ -23,6 +23,8 @@ pub struct ServerEntry {
     pub password_is_weak: bool,
     /// The SIP003 plugin in front of this server (ss-server: listening for it; ss-local: dialling it).
     pub plugin: Option<Plugin>,
+    /// Its shares under round-robin and random (ss-local; `weight`, `tcp_weight`, `udp_weight`).
+    pub weights: crate::Weights,
 }
 
 /// Which protocols to relay (libev's `mode`).

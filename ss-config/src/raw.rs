@@ -103,6 +103,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
     pub replay_snapshot: Option<String>,
+    /// `balancer`: how ss-local picks among several servers (`balance.rs`).
+    pub balancer: Option<crate::balance::RawBalancer>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.
@@ -132,6 +134,12 @@ pub struct RawServer {
     pub plugin_args: Option<Vec<String>>,
     /// `plugin_mode` of this entry's own plugin.
     pub plugin_mode: Option<String>,
+    /// `weight`: this server's share under round-robin and random, TCP and UDP.
+    pub weight: Option<NumberOrString>,
+    /// `tcp_weight` (shadowsocks-rust): its share of TCP connections.
+    pub tcp_weight: Option<NumberOrString>,
+    /// `udp_weight` (shadowsocks-rust): its share of UDP associations.
+    pub udp_weight: Option<NumberOrString>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.

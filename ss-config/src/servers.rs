@@ -74,7 +74,9 @@ pub(crate) fn resolve(
                 .or(top.credential.clone()),
             plugin: entry_plugin(&prefix, server, args, &top.plugin)?,
         };
-        entries.push(settings.entry(&prefix, host)?);
+        let mut entry = settings.entry(&prefix, host)?;
+        entry.weights = crate::balance::weights(&prefix, server)?;
+        entries.push(entry);
     }
     entries.extend(urls.iter().map(ServerUrl::to_entry));
     if entries.is_empty() {
@@ -206,7 +208,16 @@ impl Settings<'_> {
         }
         .map_err(|error| ConfigError::field_error(credential.field.as_str(), error.to_string()))?;
         let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
-        Ok(ServerEntry { host, port, method, key, password_is_weak, plugin: self.plugin.clone() })
+        let plugin = self.plugin.clone();
+        Ok(ServerEntry {
+            host,
+            port,
+            method,
+            key,
+            password_is_weak,
+            plugin,
+            weights: crate::Weights::default(),
+        })
     }
 }
 
@@ -254,6 +265,7 @@ impl ServerUrl {
             key: self.key().clone(),
             password_is_weak: !self.method().is_2022() && is_weak_password(self.password()),
             plugin: self.plugin.clone(),
+            weights: crate::Weights::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
 
+use crate::balance::passive::{FirstByte, Watch};
+use crate::balance::{Kind, Outcome, ServerId};
 use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
 use crate::{Server, Settings};
@@ -96,6 +98,13 @@ async fn run_connection(
     )
     .await;
     let failed = outcome.end.is_failure();
+    // Nothing back from the server at all, though we sent a request with data or the relay failed:
+    // the server (or the path to it) is not answering. A byte back was reported as it came.
+    if let Some(watch) = reader.get_ref().unanswered() {
+        if failed || outcome.a_to_b + first_len > 0 {
+            watch.report_failure();
+        }
+    }
     debug!(
         server = %format_args!("{}:{}", server.host, server.port),
         up = outcome.a_to_b + first_len,
@@ -151,7 +160,7 @@ enum Opened<'a> {
 struct Established<'a> {
     client: TcpStream,
     writer: EncryptWriter<OwnedWriteHalf>,
-    reader: DecryptReader<OwnedReadHalf>,
+    reader: DecryptReader<FirstByte<OwnedReadHalf>>,
     server: &'a Server,
     first_len: u64,
 }
@@ -173,7 +182,7 @@ async fn open<'a>(
     match handshake.request.command {
         Command::Connect if settings.tcp => {}
         Command::UdpAssociate if settings.udp => {
-            let Some(server) = settings.servers.first() else {
+            let Some(&server) = settings.balancer.order(Kind::Udp, &settings.servers).first() else {
                 socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS).await?;
                 return Ok(None);
             };
@@ -210,7 +219,7 @@ async fn open<'a>(
         }
     }
 
-    let (upstream, server) = match connect_any(settings).await {
+    let (upstream, server, watch) = match connect_any(settings).await {
         Ok(connected) => connected,
         Err(error) => {
             // A plugin between restarts is our failure, not the network's.
@@ -228,7 +237,7 @@ async fn open<'a>(
     if first.is_empty() {
         first = read_first_payload(&mut client, settings).await?;
     }
-    proxied(client, upstream, server, &target, first)
+    proxied(client, upstream, server, watch, &target, first)
         .await
         .map(|established| Some(Opened::Proxied(established)))
 }
@@ -250,18 +259,20 @@ async fn open_fixed<'a>(
         let upstream = upstream?;
         return Ok(Some(Opened::Direct { client, upstream }));
     }
-    let (upstream, server) = connect_any(settings).await?;
+    let (upstream, server, watch) = connect_any(settings).await?;
     let first = read_first_payload(&mut client, settings).await?;
-    proxied(client, upstream, server, &target, first)
+    proxied(client, upstream, server, watch, &target, first)
         .await
         .map(|established| Some(Opened::Proxied(established)))
 }
 
 /// Sends the request header for `target` with the first payload to `server` and sets up both directions.
+/// `watch` (the connect time) reports the server's first byte back to the balancer.
 async fn proxied<'a>(
     client: TcpStream,
     upstream: TcpStream,
     server: &'a Server,
+    watch: Connected,
     target: &Address,
     first: Vec<u8>,
 ) -> io::Result<Established<'a>> {
@@ -273,7 +284,9 @@ async fn proxied<'a>(
     writer.write_all(&first).await?;
     writer.flush().await?;
     let decryptor = Decryptor::response(server.method, &server.key, salt);
-    let reader = DecryptReader::new(upstream_read, decryptor);
+    let (balancer, connect) = watch;
+    let watch = Watch::new(balancer, ServerId::of(server), connect);
+    let reader = DecryptReader::new(FirstByte::new(upstream_read, watch), decryptor);
     Ok(Established { client, writer, reader, server, first_len: first.len() as u64 })
 }
 
@@ -297,19 +310,29 @@ async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Optio
     }
 }
 
-/// Connects to the first server that answers, in configured order.
-async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
+/// The balancer and how long the server's connect took: what the first byte's report needs.
+type Connected = (Arc<crate::balance::Balancer>, std::time::Duration);
+
+/// Connects to the first server that answers, in the balancer's order; servers that cannot be reached
+/// are reported to it.
+async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server, Connected)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
-    for server in &settings.servers {
+    for server in settings.balancer.order(Kind::Tcp, &settings.servers) {
+        let started = Instant::now();
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
         match attempt.await {
-            Ok(Ok(stream)) => return Ok((stream, server)),
+            Ok(Ok(stream)) => return Ok((stream, server, (settings.balancer.clone(), started.elapsed()))),
             Ok(Err(error)) => {
                 debug!(server = %server.host, port = server.port, %error, "server unreachable, trying the next");
+                // A plugin between restarts is our own failure, not the server's.
+                if error.kind() != io::ErrorKind::NotConnected {
+                    settings.balancer.report(&ServerId::of(server), Outcome::Failed);
+                }
                 last_error = error;
             }
             Err(_) => {
                 debug!(server = %server.host, port = server.port, "server connect timed out, trying the next");
+                settings.balancer.report(&ServerId::of(server), Outcome::Failed);
                 last_error = io::Error::new(io::ErrorKind::TimedOut, "connecting to the server timed out");
             }
         }
@@ -328,7 +351,7 @@ async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::
 
 /// AEAD-2022 padding for the request header: required when there is no payload (1..=900 bytes), a little
 /// otherwise so that header lengths do not repeat. Classic methods ignore it.
-fn padding(without_payload: bool) -> Vec<u8> {
+pub(crate) fn padding(without_payload: bool) -> Vec<u8> {
     let range = if without_payload { 900 } else { 64 };
     let len = (OsRng.next_u32() % range) as usize + usize::from(without_payload);
     vec![0u8; len]

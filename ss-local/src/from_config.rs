@@ -21,6 +21,8 @@ impl Settings {
             .iter()
             .map(|entry| Server {
                 ipv6_first: config.ipv6_first,
+                tcp_weight: entry.weights.tcp,
+                udp_weight: entry.weights.udp,
                 ..Server::new(entry.host.clone(), entry.port, entry.method, entry.key.clone())
             })
             .collect();
@@ -36,6 +38,7 @@ impl Settings {
             ..ss_net::ResolveSettings::default()
         };
         Settings {
+            balancer: std::sync::Arc::new(crate::balance::Balancer::new(policy(&config.balance))),
             resolve,
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
@@ -54,6 +57,21 @@ impl Settings {
             threads: config.threads_or_cpus(),
             ..Settings::new(servers)
         }
+    }
+}
+
+/// The balancer's policy for the `balancer` object: the defaults where it says nothing.
+fn policy(balance: &ss_config::Balance) -> crate::balance::Policy {
+    let defaults = crate::balance::Policy::default();
+    crate::balance::Policy {
+        strategy: balance.strategy,
+        check_target: match &balance.check_target {
+            Some((host, port)) => crate::listen::forward_address(host, *port),
+            None => defaults.check_target.clone(),
+        },
+        tolerance: balance.tolerance.unwrap_or(defaults.tolerance),
+        tolerance_ratio: balance.tolerance_ratio.unwrap_or(defaults.tolerance_ratio),
+        ..defaults
     }
 }
 
