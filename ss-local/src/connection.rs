@@ -100,7 +100,7 @@ async fn run_connection(
     let failed = outcome.end.is_failure();
     // Nothing back from the server at all, though we sent a request with data or the relay failed:
     // the server (or the path to it) is not answering. A byte back was reported as it came.
-    if let Some(watch) = reader.get_ref().unanswered() {
+    if let Some(watch) = reader.get_ref().silent() {
         if failed || outcome.a_to_b + first_len > 0 {
             watch.report_failure();
         }
@@ -284,9 +284,10 @@ async fn proxied<'a>(
     writer.write_all(&first).await?;
     writer.flush().await?;
     let decryptor = Decryptor::response(server.method, &server.key, salt);
-    let (balancer, connect) = watch;
+    let (balancer, connect, deadline) = watch;
     let watch = Watch::new(balancer, ServerId::of(server), connect);
-    let reader = DecryptReader::new(FirstByte::new(upstream_read, watch), decryptor);
+    let deadline = (!first.is_empty()).then_some(deadline);
+    let reader = DecryptReader::new(FirstByte::new(upstream_read, watch, deadline), decryptor);
     Ok(Established { client, writer, reader, server, first_len: first.len() as u64 })
 }
 
@@ -310,8 +311,9 @@ async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Optio
     }
 }
 
-/// The balancer and how long the server's connect took: what the first byte's report needs.
-type Connected = (Arc<crate::balance::Balancer>, std::time::Duration);
+/// The balancer, how long the server's connect took and how long the server may stay silent after a
+/// request with data: what the first byte's report needs.
+type Connected = (Arc<crate::balance::Balancer>, std::time::Duration, std::time::Duration);
 
 /// Connects to the first server that answers, in the balancer's order; servers that cannot be reached
 /// are reported to it.
@@ -321,7 +323,10 @@ async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server, Con
         let started = Instant::now();
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
         match attempt.await {
-            Ok(Ok(stream)) => return Ok((stream, server, (settings.balancer.clone(), started.elapsed()))),
+            Ok(Ok(stream)) => {
+                let watch = (settings.balancer.clone(), started.elapsed(), settings.connect_timeout);
+                return Ok((stream, server, watch));
+            }
             Ok(Err(error)) => {
                 debug!(server = %server.host, port = server.port, %error, "server unreachable, trying the next");
                 // A plugin between restarts is our own failure, not the server's.
