@@ -41,7 +41,9 @@ async fn failover_scenario() {
         check_target: Address::Ip(echo),
         ..Policy::default()
     };
-    let (local, balancer) = local_for(&fronts, policy, Duration::from_secs(2)).await;
+    // A long idle timeout: a silent server must be noticed by the first-byte deadline (the connect
+    // timeout, 2 s), not when its connections end.
+    let (local, balancer) = local_for(&fronts, policy, Duration::from_secs(600)).await;
     let (a, b) = (ServerId::of(&entry(fronts[0].addr)), ServerId::of(&entry(fronts[1].addr)));
 
     for _ in 0..3 {
@@ -67,10 +69,12 @@ async fn failover_scenario() {
     for attempt in attempts {
         assert!(attempt.await.unwrap().is_err(), "a silent server gives the client nothing");
     }
-    // Failures count when ss-local gives up on those connections (its idle timeout).
+    // Each failure counts when its request has waited a connect timeout for a first byte.
+    let silent_since = Instant::now();
     while !balancer.is_down(&b) {
         changes.changed().await.unwrap();
     }
+    assert!(silent_since.elapsed() < Duration::from_secs(5), "down a connect timeout after the requests");
     let before = served(&fronts);
     for _ in 0..5 {
         round_trip(local, echo).await.expect("no connection fails once the server is down");
