@@ -6,6 +6,9 @@
 //!        ─▶ salt + header + first bytes in one write ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
+//! With several servers the balancer (`balance.rs`) orders them for each connection; each server that
+//! cannot be reached is reported to it, and so is the first byte back (or the silence instead).
+//!
 //! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
 //! plain text, the same reply and relay otherwise.
 //!

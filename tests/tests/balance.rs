@@ -52,7 +52,7 @@ async fn failover_scenario() {
     assert_eq!(served(&fronts), [3, 0, 0], "failover uses the first server");
 
     // Killed: refused at once, so every connection still succeeds (through b) promptly.
-    fronts[0].kill();
+    fronts[0].kill().await;
     for _ in 0..4 {
         let started = Instant::now();
         round_trip(local, echo).await.expect("the next server takes over within the connection");
@@ -138,14 +138,15 @@ async fn idle_scenario() {
         strategy: Strategy::Fastest,
         check_target: Address::Ip(echo),
         measure_interval: Duration::from_millis(300),
-        in_use_window: Duration::from_secs(1),
+        // The check task looks once a second: a window of two holds at least one look.
+        in_use_window: Duration::from_secs(2),
         ..Policy::default()
     };
     let (local, _balancer) = local_for(&fronts, policy, Duration::from_secs(10)).await;
     round_trip(local, echo).await.unwrap();
     // Timing is the behaviour here: past the in-use window, then a quiet stretch of several check
     // intervals in which nothing may reach any server.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let before = accepted(&fronts);
     assert!(before.iter().sum::<usize>() >= 3, "in use, fastest measured the servers: {before:?}");
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -233,10 +234,13 @@ impl Front {
         *self.mode.lock().unwrap() = mode;
     }
 
-    /// Closes the listener: new connections are refused; open ones go on.
-    fn kill(&self) {
-        if let Some(task) = self.task.lock().unwrap().take() {
+    /// Closes the listener: new connections are refused; open ones go on. Returns once the listener
+    /// is gone (a connection queued on a listener being dropped would be reset, not refused).
+    async fn kill(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
             task.abort();
+            let _ = task.await;
         }
     }
 
