@@ -18,9 +18,9 @@
 //!   sent nothing back (refused, reset or timed out before any byte) is a failure; `failures_to_down`
 //!   in a row mark the server down at once. New connections then go elsewhere; open ones are untouched.
 //!   If every server is down the best of them is still tried.
-//! - A down server is re-checked with exponential backoff (`backoff_min` .. `backoff_max`, ±25% jitter).
-//!   With `fastest`, servers are also measured every `measure_interval` while the client is in use (a
-//!   connection in the last `in_use_window`), and never while it is idle.
+//! - While the client is in use (a connection in the last `in_use_window`), a down server is re-checked
+//!   with exponential backoff (`backoff_min` .. `backoff_max`, ±25% jitter) and, with `fastest`, every
+//!   server is measured every `measure_interval`. While it is idle nothing is checked at all.
 //! - `fastest` keeps its current server until another is better by more than `max(tolerance,
 //!   tolerance_ratio × current score)`, so scores that move a little do not make it flap.
 
@@ -253,7 +253,8 @@ impl Balancer {
 
     /// The servers of `servers` to check now, each marked as being checked: down servers whose backoff
     /// has run out and, with `fastest` while the client is in use, servers not measured for a
-    /// `measure_interval`. Nothing while idle unless a server is down.
+    /// `measure_interval`. Nothing at all while idle: a down server is re-checked once the client is
+    /// in use again (and meanwhile tried last).
     pub fn due_checks(&self, servers: &[Server]) -> Vec<Server> {
         let now = Instant::now();
         let mut state = self.lock();
@@ -265,7 +266,7 @@ impl Balancer {
             if health.checking {
                 continue;
             }
-            let recheck = health.down && health.next_check.is_some_and(|at| at <= now);
+            let recheck = in_use && health.down && health.next_check.is_some_and(|at| at <= now);
             let stale = health
                 .last_sample
                 .max(health.last_check)

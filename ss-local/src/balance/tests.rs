@@ -78,8 +78,10 @@ async fn a_down_server_is_rechecked_with_growing_jittered_backoff_up_to_the_maxi
     for _ in 0..10 {
         // Jitter is ±25%: nothing is due before 75% of the wait, the check is due after 125%.
         advance(wait.mul_f64(0.74)).await;
+        balancer.order(Kind::Tcp, &servers);
         assert!(balancer.due_checks(&servers).is_empty());
         advance(wait.mul_f64(0.52)).await;
+        balancer.order(Kind::Tcp, &servers);
         let due = balancer.due_checks(&servers);
         assert_eq!(names(due.iter().collect()), ["b"]);
         assert!(balancer.due_checks(&servers).is_empty(), "one check at a time");
@@ -88,10 +90,13 @@ async fn a_down_server_is_rechecked_with_growing_jittered_backoff_up_to_the_maxi
     }
     assert_eq!(wait, Duration::from_secs(300));
     advance(Duration::from_secs(400)).await;
+    assert!(balancer.due_checks(&servers).is_empty(), "idle: a down server waits for the client's next use");
+    balancer.order(Kind::Tcp, &servers);
     assert_eq!(balancer.due_checks(&servers).len(), 1);
     answer(&balancer, &servers[1], 30);
     assert!(!balancer.is_down(&ServerId::of(&servers[1])));
     advance(Duration::from_secs(3600)).await;
+    balancer.order(Kind::Tcp, &servers);
     assert!(balancer.due_checks(&servers).is_empty(), "an up server is not checked by failover");
 }
 
