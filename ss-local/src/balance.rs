@@ -260,6 +260,10 @@ impl Balancer {
         let mut state = self.lock();
         let in_use = state.last_use.is_some_and(|used| now.duration_since(used) <= self.policy.in_use_window);
         let measuring = in_use && self.policy.strategy == Strategy::Fastest;
+        // Servers gone from the list (an online config's update) are forgotten, so the table stays as
+        // small as the list.
+        let current: Vec<ServerId> = servers.iter().map(ServerId::of).collect();
+        state.health.retain(|id, _| current.contains(id));
         let mut due = Vec::new();
         for server in servers {
             let health = state.health.entry(ServerId::of(server)).or_default();

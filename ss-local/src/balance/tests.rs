@@ -68,6 +68,9 @@ async fn state_follows_the_server_not_its_place_in_the_list() {
     fail(&balancer, &servers[0], 3);
     let reordered = vec![server("c"), server("a"), server("d")];
     assert_eq!(names(balancer.order(Kind::Tcp, &reordered)), ["c", "d", "a"]);
+    let without_a = vec![server("c"), server("d")];
+    balancer.due_checks(&without_a);
+    assert!(!balancer.is_down(&ServerId::of(&servers[0])), "a server gone from the list is forgotten");
 }
 
 #[tokio::test(start_paused = true)]
