@@ -10,7 +10,7 @@ use crate::users::UserList;
 use crate::ConfigError;
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerEntry {
     /// Host name or IP address, without brackets (`::1`, not `[::1]`).
     pub host: String,
@@ -29,6 +29,8 @@ pub struct ServerEntry {
     /// ss-local: the identity PSKs of a `password: "iPSK:uPSK"` chain (SIP023, AES 2022 methods), in
     /// order; `key` is then the uPSK. Empty for a plain key.
     pub identity_keys: Vec<Key>,
+    /// Its shares under round-robin and random (ss-local; `weight`, `tcp_weight`, `udp_weight`).
+    pub weights: crate::Weights,
 }
 
 /// Which protocols to relay (libev's `mode`).

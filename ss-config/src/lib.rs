@@ -45,6 +45,7 @@
 use std::path::PathBuf;
 
 pub mod acl;
+mod balance;
 mod cli;
 mod config;
 mod entry;
@@ -54,6 +55,7 @@ mod servers;
 mod url;
 pub mod users;
 
+pub use balance::{Balance, RawBalancer, Strategy, Weights};
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};
 pub use entry::{Mode, Plugin, ServerEntry};

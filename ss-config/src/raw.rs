@@ -109,6 +109,8 @@ pub struct RawConfig {
     pub users: Option<Vec<crate::users::RawUser>>,
     /// `users_file` (ours): a JSON list of users, re-read on SIGHUP.
     pub users_file: Option<PathBuf>,
+    /// `balancer`: how ss-local picks among several servers (`balance.rs`).
+    pub balancer: Option<crate::balance::RawBalancer>,
     /// Keys of the file no field takes (`servers.0.foo` for nested ones), in file order: warned about,
     /// since a typo or a key we do not implement would otherwise be silently without effect.
     #[serde(skip)]
@@ -146,6 +148,12 @@ pub struct RawServer {
     pub users: Option<Vec<crate::users::RawUser>>,
     /// `users_file` of this entry (else the top level's).
     pub users_file: Option<PathBuf>,
+    /// `weight`: this server's share under round-robin and random, TCP and UDP.
+    pub weight: Option<NumberOrString>,
+    /// `tcp_weight` (shadowsocks-rust): its share of TCP connections.
+    pub tcp_weight: Option<NumberOrString>,
+    /// `udp_weight` (shadowsocks-rust): its share of UDP associations.
+    pub udp_weight: Option<NumberOrString>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.

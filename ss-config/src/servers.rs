@@ -78,7 +78,9 @@ pub(crate) fn resolve(
             users: Users::of(&prefix, server.users.as_deref(), server.users_file.as_deref())
                 .or(top.users.clone()),
         };
-        entries.push(settings.entry(&prefix, host)?);
+        let mut entry = settings.entry(&prefix, host)?;
+        entry.weights = crate::balance::weights(&prefix, server)?;
+        entries.push(entry);
     }
     entries.extend(urls.iter().map(ServerUrl::to_entry));
     if entries.is_empty() {
@@ -245,7 +247,17 @@ impl Settings<'_> {
         };
         let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
         let plugin = self.plugin.clone();
-        Ok(ServerEntry { host, port, method, key, password_is_weak, plugin, users: None, identity_keys })
+        Ok(ServerEntry {
+            host,
+            port,
+            method,
+            key,
+            password_is_weak,
+            plugin,
+            users: None,
+            identity_keys,
+            weights: crate::Weights::default(),
+        })
     }
 
     /// An entry with `users`: the credential is the iPSK of an AES 2022 method and must be absent for
@@ -293,6 +305,7 @@ impl Settings<'_> {
             plugin,
             users,
             identity_keys: Vec::new(),
+            weights: crate::Weights::default(),
         })
     }
 }
@@ -356,6 +369,7 @@ impl ServerUrl {
             plugin: self.plugin.clone(),
             users: None,
             identity_keys: Vec::new(),
+            weights: crate::Weights::default(),
         }
     }
 }

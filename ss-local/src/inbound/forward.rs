@@ -219,7 +219,9 @@ async fn open_upstream(
             return Ok(Box::new(direct?));
         }
     }
-    let (upstream, server) = connection::connect_any(settings).await?;
+    // The balancer hears of servers that cannot be reached (in connect_any); the first byte of a
+    // forwarded request is not watched, as hyper owns the read half.
+    let (upstream, server, _watch) = connection::connect_any(settings).await?;
     let (read, write) = upstream.into_split();
     let salt = Salt::random(server.method, &mut OsRng);
     let padding = connection::padding(false);
