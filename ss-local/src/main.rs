@@ -30,7 +30,12 @@ Every protocol on the one local port (-l 1080), chosen by the client's first byt
   HTTP proxy            curl -x http://127.0.0.1:1080 http://example.com/
   HTTPS via CONNECT     https_proxy=http://127.0.0.1:1080 curl https://example.com/
   PAC file              chromium --proxy-pac-url=http://127.0.0.1:1080/proxy.pac
-  With users            ss-local ... --socks5-auth-config-path users.json; curl -x http://user:pass@127.0.0.1:1080 ...";
+  With users            ss-local ... --socks5-auth-config-path users.json; curl -x http://user:pass@127.0.0.1:1080 ...
+Other listeners:
+  Tunnel (ss-tunnel)    ss-local -c config.json -u -l 5353 -L 8.8.8.8:53      (then: dig @127.0.0.1 -p 5353 example.com)
+  More tunnels          ss-local -c config.json -L 5354:1.1.1.1:53 -L 127.0.0.2:5355:example.com:53
+  Transparent (redir)   ss-local -c config.json -u -b 0.0.0.0 -l 12345 --protocol redir --tcp-redir tproxy
+  Several at once       \"locals\": [{\"local_port\":1080}, {\"local_port\":5353,\"protocol\":\"tunnel\",...}] in the config";
 
 fn main() -> ExitCode {
     let args: Args = ss_config::parse_for(Binary::Local);
