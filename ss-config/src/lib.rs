@@ -175,6 +175,22 @@ impl ConfigError {
     pub(crate) fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Field { field: one_line(field.into()), message: one_line(message.into()) }
     }
+
+    /// A JSON error in the file `origin`, its location up front (`config.json:3:17: expected ...`):
+    /// serde_json appends " at line L column C", which is cut.
+    pub(crate) fn json(error: &serde_json::Error, origin: &std::path::Path) -> ConfigError {
+        let full = error.to_string();
+        let message = match full.rfind(" at line ") {
+            Some(at) if error.line() > 0 => full[..at].to_string(),
+            _ => full,
+        };
+        ConfigError::Json {
+            path: origin.to_path_buf(),
+            line: error.line(),
+            column: error.column(),
+            message: one_line(message),
+        }
+    }
 }
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`): messages quote values from the file, and

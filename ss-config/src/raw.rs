@@ -209,20 +209,7 @@ impl RawConfig {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let parsed = serde_ignored::deserialize(&mut deserializer, |path| ignored_keys.push(key_name(&path)))
             .and_then(|raw: RawConfig| deserializer.end().map(|()| raw));
-        let raw = parsed.map_err(|error| {
-            let full = error.to_string();
-            // serde_json appends " at line L column C"; we print the location up front instead.
-            let message = match full.rfind(" at line ") {
-                Some(at) if error.line() > 0 => full[..at].to_string(),
-                _ => full,
-            };
-            ConfigError::Json {
-                path: origin.to_path_buf(),
-                line: error.line(),
-                column: error.column(),
-                message: crate::one_line(message),
-            }
-        })?;
+        let raw = parsed.map_err(|error| ConfigError::json(&error, origin))?;
         Ok(RawConfig { ignored_keys, ..raw })
     }
 }

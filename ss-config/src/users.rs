@@ -66,19 +66,7 @@ pub fn read_users_file(path: &Path) -> Result<Vec<RawUser>, ConfigError> {
 /// Parses the text of a users file; `origin` names it in errors.
 pub fn parse_users_json(text: &str, origin: &Path) -> Result<Vec<RawUser>, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    serde_json::from_str(text).map_err(|error| {
-        let full = error.to_string();
-        let message = match full.rfind(" at line ") {
-            Some(at) if error.line() > 0 => full[..at].to_string(),
-            _ => full,
-        };
-        ConfigError::Json {
-            path: origin.to_path_buf(),
-            line: error.line(),
-            column: error.column(),
-            message: crate::one_line(message),
-        }
-    })
+    serde_json::from_str(text).map_err(|error| ConfigError::json(&error, origin))
 }
 
 /// Checks `inline` users (named `{prefix}users[i]` in errors) and the users of `file` (named

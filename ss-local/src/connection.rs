@@ -304,20 +304,10 @@ async fn proxied<'a>(
     first: Vec<u8>,
 ) -> io::Result<Established<'a>> {
     let (upstream_read, upstream_write) = upstream.into_split();
-    let salt = Salt::random(server.method, &mut OsRng);
-    let padding = padding(first.is_empty());
-    let encryptor = Encryptor::request_with_identity(
-        server.method,
-        &server.identity_keys,
-        &server.key,
-        salt,
-        target,
-        &padding,
-    );
+    let (encryptor, decryptor) = request_ciphers(server, target, first.is_empty());
     let mut writer = EncryptWriter::new(upstream_write, encryptor);
     writer.write_all(&first).await?;
     writer.flush().await?;
-    let decryptor = Decryptor::response(server.method, &server.key, salt);
     let (balancer, connect, deadline) = watch;
     let watch = Watch::new(balancer, ServerId::of(server), connect);
     let deadline = (!first.is_empty()).then_some(deadline);
@@ -390,6 +380,26 @@ async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::
         Ok(read) => Ok(buf[..read?].to_vec()),
         Err(_) => Ok(Vec::new()),
     }
+}
+
+/// The two directions' ciphers of a new request to `server` for `target`: a fresh salt, the identity
+/// chain of a multi-user server, and the header's padding (more of it when the request has no payload).
+pub(crate) fn request_ciphers(
+    server: &Server,
+    target: &Address,
+    without_payload: bool,
+) -> (Encryptor, Decryptor) {
+    let salt = Salt::random(server.method, &mut OsRng);
+    let padding = padding(without_payload);
+    let encryptor = Encryptor::request_with_identity(
+        server.method,
+        &server.identity_keys,
+        &server.key,
+        salt,
+        target,
+        &padding,
+    );
+    (encryptor, Decryptor::response(server.method, &server.key, salt))
 }
 
 /// AEAD-2022 padding for the request header: required when there is no payload (1..=900 bytes), a little

@@ -27,8 +27,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rand_core::OsRng;
-use ss_crypto::{Address, Decryptor, Encryptor, Salt};
+use ss_crypto::Address;
 use ss_net::stream::{DecryptReader, EncryptWriter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
@@ -223,18 +222,9 @@ async fn open_upstream(
     // forwarded request is not watched, as hyper owns the read half.
     let (upstream, server, _watch) = connection::connect_any(settings).await?;
     let (read, write) = upstream.into_split();
-    let salt = Salt::random(server.method, &mut OsRng);
-    let padding = connection::padding(false);
-    let encryptor = Encryptor::request_with_identity(
-        server.method,
-        &server.identity_keys,
-        &server.key,
-        salt,
-        target,
-        &padding,
-    );
+    let (encryptor, decryptor) = connection::request_ciphers(server, target, false);
     let writer = EncryptWriter::new(write, encryptor);
-    let reader = DecryptReader::new(read, Decryptor::response(server.method, &server.key, salt));
+    let reader = DecryptReader::new(read, decryptor);
     Ok(Box::new(tokio::io::join(reader, writer)))
 }
 
