@@ -50,6 +50,7 @@ mod config;
 mod entry;
 mod raw;
 mod servers;
+pub mod share;
 mod url;
 
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};

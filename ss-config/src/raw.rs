@@ -121,6 +121,9 @@ pub struct RawServer {
     pub plugin_args: Option<Vec<String>>,
     /// `plugin_mode` of this entry's own plugin.
     pub plugin_mode: Option<String>,
+    /// `remarks` (SIP008, shadowsocks-rust) or `tag`: the server's display name, the `#tag` of its link.
+    #[serde(alias = "tag")]
+    pub remarks: Option<String>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.

@@ -74,7 +74,8 @@ pub(crate) fn resolve(
                 .or(top.credential.clone()),
             plugin: entry_plugin(&prefix, server, args, &top.plugin)?,
         };
-        entries.push(settings.entry(&prefix, host)?);
+        let entry = settings.entry(&prefix, host)?;
+        entries.push(ServerEntry { tag: server.remarks.clone().filter(|tag| !tag.is_empty()), ..entry });
     }
     entries.extend(urls.iter().map(ServerUrl::to_entry));
     if entries.is_empty() {
@@ -206,7 +207,13 @@ impl Settings<'_> {
         }
         .map_err(|error| ConfigError::field_error(credential.field.as_str(), error.to_string()))?;
         let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
-        Ok(ServerEntry { host, port, method, key, password_is_weak, plugin: self.plugin.clone() })
+        let password = match (method.is_2022(), credential.is_key) {
+            (true, _) => Some(key.to_base64()),
+            (false, false) => Some(credential.text.to_string()),
+            (false, true) => None,
+        };
+        let plugin = self.plugin.clone();
+        Ok(ServerEntry { host, port, method, key, password_is_weak, plugin, password, tag: None })
     }
 }
 
@@ -254,7 +261,24 @@ impl ServerUrl {
             key: self.key().clone(),
             password_is_weak: !self.method().is_2022() && is_weak_password(self.password()),
             plugin: self.plugin.clone(),
+            password: Some(self.password().to_string()),
+            tag: self.tag.clone(),
         }
+    }
+}
+
+impl ServerEntry {
+    /// The server as an `ss://` URL ([`ServerUrl::to_entry`] gives it back), or why it has none. The
+    /// plugin's `plugin_args` and `plugin_mode` have no place in a URL and are left out.
+    pub fn to_url(&self) -> Result<ServerUrl, &'static str> {
+        let password =
+            self.password.clone().ok_or("a classic method given by its raw key has no link form")?;
+        let mut url = ServerUrl::new(self.host.clone(), self.port, self.method, password)
+            .map_err(|_| "the host or password cannot be written in a link")?;
+        url.plugin =
+            self.plugin.as_ref().map(|plugin| Plugin::new(plugin.command.clone(), plugin.options.clone()));
+        url.tag = self.tag.clone();
+        Ok(url)
     }
 }
 

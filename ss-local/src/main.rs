@@ -26,6 +26,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.common.print_url {
+        let every_server_has_one = ss_config::share::print(&config.servers, args.common.qr);
+        return if every_server_has_one { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let Some(local_port) = config.local_port else {
         eprintln!("ss-local: local_port: missing (set \"local_port\" in the config or -l)");
         return ExitCode::from(2);
