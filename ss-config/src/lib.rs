@@ -48,6 +48,7 @@ pub mod acl;
 mod cli;
 mod config;
 mod entry;
+mod online;
 mod raw;
 mod servers;
 pub mod share;
@@ -56,6 +57,7 @@ mod url;
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};
 pub use entry::{Mode, Plugin, ServerEntry};
+pub use online::{DocumentError, OnlineConfig, OnlineServers, RawOnlineConfig};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 

@@ -92,6 +92,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
     pub replay_snapshot: Option<String>,
+    /// `online_config` (SIP008, ss-local): a server list fetched over HTTPS and refreshed.
+    pub online_config: Option<crate::online::RawOnlineConfig>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.

@@ -78,7 +78,8 @@ pub(crate) fn resolve(
         entries.push(ServerEntry { tag: server.remarks.clone().filter(|tag| !tag.is_empty()), ..entry });
     }
     entries.extend(urls.iter().map(ServerUrl::to_entry));
-    if entries.is_empty() {
+    // With an online config, the servers may all come from it.
+    if entries.is_empty() && raw.online_config.is_none() {
         let message = "missing (set \"server\" in the config, -s or --server-url)";
         return Err(ConfigError::field_error("server", message));
     }
