@@ -52,8 +52,10 @@ async fn run_connection(
     // Everything before the relay lives in `open`'s future, boxed so that it is freed by the time the relay
     // (the long part) runs: the handshake, routing, server connect, first payload and padding are not kept
     // for the connection's life. Inline, the connection's future would be as large as the largest of them.
+    // The server list as it is now: a later replacement (online config) does not touch this connection.
+    let servers = settings.current_servers();
     let Established { client, mut writer, mut reader, server, first_len } =
-        match Box::pin(open(client, &settings, router.as_deref())).await {
+        match Box::pin(open(client, &settings, &servers, router.as_deref())).await {
             Ok(Some(Opened::Proxied(established))) => established,
             Ok(Some(Opened::Direct { client, upstream })) => {
                 return relay_direct(client, upstream, &settings, started).await
@@ -138,6 +140,7 @@ struct Established<'a> {
 async fn open<'a>(
     mut client: TcpStream,
     settings: &'a Settings,
+    servers: &'a [Server],
     router: Option<&Router>,
 ) -> io::Result<Option<Opened<'a>>> {
     settings.socket.accepted(&client);
@@ -150,7 +153,7 @@ async fn open<'a>(
     match handshake.request.command {
         Command::Connect if settings.tcp => {}
         Command::UdpAssociate if settings.udp => {
-            let Some(server) = settings.servers.first() else {
+            let Some(server) = servers.first() else {
                 socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS).await?;
                 return Ok(None);
             };
@@ -187,7 +190,7 @@ async fn open<'a>(
         }
     }
 
-    let (upstream, server) = match connect_any(settings).await {
+    let (upstream, server) = match connect_any(servers, settings).await {
         Ok(connected) => connected,
         Err(error) => {
             // A plugin between restarts is our failure, not the network's.
@@ -239,9 +242,9 @@ async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Optio
 }
 
 /// Connects to the first server that answers, in configured order.
-async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server)> {
+async fn connect_any<'a>(servers: &'a [Server], settings: &Settings) -> io::Result<(TcpStream, &'a Server)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
-    for server in &settings.servers {
+    for server in servers {
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
         match attempt.await {
             Ok(Ok(stream)) => return Ok((stream, server)),

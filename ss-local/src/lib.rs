@@ -12,7 +12,9 @@
 
 mod connection;
 mod from_config;
+mod online;
 mod route;
+mod server_list;
 pub mod socks5;
 mod udp;
 mod udp_direct;
@@ -24,6 +26,10 @@ use std::time::Duration;
 use ss_crypto::{Key, Method};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use from_config::plugin_spec;
+pub use online::{OnlineSource, SetupError};
+pub use server_list::ServerList;
 
 /// One remote Shadowsocks server.
 #[derive(Debug, Clone)]
@@ -136,6 +142,10 @@ pub struct Settings {
     pub acl: Option<Arc<ss_net::SharedAcl>>,
     /// How names of bypassed targets are resolved here (`nameserver` overrides the system's servers).
     pub resolve: ss_net::ResolveSettings,
+    /// A list that can change while running (SIP008 online config, [`OnlineSource`]): when set,
+    /// connections take their servers from it as they start, and `servers` is not read. [`run`] sets it
+    /// from `servers` when it is not set.
+    pub server_list: Option<ServerList>,
 }
 
 impl Settings {
@@ -155,13 +165,25 @@ impl Settings {
             threads: 1,
             acl: None,
             resolve: ss_net::ResolveSettings::default(),
+            server_list: None,
+        }
+    }
+
+    /// The servers for a connection starting now, in the order to try them.
+    pub(crate) fn current_servers(&self) -> Arc<Vec<Server>> {
+        match &self.server_list {
+            Some(list) => list.current(),
+            None => Arc::new(self.servers.clone()),
         }
     }
 }
 
 /// Serves SOCKS5 on every listener until `shutdown` is cancelled, then lets open connections finish for
 /// the drain time and returns.
-pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+pub async fn run(mut settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    if settings.server_list.is_none() {
+        settings.server_list = Some(ServerList::new(settings.servers.clone()));
+    }
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
     let workers = ss_net::Workers::start(settings.threads);
     let router = match &settings.acl {

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ss_config::{Binary, CliArgs, Config, ServerEntry};
-use ss_local::{PluginRoute, Settings};
-use ss_net::plugin::{Plugin, Spec, Timing};
+use ss_config::{Binary, CliArgs, Config};
+use ss_local::{OnlineSource, PluginRoute, ServerList, Settings};
+use ss_net::plugin::{Plugin, Timing};
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks local: a SOCKS5 proxy that relays through a Shadowsocks server (shadowsocks-libev
@@ -53,11 +53,18 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
     // One plugin per server, each dialling its own server; started (and ready) before we listen.
     let mut plugins = Vec::new();
     for (entry, server) in config.servers.iter().zip(&mut settings.servers) {
-        if let Some((spec, route_tcp, route_udp)) = plugin_spec(&config, entry) {
+        if let Some((spec, route_tcp, route_udp)) = ss_local::plugin_spec(config.mode, entry) {
             let plugin = Plugin::start_local(spec, &entry.host, entry.port, Timing::default()).await?;
             server.plugin = Some(PluginRoute { endpoint: plugin.endpoint(), tcp: route_tcp, udp: route_udp });
             plugins.push(plugin);
         }
+    }
+    // SIP008: the list from the network joins the config's servers, and is refreshed while we run.
+    let mut online = None;
+    if let Some(source) = OnlineSource::from_config(&config, settings.servers.clone())? {
+        let list = ServerList::new(settings.servers.clone());
+        settings.server_list = Some(list.clone());
+        online = Some(tokio::spawn(source.run(list, shutdown.clone())));
     }
     let listener = settings
         .socket
@@ -65,29 +72,12 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
         .await
         .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
     ss_local::run(settings, vec![listener], shutdown).await;
+    if let Some(online) = online {
+        plugins.extend(online.await.unwrap_or_default());
+    }
     // After the drain: open connections still used the plugins.
     for plugin in plugins {
         plugin.stop().await;
     }
     Ok(())
-}
-
-/// The plugin to start for `entry`, if it has one that carries any traffic we relay, and whether it
-/// carries TCP and UDP (`plugin_mode`, within `mode`); what it does not carry goes to the server directly.
-fn plugin_spec(config: &Config, entry: &ServerEntry) -> Option<(Spec, bool, bool)> {
-    let plugin = entry.plugin.as_ref()?;
-    let tcp = plugin.mode.tcp() && config.mode.tcp();
-    let udp = plugin.mode.udp() && config.mode.udp();
-    if !tcp && !udp {
-        tracing::warn!(plugin = %plugin.command, "plugin_mode {} carries nothing in mode {}; not started", plugin.mode.name(), config.mode.name());
-        return None;
-    }
-    let spec = Spec {
-        command: plugin.command.clone(),
-        options: plugin.options.clone(),
-        args: plugin.args.clone(),
-        tcp,
-        udp,
-    };
-    Some((spec, tcp, udp))
 }
