@@ -9,7 +9,9 @@
 //! the test sees where each new connection went; a connection opened through A keeps working after the
 //! list has moved on. The config file's own server (a closed port) stays first in every list.
 //!
-//! A second test leaves `ca_file` out: the certificate is then not trusted, and nothing is taken.
+//! Another test leaves `ca_file` out: the certificate is then not trusted, and nothing is taken. One
+//! starts an allowed plugin a document names, and one runs the ss-local binary with no server of its
+//! own, all of them from the document.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -132,6 +134,33 @@ async fn an_allowed_plugin_is_started_and_carries_the_connections() {
     drop(round_trip(local.addr, echo).await);
     assert!(plugin.tcp && a.count() >= 1, "through the plugin to A");
     https.wait_request(1).await;
+}
+
+#[tokio::test]
+async fn the_binary_takes_its_servers_from_the_online_config_alone() {
+    let binaries = ss_tests::subprocess::binaries().await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let a = counted_server().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut https = HttpsServer::start(vec![Reply::Ok(document(&[a.addr]))], dir.path()).await;
+    // No server of its own: every server comes from the document.
+    let config = dir.path().join("local.json");
+    let json = format!(
+        r#"{{"online_config":{{"config_url":"https://127.0.0.1:{}/list.json","ca_file":"{}"}}}}"#,
+        https.addr.port(),
+        https.ca_file.display()
+    );
+    std::fs::write(&config, json).expect("write config");
+    let config = config.display().to_string();
+    let local = ss_tests::subprocess::Subprocess::start_on_free_port(|port| {
+        ss_tests::subprocess::Launch::new(&binaries.local).args(["-c", &config, "-l", &port.to_string()])
+    })
+    .await;
+    https.allow();
+    https.wait_request(0).await;
+    assert!(local.wait_for_line("server list updated", STEP).await, "{}", local.log());
+    drop(round_trip(local.addr, echo).await);
+    assert_eq!(a.count(), 1);
 }
 
 /// ss-local in-process with `dead` as the config's server and the HTTPS server's list online, every
