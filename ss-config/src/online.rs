@@ -118,7 +118,8 @@ impl OnlineConfig {
         let mut kept = Vec::new();
         let mut refused = Vec::new();
         for (index, mut server) in document.servers.into_iter().enumerate() {
-            let plugin = server.plugin.as_deref().map(str::trim).filter(|command| !command.is_empty());
+            // Compared as written: only a blank `plugin` means none, as in a config file.
+            let plugin = server.plugin.as_deref().filter(|command| !command.trim().is_empty());
             if let Some(command) = plugin {
                 if !self.allowed_plugins.iter().any(|allowed| allowed == command) {
                     let name = crate::one_line(command.to_string());

@@ -4,8 +4,9 @@
 //!
 //! The HTTPS server answers one request at a time and only when the test allows it, and tells the test
 //! when each request arrives, so every step waits on an event, not on time: the list is A, then an
-//! HTTP 500 (A kept), then B, then garbage (B kept), then a list whose first server names a plugin that
-//! is not allowed (left out) and whose second is C. Each server sits behind a counting forwarder, so
+//! HTTP 500 (A kept), then B, then garbage (B kept), then a list over 1 MiB (B kept), then a list whose
+//! first server names a plugin that is not allowed (left out) and whose second is C. Each server sits
+//! behind a counting forwarder, so
 //! the test sees where each new connection went; a connection opened through A keeps working after the
 //! list has moved on. The config file's own server (a closed port) stays first in every list.
 //!
@@ -51,6 +52,8 @@ async fn the_list_follows_the_document_keeps_the_last_good_one_and_refuses_plugi
         Reply::Status(500),
         Reply::Ok(document(&[b.addr])),
         Reply::Ok(garbage),
+        // A valid list, but over the 1 MiB bound (padded with spaces, which JSON allows).
+        Reply::Ok(format!("{}{}", document(&[c.addr]), " ".repeat(1 << 20))),
         Reply::Ok(plugin_and_c),
     ];
     let dir = tempfile::tempdir().expect("temp dir");
@@ -87,6 +90,10 @@ async fn the_list_follows_the_document_keeps_the_last_good_one_and_refuses_plugi
     assert_eq!(*changes.borrow(), 2, "a broken document keeps the list");
     drop(round_trip(local, echo).await);
     assert_eq!(b.count(), 2);
+
+    https.allow(); // too large
+    https.wait_request(5).await;
+    assert_eq!(*changes.borrow(), 2, "a document over the size bound keeps the list");
 
     https.allow(); // a plugin that is not allowed, and C
     wait_generation(&mut changes, 3).await;
