@@ -8,7 +8,9 @@
 //! ```
 //!
 //! `ss://` server URLs (SIP002) are read and written by [`parse_ss_url`] and [`format_ss_url`], and
-//! taken on the command line by `--server-url`.
+//! taken on the command line by `--server-url`; [`ServerEntry::to_url`] and [`share`] give
+//! `--print-url` its links and QR codes. ss-local's `online_config` (SIP008) is checked into
+//! [`OnlineConfig`], which also reads the fetched documents ([`OnlineConfig::parse_document`]).
 //!
 //! After [`load`] (or [`Config::from_raw`]) nothing re-parses strings. Every error is one line that
 //! names the field or the file position:
