@@ -77,6 +77,12 @@ fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
     write("socks5_parse", "udp-associate-ipv6", &[&[5, 3, 0][..], &encoded(v6)].concat());
     write("socks5_parse", "udp-datagram", &[&[0, 0, 0][..], &encoded(domain), b"ping"].concat());
     write("socks5_parse", "udp-fragment", &[&[0, 0, 1][..], &encoded(v4), b"ping"].concat());
+    write("front_parse", "socks4", b"\x04\x01\x00\x50\x7f\x00\x00\x01user\x00");
+    write("front_parse", "socks4a", b"\x04\x01\x01\xbb\x00\x00\x00\x01\x00example.com\x00data");
+    write("front_parse", "login", b"\x01\x05alice\x02pw");
+    write("front_parse", "connect", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    write("front_parse", "get", b"GET http://example.com/ HTTP/1.1\r\nProxy-Authorization: Basic dXNlcjpwYXNzd29yZA==\r\n\r\n");
+    write("front_parse", "basic", b"Basic dXNlcjpwYXNzd29yZA==");
 
     write("config_json", "example", include_bytes!("../../config.example.json"));
     write(

@@ -72,6 +72,19 @@ pub enum HostRoute {
     ResolveFirst,
 }
 
+/// One list's rules as data, for writing them in another language (ss-local's PAC file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListRules {
+    /// Domains matched with all their subdomains (lower case), sorted.
+    pub suffixes: Vec<String>,
+    /// Names matched exactly (lower case), sorted.
+    pub exact: Vec<String>,
+    /// Regular expressions on the host name (matched case-insensitively), in file order.
+    pub regexes: Vec<String>,
+    /// Address blocks, merged where they overlap.
+    pub nets: Vec<ipnet::IpNet>,
+}
+
 /// An ACL file that could not be used at all (bad lines only give warnings).
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
@@ -147,6 +160,16 @@ impl Acl {
             return HostRoute::ResolveFirst;
         }
         HostRoute::Decided { route: self.default_route(), in_both: false }
+    }
+
+    /// Whether targets no list names are bypassed (`[bypass_all]`) rather than proxied.
+    pub fn bypasses_by_default(&self) -> bool {
+        self.bypass_all
+    }
+
+    /// The bypass list's rules and the proxy list's, in that order (the order they are tried in).
+    pub fn route_lists(&self) -> (ListRules, ListRules) {
+        (self.bypass.rules(), self.proxy.rules())
     }
 
     /// Where ss-local sends a connection to this address (bypass list first).

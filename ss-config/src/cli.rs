@@ -10,11 +10,13 @@
 //! | only ss-local takes            | only ss-server takes                                               |
 //! |--------------------------------|--------------------------------------------------------------------|
 //! | `-l/--local-port`              | `--allow-private-targets`, `--replay-snapshot`, `-d/--nameserver`, |
-//! | `-b/--local-address`           | `--udp-timeout`, `--generate-key`                                  |
+//! | `-b/--local-address`, `-L`     | `--generate-key`                                                   |
+//! | `--protocol`, `--tcp-redir`,   |                                                                    |
+//! | `--udp-redir`                  |                                                                    |
 //!
 //! libev's ss-server reads `-b` as the address to bind outgoing connections to, which we do not offer,
-//! so `-b` is ss-local's only. ss-local's UDP associations end with their SOCKS5 control connection, so
-//! it has no use for `--udp-timeout`. (The config file's keys are shared: each binary reads the keys it
+//! so `-b` is ss-local's only. `--udp-timeout` serves both: ss-local's tunnel and redir associations end
+//! with it (SOCKS5 ones with their control connection). (The config file's keys are shared: each binary reads the keys it
 //! uses and leaves the other's alone, so one file serves both.)
 //!
 //! `--server-url` is the exception: each `ss://` URL is a whole server (host, port, method, key) and is
@@ -46,12 +48,25 @@ pub struct CliArgs {
     /// Server port
     #[arg(short = 'p', long = "server-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub server_port: Option<u16>,
-    /// Local port (ss-local's SOCKS5 listener)
+    /// Local port (ss-local's SOCKS5 listener, unless --protocol or -L HOST:PORT says otherwise)
     #[arg(short = 'l', long = "local-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub local_port: Option<u16>,
-    /// Local address (ss-local's SOCKS5 listener)
+    /// Local address (of the -l listener and of -L tunnels without their own) [default: 127.0.0.1]
     #[arg(short = 'b', long = "local-address", value_name = "ADDR")]
     pub local_address: Option<String>,
+    /// Tunnel (libev's ss-tunnel; repeatable): HOST:PORT makes the -l port forward there through the
+    /// server, TCP and UDP; [BIND:]LOCAL_PORT:HOST:PORT adds a tunnel on its own port
+    #[arg(short = 'L', long = "tunnel", value_name = "[[BIND:]PORT:]HOST:PORT")]
+    pub tunnel: Vec<String>,
+    /// What the -l port speaks: socks (default), http, tunnel (with -L) or redir (transparent proxy)
+    #[arg(long = "protocol", value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
+    /// How a redir port gets TCP: redirect (nftables/iptables REDIRECT, the default) or tproxy
+    #[arg(long = "tcp-redir", value_name = "redirect|tproxy")]
+    pub tcp_redir: Option<String>,
+    /// How a redir port gets UDP (with -u/-U): tproxy, the only way
+    #[arg(long = "udp-redir", value_name = "tproxy")]
+    pub udp_redir: Option<String>,
     /// Password (classic methods) or base64 key (2022 methods); visible in `ps`, prefer the config file
     #[arg(short = 'k', long = "password", value_name = "PASSWORD")]
     pub password: Option<String>,
@@ -122,7 +137,7 @@ pub struct CliArgs {
     /// separated (libev's -d)
     #[arg(short = 'd', long = "nameserver", value_name = "ADDR[,ADDR]")]
     pub nameserver: Option<String>,
-    /// UDP association idle timeout in seconds [default: 300]
+    /// UDP association idle timeout in seconds (ss-server; ss-local's tunnels and redir) [default: 300]
     #[arg(long = "udp-timeout", value_name = "SECONDS", value_parser = seconds_parser())]
     pub udp_timeout: Option<u64>,
     /// Open-file limit to set at start [default: the hard limit]
@@ -156,10 +171,13 @@ pub enum Binary {
 const OWNED: &[(&str, Binary)] = &[
     ("local_port", Binary::Local),
     ("local_address", Binary::Local),
+    ("tunnel", Binary::Local),
+    ("protocol", Binary::Local),
+    ("tcp_redir", Binary::Local),
+    ("udp_redir", Binary::Local),
     ("allow_private_targets", Binary::Server),
     ("replay_snapshot", Binary::Server),
     ("nameserver", Binary::Server),
-    ("udp_timeout", Binary::Server),
     ("generate_key", Binary::Server),
 ];
 
@@ -445,20 +463,18 @@ mod tests {
     fn each_binarys_help_lists_only_its_own_flags() {
         let help = |binary: Binary| binary.command(Cli::command()).render_help().to_string();
         let (local, server) = (help(Binary::Local), help(Binary::Server));
-        for flag in ["--local-port", "--local-address"] {
+        for flag in
+            ["--local-port", "--local-address", "-L", "--tunnel", "--protocol", "--tcp-redir", "--udp-redir"]
+        {
             assert!(local.contains(flag) && !server.contains(flag), "{flag}");
         }
-        let server_only = [
-            "--allow-private-targets",
-            "--replay-snapshot",
-            "--nameserver",
-            "--udp-timeout",
-            "--generate-key",
-        ];
+        let server_only = ["--allow-private-targets", "--replay-snapshot", "--nameserver", "--generate-key"];
         for flag in server_only {
             assert!(server.contains(flag) && !local.contains(flag), "{flag}");
         }
-        for shared in ["--server", "--password", "--method", "--threads", "--plugin", "--nofile", "-6"] {
+        for shared in
+            ["--server", "--password", "--method", "--threads", "--plugin", "--nofile", "-6", "--udp-timeout"]
+        {
             assert!(local.contains(shared) && server.contains(shared), "{shared}");
         }
     }

@@ -45,6 +45,9 @@ pub struct Config {
     pub local_address: String,
     /// Where ss-local listens; the binary decides whether it is required.
     pub local_port: Option<u16>,
+    /// ss-local's listeners: the top-level one (if it has a port), `locals[]` and `-L` tunnels
+    /// (see `locals.rs`).
+    pub locals: Vec<crate::Local>,
     /// Which of TCP and UDP to relay.
     pub mode: Mode,
     /// Idle timeout of a TCP connection.
@@ -79,6 +82,8 @@ pub struct Config {
     pub nofile: Option<u64>,
     /// Access control list file.
     pub acl: Option<PathBuf>,
+    /// Users file for ss-local's port (`socks5_auth_config_path`, shadowsocks-rust's form).
+    pub socks5_auth_config_path: Option<PathBuf>,
     /// Where ss-server keeps its classic replay filter across restarts.
     pub replay_snapshot: ReplaySnapshot,
     /// `log_level` from the file; see [`Config::effective_log_level`].
@@ -139,6 +144,7 @@ impl Config {
             (false, false, Some(text)) => Mode::parse_field("mode", text)?,
             (false, false, None) => Mode::TcpOnly,
         };
+        let locals = crate::locals::locals(&raw, args, mode)?;
         // The top-level timeout wins over the (agreeing) per-entry ones of shadowsocks-rust's `servers`.
         let file_timeout = raw.timeout.as_ref().map(|secs| secs.seconds("timeout")).transpose()?;
         let timeout = match (args.timeout, file_timeout) {
@@ -161,6 +167,7 @@ impl Config {
             online_config,
             local_address,
             local_port,
+            locals,
             mode,
             timeout: Duration::from_secs(timeout),
             udp_timeout: timeout_of("udp_timeout", args.udp_timeout, raw.udp_timeout.as_ref(), 300)?,
@@ -200,6 +207,7 @@ impl Config {
                 None => raw.nofile.as_ref().map(|nofile| nofile.positive("nofile")).transpose()?,
             },
             acl,
+            socks5_auth_config_path: raw.socks5_auth_config_path,
             replay_snapshot: ReplaySnapshot::parse(
                 args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
             ),
@@ -278,20 +286,10 @@ impl LogLevel {
     }
 }
 
-/// `local_address` / `local_port` from `-b` / `-l`, the top level, or the single `locals` entry.
+/// `local_address` / `local_port` from `-b` / `-l`, the top level, or else the first `locals` entry
+/// (every listener, with its protocol, is in [`Config::locals`]).
 fn local(raw: &RawConfig, args: &CliArgs) -> Result<(String, Option<u16>), ConfigError> {
-    let locals = raw.locals.as_deref().unwrap_or_default();
-    if locals.len() > 1 {
-        let message = format!("{} entries, but one SOCKS5 local is supported; keep one", locals.len());
-        return Err(ConfigError::field_error("locals", message));
-    }
-    let entry = locals.first();
-    if let Some(protocol) = entry.and_then(|local| local.protocol.as_deref()) {
-        if protocol != "socks" {
-            let message = format!("{protocol:?} is not supported; only \"socks\" (SOCKS5) is");
-            return Err(ConfigError::field_error("locals[0].protocol", message));
-        }
-    }
+    let entry = raw.locals.as_deref().unwrap_or_default().first();
     let address = match (&args.local_address, &raw.local_address) {
         (Some(address), _) | (None, Some(address)) => Some(address.clone()),
         (None, None) => entry.and_then(|local| local.local_address.clone()),
@@ -330,7 +328,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::Plugin;
+    use crate::{Forward, Local, Plugin, Protocol, TcpRedir};
 
     fn check(json: &str) -> Result<Config, ConfigError> {
         Config::from_raw(RawConfig::from_json(json, Path::new("config.json"))?, &CliArgs::default())
@@ -442,16 +440,137 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((config.local_address.as_str(), config.local_port), ("::1", Some(1081)));
-        let top_level_wins =
-            check(&format!(r#"{{{BASE},"local_port":1080,"locals":[{{"local_port":1081}}]}}"#));
-        assert_eq!(top_level_wins.unwrap().local_port, Some(1080));
-        assert_eq!(
-            error(&format!(r#"{{{BASE},"locals":[{{"local_port":1081,"protocol":"http"}}]}}"#)),
-            "locals[0].protocol: \"http\" is not supported; only \"socks\" (SOCKS5) is"
-        );
-        assert!(error(&format!(r#"{{{BASE},"locals":[{{}},{{}}]}}"#)).starts_with("locals: 2 entries"));
+        let socks = |address: &str, port| Local {
+            address: address.into(),
+            port,
+            protocol: Protocol::Socks,
+            mode: Mode::TcpOnly,
+        };
+        assert_eq!(config.locals, [socks("::1", 1081)]);
+        let both =
+            check(&format!(r#"{{{BASE},"local_port":1080,"locals":[{{"local_port":1081}}]}}"#)).unwrap();
+        assert_eq!(both.local_port, Some(1080));
+        assert_eq!(both.locals, [socks("127.0.0.1", 1080), socks("127.0.0.1", 1081)], "each is a listener");
+        assert!(check(&format!("{{{BASE}}}")).unwrap().locals.is_empty());
         assert!(error(&format!(r#"{{{BASE},"locals":[{{"local_port":"x"}}]}}"#))
             .starts_with("locals[0].local_port: "));
+        assert_eq!(error(&format!(r#"{{{BASE},"locals":[{{}}]}}"#)), "locals[0].local_port: missing");
+    }
+
+    #[test]
+    fn every_kind_of_local() {
+        let config = check(&format!(
+            r#"{{{BASE},"mode":"tcp_and_udp","locals":[
+                {{"local_port":1080,"protocol":"http","mode":"tcp_only"}},
+                {{"local_address":"::","local_port":5353,"protocol":"tunnel","forward_address":"[2001:db8::53]","forward_port":"53"}},
+                {{"local_address":"0.0.0.0","local_port":12345,"protocol":"redir","tcp_redir":"tproxy","udp_redir":"tproxy"}},
+                {{"local_port":12346,"protocol":"redir"}}]}}"#
+        ))
+        .unwrap();
+        let protocols: Vec<_> =
+            config.locals.iter().map(|local| (local.port, local.protocol.clone(), local.mode)).collect();
+        let forward = Forward { host: "2001:db8::53".into(), port: 53 };
+        assert_eq!(
+            protocols,
+            [
+                (1080, Protocol::Http, Mode::TcpOnly),
+                (5353, Protocol::Tunnel(forward), Mode::TcpAndUdp),
+                (12345, Protocol::Redir { tcp: TcpRedir::Tproxy }, Mode::TcpAndUdp),
+                (12346, Protocol::Redir { tcp: TcpRedir::Redirect }, Mode::TcpAndUdp),
+            ]
+        );
+        assert_eq!(config.locals[1].address, "::");
+    }
+
+    #[test]
+    fn bad_locals_are_one_line_errors() {
+        let local = |fields: &str| error(&format!(r#"{{{BASE},"locals":[{{"local_port":1,{fields}}}]}}"#));
+        assert_eq!(
+            local(r#""protocol":"ftp""#),
+            "locals[0].protocol: unknown protocol \"ftp\"; use socks, http, tunnel or redir"
+        );
+        assert_eq!(
+            local(r#""protocol":"tunnel""#),
+            "locals[0].forward_address: missing: a tunnel needs forward_address and forward_port"
+        );
+        assert_eq!(local(r#""protocol":"tunnel","forward_address":"h""#), "locals[0].forward_port: missing");
+        assert_eq!(
+            local(r#""protocol":"tunnel","forward_address":" ","forward_port":1"#),
+            "locals[0].forward_address: empty host"
+        );
+        assert!(local(r#""protocol":"tunnel","forward_address":"h","forward_port":0"#)
+            .starts_with("locals[0].forward_port: "));
+        assert_eq!(
+            local(r#""protocol":"socks","forward_address":"h","forward_port":1"#),
+            "locals[0].forward_address: only a \"tunnel\" listener takes it"
+        );
+        assert_eq!(
+            local(r#""protocol":"redir","tcp_redir":"divert""#),
+            "locals[0].tcp_redir: unknown \"divert\"; use redirect or tproxy"
+        );
+        assert!(local(r#""protocol":"redir","udp_redir":"redirect""#).starts_with("locals[0].udp_redir: "));
+        assert_eq!(
+            local(r#""tcp_redir":"tproxy""#),
+            "locals[0].tcp_redir: only a \"redir\" listener takes it"
+        );
+        assert!(local(r#""mode":"both""#).starts_with("locals[0].mode: unknown mode"));
+        assert_eq!(
+            error(&format!(r#"{{{BASE},"local_port":1,"protocol":"x"}}"#)),
+            "protocol: unknown protocol \"x\"; use socks, http, tunnel or redir"
+        );
+    }
+
+    #[test]
+    fn libev_tunnels_from_the_file_and_the_command_line() {
+        let tunnel = |address: &str, port, host: &str, target| Local {
+            address: address.into(),
+            port,
+            protocol: Protocol::Tunnel(Forward { host: host.into(), port: target }),
+            mode: Mode::TcpOnly,
+        };
+        let file = check(&format!(r#"{{{BASE},"local_port":5353,"tunnel_address":"8.8.8.8:53"}}"#)).unwrap();
+        assert_eq!(
+            file.locals,
+            [tunnel("127.0.0.1", 5353, "8.8.8.8", 53)],
+            "ss-tunnel's -l port is the tunnel"
+        );
+        let raw =
+            RawConfig::from_json(&format!(r#"{{{BASE},"tunnel_address":["x:1"]}}"#), Path::new("c")).unwrap();
+        let args = CliArgs {
+            local_port: Some(5300),
+            tunnel: vec!["[2001:db8::1]:53".into(), "5301:dns.example:853".into(), "[::1]:5302:h:1".into()],
+            ..CliArgs::default()
+        };
+        let config = Config::from_raw(raw, &args).unwrap();
+        assert_eq!(
+            config.locals,
+            [
+                tunnel("127.0.0.1", 5300, "2001:db8::1", 53),
+                tunnel("127.0.0.1", 5301, "dns.example", 853),
+                tunnel("::1", 5302, "h", 1)
+            ],
+            "-L replaces the file's tunnel_address"
+        );
+        let args = |tunnel: &[&str], port: Option<u16>, protocol: Option<&str>| CliArgs {
+            local_port: port,
+            tunnel: tunnel.iter().map(|spec| spec.to_string()).collect(),
+            protocol: protocol.map(str::to_string),
+            ..CliArgs::default()
+        };
+        let error = |args: CliArgs| {
+            let raw = RawConfig::from_json(&format!("{{{BASE}}}"), Path::new("c")).unwrap();
+            Config::from_raw(raw, &args).unwrap_err().to_string()
+        };
+        assert!(error(args(&["a:1", "b:2"], Some(1), None))
+            .starts_with("-L: only one tunnel without its own local port"));
+        assert!(error(args(&["a:1"], None, None)).starts_with("-L: a tunnel needs a local port"));
+        assert!(error(args(&["a:1"], Some(1), Some("redir")))
+            .starts_with("--protocol: -L makes the local port a tunnel"));
+        assert!(error(args(&["a"], Some(1), None)).starts_with("-L: \"a\" is not HOST:PORT"));
+        assert_eq!(
+            error(args(&[], Some(1), Some("tunnel"))),
+            "tunnel_address: missing: the tunnel's target (-L HOST:PORT or \"tunnel_address\")"
+        );
     }
 
     #[test]

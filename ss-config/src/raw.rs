@@ -7,7 +7,9 @@
 //! ```text
 //! { "server": "host" | ["host", ...],  "server_port": 8388,  "password": "...",  "method": "...",
 //!   "servers": [ { "server"|"address": "host", "server_port"|"port": 8388, "password": "...", ... } ],
-//!   "locals":  [ { "local_address": "127.0.0.1", "local_port": 1080, "protocol": "socks" } ], ... }
+//!   "locals":  [ { "local_address": "127.0.0.1", "local_port": 1080, "protocol": "socks" },
+//!                { "local_port": 5353, "protocol": "tunnel", "forward_address": "8.8.8.8", "forward_port": 53 },
+//!                { "local_port": 12345, "protocol": "redir", "tcp_redir": "tproxy" } ], ... }
 //! ```
 
 use std::fmt;
@@ -76,8 +78,17 @@ pub struct RawConfig {
     pub acl: Option<PathBuf>,
     /// shadowsocks-rust's `servers` array.
     pub servers: Option<Vec<RawServer>>,
-    /// shadowsocks-rust's `locals` array (one `socks` local is supported).
+    /// shadowsocks-rust's `locals` array: one listener each.
     pub locals: Option<Vec<RawLocal>>,
+    /// `protocol` of the top-level listener: `socks` (default), `http`, `tunnel` or `redir`.
+    pub protocol: Option<String>,
+    /// `tcp_redir` of a top-level `redir` listener: `redirect` (default) or `tproxy`.
+    pub tcp_redir: Option<String>,
+    /// `udp_redir` of a top-level `redir` listener: `tproxy` (the only way).
+    pub udp_redir: Option<String>,
+    /// `tunnel_address` (libev's ss-tunnel): `host:port`, or `[bind:]port:host:port`, or an array of them.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub tunnel_address: Option<Vec<String>>,
     /// `handshake_timeout` (ours): seconds allowed for a client to send its first request.
     pub handshake_timeout: Option<NumberOrString>,
     /// `connect_timeout` (ours): seconds allowed to connect to a target or server.
@@ -94,6 +105,8 @@ pub struct RawConfig {
     pub replay_snapshot: Option<String>,
     /// `online_config` (SIP008, ss-local): a server list fetched over HTTPS and refreshed.
     pub online_config: Option<crate::online::RawOnlineConfig>,
+    /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
+    pub socks5_auth_config_path: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.
@@ -135,8 +148,18 @@ pub struct RawLocal {
     pub local_address: Option<String>,
     /// `local_port`.
     pub local_port: Option<NumberOrString>,
-    /// `protocol`: only `socks` (the default) is supported.
+    /// `protocol`: `socks` (the default), `http`, `tunnel` or `redir`.
     pub protocol: Option<String>,
+    /// `forward_address`: a tunnel's target host.
+    pub forward_address: Option<String>,
+    /// `forward_port`: a tunnel's target port.
+    pub forward_port: Option<NumberOrString>,
+    /// `tcp_redir`: `redirect` (default) or `tproxy`, for a `redir` listener.
+    pub tcp_redir: Option<String>,
+    /// `udp_redir`: `tproxy`, for a `redir` listener.
+    pub udp_redir: Option<String>,
+    /// `mode`: this listener's own `tcp_only`, `tcp_and_udp` or `udp_only`.
+    pub mode: Option<String>,
 }
 
 /// A number written as a JSON number or as a string (`8388` or `"8388"`).

@@ -1,13 +1,18 @@
-//! One SOCKS5 client connection, start to end:
+//! One client connection on the local port, start to end:
 //!
 //! ```text
-//! accept ─▶ SOCKS5 greeting + request (handshake timeout) ─▶ connect to a server (next one on failure)
-//!        ─▶ reply "succeeded" ─▶ wait briefly for the application's first bytes
+//! accept ─▶ request: SOCKS5, SOCKS4/4a or HTTP CONNECT (inbound/, handshake timeout)
+//!        ─▶ connect to a server (next one on failure)
+//!        ─▶ reply "succeeded" in the client's protocol ─▶ wait briefly for the application's first bytes
 //!        ─▶ salt + header + first bytes in one write ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
 //! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
-//! plain text, the same reply and relay otherwise.
+//! plain text, the same reply and relay otherwise. Plain HTTP proxy requests (`GET http://...`) leave
+//! this path for `inbound/forward.rs` once their first head is read.
+//!
+//! Tunnels and redir listeners know the target without a handshake ([`handle_fixed`]): the same route,
+//! connect, first-payload wait and relay, with no client request and no reply.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,11 +28,13 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
 
+use crate::inbound::{self, Answer};
 use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
 use crate::{Server, Settings};
 
-/// Serves one accepted SOCKS5 connection; every outcome is logged here.
+/// Serves one accepted connection on a local port speaking `protocols`; every outcome is logged here.
+/// The entry point of every listener that takes SOCKS or HTTP clients.
 ///
 /// A plain function returning the instrumented future: an outer `async fn` awaiting `run_connection` would keep
 /// its own copies of its arguments beside the inner future's.
@@ -37,15 +44,40 @@ pub(crate) fn handle(
     settings: Arc<Settings>,
     router: Option<Arc<Router>>,
     slot: ss_net::Slot,
+    protocols: inbound::Protocols,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let span = tracing::debug_span!("socks", %peer, target = tracing::field::Empty);
-    run_connection(stream, settings, router, slot).instrument(span)
+    let span = tracing::debug_span!("local", %peer, target = tracing::field::Empty);
+    run_connection(stream, settings, router, Start::Request(protocols), slot).instrument(span)
+}
+
+/// Serves one accepted connection whose target is known without a handshake: a tunnel's fixed target,
+/// or the destination a redir listener read from the socket. Routed (ACL) and relayed as a SOCKS5
+/// CONNECT would be; a failure closes the client's connection.
+pub(crate) fn handle_fixed(
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: Address,
+    settings: Arc<Settings>,
+    router: Option<Arc<Router>>,
+    slot: ss_net::Slot,
+) -> impl std::future::Future<Output = ()> + Send {
+    let span = tracing::debug_span!("forward", %peer, %target);
+    run_connection(stream, settings, router, Start::Fixed(target), slot).instrument(span)
+}
+
+/// How a connection learns its target.
+enum Start {
+    /// From the client's request, in one of these protocols.
+    Request(inbound::Protocols),
+    /// Known from the listener (tunnel) or the socket (redir).
+    Fixed(Address),
 }
 
 async fn run_connection(
     client: TcpStream,
     settings: Arc<Settings>,
     router: Option<Arc<Router>>,
+    start: Start,
     _slot: ss_net::Slot,
 ) {
     let started = Instant::now();
@@ -54,18 +86,29 @@ async fn run_connection(
     // for the connection's life. Inline, the connection's future would be as large as the largest of them.
     // The server list as it is now: a later replacement (online config) does not touch this connection.
     let servers = settings.current_servers();
-    let Established { client, mut writer, mut reader, server, first_len } =
-        match Box::pin(open(client, &settings, &servers, router.as_deref())).await {
-            Ok(Some(Opened::Proxied(established))) => established,
-            Ok(Some(Opened::Direct { client, upstream })) => {
-                return relay_direct(client, upstream, &settings, started).await
-            }
-            Ok(None) => return,
-            Err(error) => {
-                debug!(%error, "connection ended");
-                return;
-            }
-        };
+    let opened = match start {
+        Start::Request(protocols) => {
+            Box::pin(open(client, &settings, &servers, router.as_deref(), protocols)).await
+        }
+        Start::Fixed(target) => {
+            Box::pin(open_fixed(client, target, &settings, &servers, router.as_deref())).await
+        }
+    };
+    let Established { client, mut writer, mut reader, server, first_len } = match opened {
+        Ok(Some(Opened::Proxied(established))) => established,
+        Ok(Some(Opened::Direct { client, upstream })) => {
+            return relay_direct(client, upstream, &settings, started).await
+        }
+        Ok(Some(Opened::Forward { client, head })) => {
+            // Boxed: hyper's connection state exists only for HTTP proxy clients.
+            return Box::pin(inbound::forward::serve(client, head, settings, router)).await;
+        }
+        Ok(None) => return,
+        Err(error) => {
+            debug!(%error, "connection ended");
+            return;
+        }
+    };
     let (client_read, mut client_write) = client.into_split();
     let mut client_read = ss_net::PooledReader::new(client_read);
     let outcome = ss_net::relay(
@@ -124,6 +167,8 @@ enum Opened<'a> {
     Proxied(Established<'a>),
     /// Bypassed by the ACL: connected directly, the client's early bytes already sent.
     Direct { client: TcpStream, upstream: TcpStream },
+    /// A plain HTTP proxy client, its bytes read so far in `head`.
+    Forward { client: TcpStream, head: Vec<u8> },
 }
 
 /// A connection ready to relay: the request has gone out with the first payload.
@@ -135,41 +180,51 @@ struct Established<'a> {
     first_len: u64,
 }
 
-/// SOCKS5 handshake, route, connect to a server (or the bypassed target), reply, first payload and
-/// request header. `None` when the connection was answered and is done (UDP ASSOCIATE, refused commands).
+/// Client request (any protocol), route, connect to a server (or the bypassed target), reply, first
+/// payload and request header. `None` when the connection was answered and is done (UDP ASSOCIATE,
+/// refused commands, bad requests).
 async fn open<'a>(
     mut client: TcpStream,
     settings: &'a Settings,
     servers: &'a [Server],
     router: Option<&Router>,
+    protocols: inbound::Protocols,
 ) -> io::Result<Option<Opened<'a>>> {
     settings.socket.accepted(&client);
-    let handshake = timeout(settings.handshake_timeout, socks5::handshake(&mut client))
+    let request = timeout(settings.handshake_timeout, inbound::accept(&mut client, settings, protocols))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "SOCKS5 handshake timed out"))?
-        .map_err(io::Error::other)?;
-    let target = handshake.request.target;
-    tracing::Span::current().record("target", tracing::field::display(&target));
-    match handshake.request.command {
-        Command::Connect if settings.tcp => {}
-        Command::UdpAssociate if settings.udp => {
-            let Some(server) = servers.first() else {
-                socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS).await?;
-                return Ok(None);
-            };
-            // Boxed: UDP associations are rare, and inline its future would make every TCP connection's
-            // future ~1 KB bigger.
-            return Box::pin(crate::udp::associate(client, server, router)).await.map(|()| None);
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client handshake timed out"))??;
+    let (target, early, answer) = match request {
+        inbound::Request::Socks5(handshake) => {
+            let target = handshake.request.target;
+            tracing::Span::current().record("target", tracing::field::display(&target));
+            match handshake.request.command {
+                Command::Connect if settings.tcp => {}
+                Command::UdpAssociate if settings.udp => {
+                    let Some(server) = servers.first() else {
+                        socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS)
+                            .await?;
+                        return Ok(None);
+                    };
+                    // Boxed: UDP associations are rare, and inline its future would make every TCP
+                    // connection's future ~1 KB bigger.
+                    return Box::pin(crate::udp::associate(client, server, router)).await.map(|()| None);
+                }
+                Command::Connect | Command::UdpAssociate => {
+                    socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;
+                    return Ok(None);
+                }
+                Command::Bind | Command::Other(_) => {
+                    socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS)
+                        .await?;
+                    return Ok(None);
+                }
+            }
+            (target, handshake.early, Answer::Socks5)
         }
-        Command::Connect | Command::UdpAssociate => {
-            socks5::send_reply(&mut client, Reply::NotAllowed, &socks5::UNSPECIFIED_ADDRESS).await?;
-            return Ok(None);
-        }
-        Command::Bind | Command::Other(_) => {
-            socks5::send_reply(&mut client, Reply::CommandNotSupported, &socks5::UNSPECIFIED_ADDRESS).await?;
-            return Ok(None);
-        }
-    }
+        inbound::Request::Connect { target, early, answer } => (target, early, answer),
+        inbound::Request::Forward { head } => return Ok(Some(Opened::Forward { client, head })),
+    };
 
     // Boxed: the ACL's decision may resolve a name (a resolver future of a few KiB) and connect directly;
     // inline, that would make every connection's future bigger for its whole life, ACL or not.
@@ -180,12 +235,12 @@ async fn open<'a>(
     match direct {
         None => {}
         Some(Err(error)) => {
-            socks5::send_reply(&mut client, Reply::HostUnreachable, &socks5::UNSPECIFIED_ADDRESS).await?;
+            answer.failed(&mut client, &error).await?;
             return Err(error);
         }
         Some(Ok(mut upstream)) => {
-            socks5::send_reply(&mut client, Reply::Succeeded, &socks5::UNSPECIFIED_ADDRESS).await?;
-            upstream.write_all(&handshake.early).await?;
+            answer.succeeded(&mut client).await?;
+            upstream.write_all(&early).await?;
             return Ok(Some(Opened::Direct { client, upstream }));
         }
     }
@@ -193,37 +248,74 @@ async fn open<'a>(
     let (upstream, server) = match connect_any(servers, settings).await {
         Ok(connected) => connected,
         Err(error) => {
-            // A plugin between restarts is our failure, not the network's.
-            let reply = match error.kind() {
-                io::ErrorKind::NotConnected => Reply::GeneralFailure,
-                _ => Reply::HostUnreachable,
-            };
-            socks5::send_reply(&mut client, reply, &socks5::UNSPECIFIED_ADDRESS).await?;
+            answer.failed(&mut client, &error).await?;
             return Err(error);
         }
     };
-    socks5::send_reply(&mut client, Reply::Succeeded, &socks5::UNSPECIFIED_ADDRESS).await?;
+    answer.succeeded(&mut client).await?;
 
-    let mut first = handshake.early;
+    let mut first = early;
     if first.is_empty() {
         first = read_first_payload(&mut client, settings).await?;
     }
 
+    proxied(client, upstream, server, &target, first)
+        .await
+        .map(|established| Some(Opened::Proxied(established)))
+}
+
+/// [`open`] for a connection whose target is known: route, connect, first payload and request header,
+/// with no request and no reply.
+async fn open_fixed<'a>(
+    mut client: TcpStream,
+    target: Address,
+    settings: &'a Settings,
+    servers: &'a [Server],
+    router: Option<&Router>,
+) -> io::Result<Option<Opened<'a>>> {
+    settings.socket.accepted(&client);
+    let direct = match router {
+        Some(router) => Box::pin(bypass(router, &target, settings)).await,
+        None => None,
+    };
+    if let Some(upstream) = direct {
+        let upstream = upstream?;
+        return Ok(Some(Opened::Direct { client, upstream }));
+    }
+    let (upstream, server) = connect_any(servers, settings).await?;
+    let first = read_first_payload(&mut client, settings).await?;
+    proxied(client, upstream, server, &target, first)
+        .await
+        .map(|established| Some(Opened::Proxied(established)))
+}
+
+/// Sends the request header for `target` with the first payload to `server` and sets up both directions.
+async fn proxied<'a>(
+    client: TcpStream,
+    upstream: TcpStream,
+    server: &'a Server,
+    target: &Address,
+    first: Vec<u8>,
+) -> io::Result<Established<'a>> {
     let (upstream_read, upstream_write) = upstream.into_split();
     let salt = Salt::random(server.method, &mut OsRng);
     let padding = padding(first.is_empty());
-    let encryptor = Encryptor::request(server.method, &server.key, salt, &target, &padding);
+    let encryptor = Encryptor::request(server.method, &server.key, salt, target, &padding);
     let mut writer = EncryptWriter::new(upstream_write, encryptor);
     writer.write_all(&first).await?;
     writer.flush().await?;
     let decryptor = Decryptor::response(server.method, &server.key, salt);
     let reader = DecryptReader::new(upstream_read, decryptor);
-    Ok(Some(Opened::Proxied(Established { client, writer, reader, server, first_len: first.len() as u64 })))
+    Ok(Established { client, writer, reader, server, first_len: first.len() as u64 })
 }
 
 /// The ACL's decision for `target`: `None` to go through a server, else the outcome of connecting to the
 /// bypassed target directly.
-async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Option<io::Result<TcpStream>> {
+pub(crate) async fn bypass(
+    router: &Router,
+    target: &Address,
+    settings: &Settings,
+) -> Option<io::Result<TcpStream>> {
     match router.decide(target).await {
         Ok(Decision::Proxy) => None,
         Ok(Decision::Direct(addresses)) => {
@@ -242,7 +334,10 @@ async fn bypass(router: &Router, target: &Address, settings: &Settings) -> Optio
 }
 
 /// Connects to the first server that answers, in configured order.
-async fn connect_any<'a>(servers: &'a [Server], settings: &Settings) -> io::Result<(TcpStream, &'a Server)> {
+pub(crate) async fn connect_any<'a>(
+    servers: &'a [Server],
+    settings: &Settings,
+) -> io::Result<(TcpStream, &'a Server)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
     for server in servers {
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
@@ -272,7 +367,7 @@ async fn read_first_payload(client: &mut TcpStream, settings: &Settings) -> io::
 
 /// AEAD-2022 padding for the request header: required when there is no payload (1..=900 bytes), a little
 /// otherwise so that header lengths do not repeat. Classic methods ignore it.
-fn padding(without_payload: bool) -> Vec<u8> {
+pub(crate) fn padding(without_payload: bool) -> Vec<u8> {
     let range = if without_payload { 900 } else { 64 };
     let len = (OsRng.next_u32() % range) as usize + usize::from(without_payload);
     vec![0u8; len]

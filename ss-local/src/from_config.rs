@@ -1,12 +1,12 @@
 //! [`Settings::from_config`]: the one place where ss-local's checked [`Config`] becomes [`Settings`].
 //!
-//! Every config key ss-local acts on is read here (`local_address` and `local_port` say where `main`
-//! binds, each server's `plugin` is started by `main`, which then sets [`Server::plugin`], and `main`
-//! loads the `acl` file into [`Settings::acl`]). `nameserver` and `ipv6_first` also say how names of
-//! targets the ACL bypasses are resolved here. Keys only ss-server acts on (`allow_private_targets`,
-//! `udp_timeout`, `replay_snapshot`) are
-//! left for it: one config file serves both binaries. The socket keys (`fast_open`, `reuse_port`,
-//! `mptcp`, `no_delay`, `keep_alive`) become [`Settings::socket`].
+//! Every config key ss-local acts on is read here (the listeners, [`Config::locals`], are bound by
+//! `main` with [`crate::Listener::bind`], each server's `plugin` is started by `main`, which then sets
+//! [`Server::plugin`], and `main` loads the `acl` file into [`Settings::acl`]). `nameserver` and
+//! `ipv6_first` also say how names of targets the ACL bypasses are resolved here; `udp_timeout` ends the
+//! UDP associations of tunnels and redir. Keys only ss-server acts on (`allow_private_targets`,
+//! `replay_snapshot`) are left for it: one config file serves both binaries. The socket keys
+//! (`fast_open`, `reuse_port`, `mptcp`, `no_delay`, `keep_alive`) become [`Settings::socket`].
 
 use ss_config::{Config, Mode, ServerEntry};
 use ss_net::plugin::Spec;
@@ -41,6 +41,7 @@ impl Settings {
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.timeout,
+            udp_timeout: config.udp_timeout,
             max_connections,
             socket: ss_net::SocketOptions {
                 fast_open: config.fast_open,
@@ -100,7 +101,7 @@ mod tests {
         let config = config(&format!(
             r#"{{"server":["a.example","[2001:db8::1]:9000"],"server_port":8388,"key":"{KEY}",
                 "method":"2022-blake3-aes-128-gcm","local_address":"::1","local_port":1080,"mode":"tcp_and_udp",
-                "timeout":31,"handshake_timeout":32,"connect_timeout":33,"max_connections":34,"threads":3,
+                "timeout":31,"udp_timeout":35,"handshake_timeout":32,"connect_timeout":33,"max_connections":34,"threads":3,
                 "no_delay":false,"ipv6_first":true,"nofile":4096,"nameserver":"127.0.0.1:5353"}}"#
         ));
         let settings = Settings::from_config(&config, 1 << 20);
@@ -115,6 +116,7 @@ mod tests {
             (Duration::from_secs(31), Duration::from_secs(32), Duration::from_secs(33))
         );
         assert_eq!((settings.max_connections, settings.threads), (34, 3));
+        assert_eq!(settings.udp_timeout, Duration::from_secs(35), "tunnels' and redir's UDP associations");
         assert!(!settings.socket.no_delay, "\"no_delay\": false turns TCP_NODELAY off");
         assert!(settings.tcp && settings.udp);
         let nameserver: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();

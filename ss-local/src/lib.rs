@@ -7,17 +7,32 @@
 //!
 //! With an ACL ([`Settings::acl`], `--acl`) each CONNECT is routed: through the server, or directly from
 //! here when the ACL bypasses the target (see `route.rs` for the order and the no-DNS-leak rule).
+//!
+//! One process serves several listeners ([`Listener`], bound from the config by [`Listener::bind`] and
+//! served by [`run_listeners`]): SOCKS5, tunnels to a fixed target (`tunnel.rs`) and transparent
+//! proxying (`redir.rs`, Linux).
 
 #![warn(missing_docs)]
 
 mod connection;
 mod from_config;
+pub mod inbound;
+mod listen;
+mod nat;
 mod online;
+#[cfg(target_os = "linux")]
+mod redir;
 mod route;
 mod server_list;
 pub mod socks5;
+mod tunnel;
 mod udp;
 mod udp_direct;
+
+pub use from_config::plugin_spec;
+pub use listen::{run_listeners, Inbound, Listener};
+pub use online::{OnlineSource, SetupError};
+pub use server_list::ServerList;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,10 +41,6 @@ use std::time::Duration;
 use ss_crypto::{Key, Method};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-pub use from_config::plugin_spec;
-pub use online::{OnlineSource, SetupError};
-pub use server_list::ServerList;
 
 /// One remote Shadowsocks server.
 #[derive(Debug, Clone)]
@@ -120,6 +131,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// A relayed connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A tunnel's or redir's UDP association with no datagram either way for this long is closed
+    /// (`udp_timeout`). SOCKS5 associations end with their control connection instead.
+    pub udp_timeout: Duration,
     /// How long to wait for the application's first bytes so they travel with the request header;
     /// protocols where the server speaks first pay this once per connection.
     pub first_payload_wait: Duration,
@@ -127,12 +141,13 @@ pub struct Settings {
     pub max_connections: usize,
     /// At shutdown, how long open connections may take to finish.
     pub drain_timeout: Duration,
-    /// Socket options of accepted and outbound connections (no-delay, keep-alive, Fast Open, MPTCP:
-    /// [`ss_net::socket_options`]).
+    /// Socket options of listeners, accepted and outbound connections (no-delay, keep-alive, Fast Open,
+    /// MPTCP, SO_REUSEPORT: [`ss_net::socket_options`]).
     pub socket: ss_net::SocketOptions,
-    /// Accept SOCKS5 CONNECT (off in udp_only mode).
+    /// Accept SOCKS5 CONNECT (off in udp_only mode); [`run`]'s listeners, while [`run_listeners`] goes by
+    /// each [`Listener::mode`].
     pub tcp: bool,
-    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`).
+    /// Accept SOCKS5 UDP ASSOCIATE (libev's mode tcp_and_udp / udp_only, `-u` / `-U`); as `tcp`.
     pub udp: bool,
     /// Threads TCP connections are spread over, the caller's included ([`ss_net::Workers`]); 1 runs
     /// everything on the caller's runtime.
@@ -142,9 +157,12 @@ pub struct Settings {
     pub acl: Option<Arc<ss_net::SharedAcl>>,
     /// How names of bypassed targets are resolved here (`nameserver` overrides the system's servers).
     pub resolve: ss_net::ResolveSettings,
+    /// Users allowed on the local port (`socks5_auth_config_path`): SOCKS5 username/password and HTTP
+    /// `Proxy-Authorization: Basic` are then required, and SOCKS4 is refused. `None`: no authentication.
+    pub users: Option<Arc<inbound::Users>>,
     /// A list that can change while running (SIP008 online config, [`OnlineSource`]): when set,
-    /// connections take their servers from it as they start, and `servers` is not read. [`run`] sets it
-    /// from `servers` when it is not set.
+    /// connections take their servers from it as they start, and `servers` is not read.
+    /// [`run_listeners`] sets it from `servers` when it is not set.
     pub server_list: Option<ServerList>,
 }
 
@@ -156,6 +174,7 @@ impl Settings {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            udp_timeout: Duration::from_secs(300),
             first_payload_wait: Duration::from_millis(50),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
@@ -165,6 +184,7 @@ impl Settings {
             threads: 1,
             acl: None,
             resolve: ss_net::ResolveSettings::default(),
+            users: None,
             server_list: None,
         }
     }
@@ -178,38 +198,15 @@ impl Settings {
     }
 }
 
-/// Serves SOCKS5 on every listener until `shutdown` is cancelled, then lets open connections finish for
-/// the drain time and returns.
-pub async fn run(mut settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
-    if settings.server_list.is_none() {
-        settings.server_list = Some(ServerList::new(settings.servers.clone()));
-    }
-    let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
-    let workers = ss_net::Workers::start(settings.threads);
-    let router = match &settings.acl {
-        None => None,
-        Some(acl) => match route::Router::new(acl.clone(), &settings.resolve) {
-            Ok(router) => Some(Arc::new(router)),
-            Err(error) => {
-                tracing::error!(%error, "cannot set up name resolution for bypassed targets");
-                return;
-            }
-        },
+/// Serves SOCKS5, SOCKS4/4a and HTTP proxying (see [`inbound`]) on every listener until `shutdown` is
+/// cancelled, then lets open connections finish for the drain time and returns. [`run_listeners`] serves
+/// listeners of every kind. [`Settings::tcp`] and [`Settings::udp`] say what each serves.
+pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    let mode = match (settings.tcp, settings.udp) {
+        (true, true) => ss_config::Mode::TcpAndUdp,
+        (false, true) => ss_config::Mode::UdpOnly,
+        _ => ss_config::Mode::TcpOnly,
     };
-    let settings = Arc::new(settings);
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "listening (SOCKS5)");
-        }
-        let (settings, router) = (settings.clone(), router.clone());
-        let (workers, shutdown) = (workers.clone(), shutdown.clone());
-        servers.spawn(async move {
-            ss_net::accept_loop(listener, limits, &workers, shutdown, move |stream, peer, slot| {
-                connection::handle(stream, peer, settings.clone(), router.clone(), slot)
-            })
-            .await
-        });
-    }
-    while servers.join_next().await.is_some() {}
+    let listeners = listeners.into_iter().map(|tcp| Listener::socks(tcp, mode)).collect();
+    run_listeners(settings, listeners, shutdown).await;
 }

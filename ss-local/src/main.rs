@@ -4,18 +4,33 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use ss_config::{Binary, CliArgs, Config};
-use ss_local::{OnlineSource, PluginRoute, ServerList, Settings};
+use ss_local::{Listener, OnlineSource, PluginRoute, ServerList, Settings};
 use ss_net::plugin::{Plugin, Timing};
 use tokio_util::sync::CancellationToken;
 
-/// Shadowsocks local: a SOCKS5 proxy that relays through a Shadowsocks server (shadowsocks-libev
-/// compatible flags and config keys).
+/// Shadowsocks local: a SOCKS5, SOCKS4/4a and HTTP proxy on one port, tunnels (-L) and transparent
+/// proxying (--protocol redir), relaying through a Shadowsocks server (shadowsocks-libev compatible
+/// flags and config keys).
 #[derive(Debug, clap::Parser)]
-#[command(name = "ss-local", version)]
+#[command(name = "ss-local", version, after_help = MODES)]
 struct Args {
     #[command(flatten)]
     common: CliArgs,
+    /// Users file (shadowsocks-rust's form: {"password":{"users":[{"user_name":..,"password":..}]}}):
+    /// require SOCKS5 username/password and HTTP Proxy-Authorization: Basic; SOCKS4 is then refused
+    #[arg(long = "socks5-auth-config-path", value_name = "FILE")]
+    socks5_auth_config_path: Option<std::path::PathBuf>,
 }
+
+/// One line per client protocol the local port speaks (`ss-local -c config.json -l 1080`).
+const MODES: &str = "\
+Every protocol on the one local port (-l 1080), chosen by the client's first byte:
+  SOCKS5 (remote DNS)   curl --socks5-hostname 127.0.0.1:1080 http://example.com/
+  SOCKS4 / SOCKS4a      curl --socks4a 127.0.0.1:1080 http://example.com/
+  HTTP proxy            curl -x http://127.0.0.1:1080 http://example.com/
+  HTTPS via CONNECT     https_proxy=http://127.0.0.1:1080 curl https://example.com/
+  PAC file              chromium --proxy-pac-url=http://127.0.0.1:1080/proxy.pac
+  With users            ss-local ... --socks5-auth-config-path users.json; curl -x http://user:pass@127.0.0.1:1080 ...";
 
 fn main() -> ExitCode {
     let args: Args = ss_config::parse_for(Binary::Local);
@@ -30,21 +45,29 @@ fn main() -> ExitCode {
         let every_server_has_one = ss_config::share::print(&config.servers, args.common.qr);
         return if every_server_has_one { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
-    let Some(local_port) = config.local_port else {
-        eprintln!("ss-local: local_port: missing (set \"local_port\" in the config or -l)");
+    if config.locals.is_empty() {
+        eprintln!("ss-local: local_port: missing (set \"local_port\" or \"locals\" in the config, or -l)");
         return ExitCode::from(2);
-    };
+    }
     let (log_level, warnings, nofile) =
         (config.effective_log_level(), config.warnings.clone(), config.nofile);
     ss_net::process::run_main("ss-local", log_level.as_str(), &warnings, nofile, |descriptors| {
-        serve(config, local_port, descriptors)
+        serve(config, args.socks5_auth_config_path, descriptors)
     })
 }
 
-async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    auth_path: Option<std::path::PathBuf>,
+    descriptors: u64,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     let mut settings = Settings::from_config(&config, descriptors);
+    if let Some(path) = auth_path.as_deref().or(config.socks5_auth_config_path.as_deref()) {
+        let users = ss_local::inbound::Users::load(path).context("loading socks5_auth_config_path")?;
+        settings.users = Some(std::sync::Arc::new(users));
+    }
     if let Some(path) = &config.acl {
         let acl = ss_net::SharedAcl::load(path).context("loading the ACL")?;
         acl.reload_on_hangup(shutdown.clone()).context("installing the SIGHUP handler")?;
@@ -66,12 +89,14 @@ async fn serve(config: Config, local_port: u16, descriptors: u64) -> anyhow::Res
         settings.server_list = Some(list.clone());
         online = Some(tokio::spawn(source.run(list, shutdown.clone())));
     }
-    let listener = settings
-        .socket
-        .listen_tcp_host(&config.local_address, local_port)
-        .await
-        .with_context(|| format!("binding {}:{local_port}", config.local_address))?;
-    ss_local::run(settings, vec![listener], shutdown).await;
+    let mut listeners = Vec::new();
+    for local in &config.locals {
+        let listener = Listener::bind(local, &settings.socket)
+            .await
+            .with_context(|| format!("binding {}:{}", local.address, local.port))?;
+        listeners.push(listener);
+    }
+    ss_local::run_listeners(settings, listeners, shutdown).await;
     if let Some(online) = online {
         plugins.extend(online.await.unwrap_or_default());
     }

@@ -45,6 +45,11 @@ impl Router {
         Ok(Router { acl, resolver: Arc::new(resolver) })
     }
 
+    /// The rules in force now.
+    pub(crate) fn acl(&self) -> Arc<ss_config::acl::Acl> {
+        self.acl.current()
+    }
+
     /// Decides for one target, with the rules in force now.
     pub(crate) async fn decide(&self, target: &Address) -> io::Result<Decision> {
         let acl = self.acl.current();

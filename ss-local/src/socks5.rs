@@ -1,4 +1,5 @@
-//! The server side of SOCKS5 (RFC 1928) as spoken by ss-local: no authentication, CONNECT, UDP ASSOCIATE.
+//! The server side of SOCKS5 (RFC 1928) as spoken by ss-local: no authentication or username/password
+//! (RFC 1929, when the local port has users), CONNECT, UDP ASSOCIATE.
 //!
 //! Parsing is pure ([`parse_greeting`], [`parse_request`], [`parse_udp_header`]) and incremental: the stream
 //! parsers answer `Ok(None)` until the buffer holds a whole message. [`handshake`] drives them over a socket
@@ -48,6 +49,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use ss_crypto::{Address, AddressError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::inbound::Users;
+
 /// The protocol version byte that starts every greeting, request and reply.
 pub const VERSION: u8 = 0x05;
 
@@ -55,6 +58,9 @@ pub const VERSION: u8 = 0x05;
 pub const UNSPECIFIED_ADDRESS: Address = Address::Ip(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
 
 const METHOD_NO_AUTH: u8 = 0x00;
+const METHOD_PASSWORD: u8 = 0x02;
+/// RFC 1929's subnegotiation version.
+const PASSWORD_VERSION: u8 = 0x01;
 const METHOD_NONE_ACCEPTABLE: u8 = 0xFF;
 
 /// Room asked of each read: more than the longest greeting (257 bytes) or request (262 bytes), so a client
@@ -158,6 +164,10 @@ pub enum Socks5Error {
     /// A UDP datagram too short to hold its header.
     #[error("UDP datagram shorter than its SOCKS5 header")]
     TruncatedDatagram,
+    /// Username/password authentication failed (wrong pair or a malformed message); the client has been
+    /// told when it could be.
+    #[error("SOCKS5 username/password authentication failed")]
+    AuthenticationFailed,
     /// The client closed the connection before the handshake was complete.
     #[error("connection closed during the SOCKS5 handshake")]
     UnexpectedEof,
@@ -174,6 +184,27 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Option<(Greeting, usize)>, Socks5Err
     let end = 2 + usize::from(count);
     let Some(methods) = buf.get(2..end) else { return Ok(None) };
     Ok(Some((Greeting { methods: methods.to_vec() }, end)))
+}
+
+/// An RFC 1929 user name and password, as sent.
+pub type Credentials = (Vec<u8>, Vec<u8>);
+
+/// Parses an RFC 1929 username/password message at the start of `buf`; `Ok(None)` until it is complete.
+///
+/// ```text
+/// | VER 01 | ULEN | UNAME | PLEN | PASSWD |
+/// ```
+pub fn parse_password(buf: &[u8]) -> Result<Option<(Credentials, usize)>, Socks5Error> {
+    let Some(&version) = buf.first() else { return Ok(None) };
+    if version != PASSWORD_VERSION {
+        return Err(Socks5Error::AuthenticationFailed);
+    }
+    let Some(&user_len) = buf.get(1) else { return Ok(None) };
+    let user_end = 2 + usize::from(user_len);
+    let Some(&password_len) = buf.get(user_end) else { return Ok(None) };
+    let end = user_end + 1 + usize::from(password_len);
+    let Some(password) = buf.get(user_end + 1..end) else { return Ok(None) };
+    Ok(Some(((buf[2..user_end].to_vec(), password.to_vec()), end)))
 }
 
 /// Parses a request at the start of `buf`; `Ok(None)` until it is complete.
@@ -215,14 +246,31 @@ pub fn encode_reply(reply: Reply, bound: &Address, out: &mut Vec<u8>) {
 /// [`Handshake::early`]. The function returns at EOF, but a client that stalls can hold it forever:
 /// callers bound it with a timeout.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<Handshake, Socks5Error> {
+    handshake_with(stream, None).await
+}
+
+/// [`handshake`], requiring username/password authentication (RFC 1929) against `users` when given.
+pub async fn handshake_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    users: Option<&Users>,
+) -> Result<Handshake, Socks5Error> {
     let mut buf = Vec::with_capacity(READ_CHUNK);
 
     let greeting = read_message(stream, &mut buf, parse_greeting).await?;
-    if !greeting.offers_no_auth() {
+    let wanted = if users.is_some() { METHOD_PASSWORD } else { METHOD_NO_AUTH };
+    if !greeting.methods.contains(&wanted) {
         stream.write_all(&[VERSION, METHOD_NONE_ACCEPTABLE]).await?;
         return Err(Socks5Error::NoAcceptableMethod);
     }
-    stream.write_all(&[VERSION, METHOD_NO_AUTH]).await?;
+    stream.write_all(&[VERSION, wanted]).await?;
+    if let Some(users) = users {
+        let (user, password) = read_message(stream, &mut buf, parse_password).await?;
+        let allowed = users.check(&user, &password);
+        stream.write_all(&[PASSWORD_VERSION, if allowed { 0x00 } else { 0x01 }]).await?;
+        if !allowed {
+            return Err(Socks5Error::AuthenticationFailed);
+        }
+    }
 
     match read_message(stream, &mut buf, parse_request).await {
         Ok(request) => Ok(Handshake { request, early: buf }),
@@ -556,6 +604,44 @@ mod tests {
             let ((), (request, payload)) = tokio::join!(talk, listen);
             assert_eq!((request, payload.as_slice()), (expected, &b"data"[..]));
         }
+    }
+
+    #[test]
+    fn password_messages_parse_and_need_every_byte() {
+        let message = [1, 5, b'a', b'l', b'i', b'c', b'e', 2, b'p', b'w'];
+        for len in 0..message.len() {
+            assert!(matches!(parse_password(&message[..len]), Ok(None)), "cut at {len}");
+        }
+        let ((user, password), used) = parse_password(&concat(&[&message, b"x"])).unwrap().unwrap();
+        assert_eq!((user.as_slice(), password.as_slice(), used), (&b"alice"[..], &b"pw"[..], message.len()));
+        assert!(matches!(parse_password(&[5, 1, 0]), Err(Socks5Error::AuthenticationFailed)));
+    }
+
+    #[tokio::test]
+    async fn with_users_only_the_right_password_gets_through() {
+        let users = Users::new([("alice", "pw")]);
+        let request = &sample_requests()[0].0;
+        let login = |password: &[u8]| {
+            concat(&[&[5, 1, 2], &[1, 5], b"alice", &[password.len() as u8], password, request])
+        };
+        let mut client = Scripted::new(login(b"pw"), vec![]);
+        let handshake = handshake_with(&mut client, Some(&users)).await.unwrap();
+        assert_eq!(handshake.request, sample_requests()[0].1);
+        assert_eq!(client.written, [5, 2, 1, 0], "method 2 chosen, then status 0");
+
+        let mut client = Scripted::new(login(b"nope"), vec![]);
+        assert!(matches!(
+            handshake_with(&mut client, Some(&users)).await,
+            Err(Socks5Error::AuthenticationFailed)
+        ));
+        assert_eq!(client.written, [5, 2, 1, 1], "status 1, and no request read");
+
+        let mut client = Scripted::new(concat(&[GREETING, request]), vec![]);
+        assert!(matches!(
+            handshake_with(&mut client, Some(&users)).await,
+            Err(Socks5Error::NoAcceptableMethod)
+        ));
+        assert_eq!(client.written, [5, 0xFF], "no-auth only is not enough");
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use crate::socks5::{self, Reply};
 use crate::udp_direct::Direct;
 use crate::Server;
 
-const MAX_DATAGRAM: usize = 65_535;
+pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 /// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
 pub(crate) async fn associate(
@@ -152,13 +152,14 @@ async fn downlink(
     }
 }
 
-/// The client half of the datagram protocol for one association.
-enum Codec {
+/// The client half of the datagram protocol for one association (also the tunnel's and redir's, in
+/// `nat.rs`).
+pub(crate) enum Codec {
     Classic(UdpClassic),
     Aead2022(Box<Session2022>),
 }
 
-struct Session2022 {
+pub(crate) struct Session2022 {
     cipher: Udp2022,
     session_id: u64,
     state: Mutex<SessionState>,
@@ -221,7 +222,7 @@ impl ServerSessions {
 
 impl Codec {
     /// `None` only if the key does not fit the method.
-    fn new(method: Method, key: &Key) -> Option<Codec> {
+    pub(crate) fn new(method: Method, key: &Key) -> Option<Codec> {
         let Some(cipher) = Udp2022::new(method, key) else {
             return UdpClassic::new(method, key).map(Codec::Classic);
         };
@@ -232,7 +233,7 @@ impl Codec {
         })))
     }
 
-    fn seal(&self, target: &Address, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+    pub(crate) fn seal(&self, target: &Address, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         match self {
             Codec::Classic(cipher) => {
                 cipher.seal(Salt::random(cipher.method(), &mut OsRng), target, payload, out)
@@ -257,7 +258,7 @@ impl Codec {
     }
 
     /// Opens a server datagram; `None` drops it (bad tag, another session's reply, replayed packet).
-    fn open(&self, packet: &mut [u8]) -> Option<(Address, Range<usize>)> {
+    pub(crate) fn open(&self, packet: &mut [u8]) -> Option<(Address, Range<usize>)> {
         match self {
             Codec::Classic(cipher) => cipher.open(packet).ok(),
             Codec::Aead2022(session) => {

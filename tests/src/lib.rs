@@ -6,6 +6,7 @@ pub mod plugins;
 pub mod skip;
 pub mod subprocess;
 pub mod udp;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -336,7 +336,6 @@ async fn each_binary_lists_and_takes_only_its_own_flags_and_names_the_other() {
         (&["--allow-private-targets"], "--allow-private-targets"),
         (&["-d", "127.0.0.1"], "--nameserver"),
         (&["--replay-snapshot", "off"], "--replay-snapshot"),
-        (&["--udp-timeout", "5"], "--udp-timeout"),
         (&["--generate-key"], "--generate-key"),
     ];
     for (name, binary, own, foreign, other) in [

@@ -4,11 +4,12 @@
 //!
 //! - [`process`]: finding the binaries, starting a pair, CPU time and RSS from `/proc`.
 //! - [`targets`]: the in-process loopback servers the tunnel leads to (bulk source/sink, echo, UDP echo).
-//! - [`socks5`]: the load generator's SOCKS5 client.
+//! - [`socks5`]: the load generator's SOCKS5 client; [`http_connect`]: its HTTP CONNECT client.
 //! - [`workloads`]: the measurements.
 //! - [`suite`]: the order of the run and the workload sizes.
 //! - [`report`]: medians, ratios and the markdown report.
 
+pub mod http_connect;
 pub mod process;
 pub mod report;
 pub mod socks5;

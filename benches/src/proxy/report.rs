@@ -24,6 +24,10 @@ pub enum Metric {
     BulkDownParallel,
     /// CPU time (user + sys, server + local) over the single-stream transfers, ms per MB moved.
     CpuPerMb,
+    /// Single-stream download through an HTTP CONNECT tunnel on the same port, MB/s (ours only).
+    ConnectBulkDown,
+    /// Single-stream upload through an HTTP CONNECT tunnel, MB/s (ours only).
+    ConnectBulkUp,
     /// Request/response median latency, µs.
     RequestP50,
     /// Request/response 99th percentile latency, µs.
@@ -46,11 +50,13 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in table row order.
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 15] = [
         Metric::BulkDown,
         Metric::BulkUp,
         Metric::BulkDownParallel,
         Metric::CpuPerMb,
+        Metric::ConnectBulkDown,
+        Metric::ConnectBulkUp,
         Metric::RequestP50,
         Metric::RequestP99,
         Metric::RequestRate,
@@ -68,6 +74,8 @@ impl Metric {
             self,
             Metric::BulkDown
                 | Metric::BulkUp
+                | Metric::ConnectBulkDown
+                | Metric::ConnectBulkUp
                 | Metric::BulkDownParallel
                 | Metric::RequestRate
                 | Metric::ConnectRate
@@ -85,6 +93,8 @@ impl Metric {
                 format!("bulk down, {} streams, {mib} MiB in all (MB/s)", sizes.streams)
             }
             Metric::CpuPerMb => "CPU user+sys, server+local, 1-stream bulk (ms/MB)".to_owned(),
+            Metric::ConnectBulkDown => format!("bulk down via HTTP CONNECT, 1 stream, {mib} MiB (MB/s)"),
+            Metric::ConnectBulkUp => format!("bulk up via HTTP CONNECT, 1 stream, {mib} MiB (MB/s)"),
             Metric::RequestP50 => format!("req/resp p50, {} conns (µs)", sizes.request_connections),
             Metric::RequestP99 => format!("req/resp p99, {} conns (µs)", sizes.request_connections),
             Metric::RequestRate => format!("req/resp rate, {} conns (req/s)", sizes.request_connections),

@@ -7,9 +7,10 @@
 //! ```
 //!
 //! Per pair: fresh RSS, then RSS per idle connection (while the processes are still fresh, so memory freed
-//! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), bulk over
-//! several streams, request/response, connection rate, UDP. A failed step is recorded and the pair moves
-//! on to its next step; a dead process ends the pair's round.
+//! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), the same
+//! through an HTTP CONNECT tunnel on the same port (ours only), bulk over several streams,
+//! request/response, connection rate, UDP. A failed step is recorded and the pair moves on to its next
+//! step; a dead process ends the pair's round.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio::time::timeout;
 use super::process::{clock_ticks_per_second, Flavour, Implementation, Pair};
 use super::report::{Metric, Results};
 use super::targets::Targets;
-use super::workloads::{self, Direction};
+use super::workloads::{self, Direction, Front};
 
 /// How much each workload does.
 #[derive(Clone, Debug)]
@@ -182,6 +183,35 @@ impl PairRun<'_> {
         };
         if !self.step(&pair, "bulk, 1 stream", bulk_limit * 2, single).await {
             return;
+        }
+
+        // Ours only (the peers' default local ports speak SOCKS5 alone), right after the SOCKS5 figures
+        // it is compared with, so both meet the processes in the same state.
+        if self.flavour == Flavour::Ours {
+            let connect = async {
+                let down = workloads::bulk_via(
+                    Front::HttpConnect,
+                    socks,
+                    targets.bulk,
+                    Direction::Down,
+                    1,
+                    sizes.bulk_bytes,
+                )
+                .await?;
+                let up = workloads::bulk_via(
+                    Front::HttpConnect,
+                    socks,
+                    targets.bulk,
+                    Direction::Up,
+                    1,
+                    sizes.bulk_bytes,
+                )
+                .await?;
+                Ok(vec![(Metric::ConnectBulkDown, down), (Metric::ConnectBulkUp, up)])
+            };
+            if !self.step(&pair, "bulk via HTTP CONNECT", bulk_limit * 2, connect).await {
+                return;
+            }
         }
 
         let parallel = async {

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
+use super::http_connect;
 use super::socks5::{self, UdpAssociation};
 use super::targets::{self, IO_CHUNK};
 
@@ -26,6 +27,15 @@ pub enum Direction {
     Up,
 }
 
+/// How the load generator opens its tunnels through the proxy's port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    /// SOCKS5 CONNECT.
+    Socks5,
+    /// HTTP CONNECT (ss-local's HTTP front end on the same port).
+    HttpConnect,
+}
+
 /// Moves `total` bytes in `direction` over `streams` connections at once (an equal share each) through
 /// the proxy at `socks` to the bulk target; returns MB/s (10^6 bytes per second) of payload.
 pub async fn bulk(
@@ -35,10 +45,26 @@ pub async fn bulk(
     streams: usize,
     total: u64,
 ) -> Result<f64> {
+    bulk_via(Front::Socks5, socks, target, direction, streams, total).await
+}
+
+/// [`bulk`], with the tunnels opened through `front`.
+pub async fn bulk_via(
+    front: Front,
+    proxy: SocketAddr,
+    target: SocketAddr,
+    direction: Direction,
+    streams: usize,
+    total: u64,
+) -> Result<f64> {
     let share = total / streams as u64;
     let mut connections = Vec::with_capacity(streams);
     for _ in 0..streams {
-        connections.push(socks5::connect(socks, target).await.context("SOCKS5 connect")?);
+        let stream = match front {
+            Front::Socks5 => socks5::connect(proxy, target).await.context("SOCKS5 connect")?,
+            Front::HttpConnect => http_connect::connect(proxy, target).await.context("HTTP CONNECT")?,
+        };
+        connections.push(stream);
     }
     let source: Arc<[u8]> = targets::pattern(IO_CHUNK).into();
     let started = Instant::now();

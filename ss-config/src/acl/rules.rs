@@ -141,6 +141,23 @@ impl RuleSet {
         !self.ipv4.is_empty() || !self.ipv6.is_empty()
     }
 
+    /// The list as data.
+    pub(super) fn rules(&self) -> super::ListRules {
+        let sorted = |set: &HashSet<String>| {
+            let mut list: Vec<String> = set.iter().cloned().collect();
+            list.sort_unstable();
+            list
+        };
+        let mut nets: Vec<IpNet> = self.ipv4.iter().map(IpNet::V4).collect();
+        nets.extend(self.ipv6.iter().map(IpNet::V6));
+        super::ListRules {
+            suffixes: sorted(&self.suffixes),
+            exact: sorted(&self.exact),
+            regexes: self.regexes.as_ref().map(|set| set.patterns().to_vec()).unwrap_or_default(),
+            nets,
+        }
+    }
+
     /// Whether an address is in this list. IPv4-mapped IPv6 addresses count as IPv4.
     pub(super) fn matches_ip(&self, ip: IpAddr) -> bool {
         match ip.to_canonical() {

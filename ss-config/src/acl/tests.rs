@@ -262,3 +262,16 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn route_lists_give_each_lists_rules_as_data() {
+    let parsed = Acl::parse(b"[bypass_all]\n[proxy_list]\n||Example.com\n|exact.example\n^rx[0-9]+\\.test$\n10.1.0.0/16\n10.0.0.0/8\n[bypass_list]\n::1\n").unwrap();
+    assert!(parsed.acl.bypasses_by_default());
+    let (bypass, proxy) = parsed.acl.route_lists();
+    assert_eq!(proxy.suffixes, ["example.com"]);
+    assert_eq!(proxy.exact, ["exact.example"]);
+    assert_eq!(proxy.regexes, [r"^rx[0-9]+\.test$"]);
+    assert_eq!(proxy.nets, ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()], "overlapping blocks merged");
+    assert_eq!(bypass.nets, ["::1/128".parse::<ipnet::IpNet>().unwrap()]);
+    assert!(bypass.suffixes.is_empty() && bypass.exact.is_empty() && bypass.regexes.is_empty());
+}

@@ -1,0 +1,158 @@
+//! Headless Chromium on ss-local's one port as an HTTP proxy (`--proxy-server=http://...`) and from
+//! the port's PAC file (`--proxy-pac-url=http://.../proxy.pac`, which says SOCKS5 first), loading a
+//! page through ss-local -> ss-server (in-process, loopback).
+//!
+//! Proof that the page came through the chain: its host name ([`NAME`], dotless so the bypass rule
+//! below leaves it to the proxy) is known only to the test's DNS server, which only ss-server asks, and
+//! the page carries a token unique to the run, seen by the target in its request line.
+//!
+//! No test traffic leaves the machine: with `--proxy-server`, every dotted name (Chromium's own
+//! background calls) is sent direct and fails in the browser's resolver rules; with the PAC everything
+//! goes to ss-server, whose resolver is the test DNS server, which knows only [`NAME`].
+//!
+//! Chromium comes from the Debian package `chromium`: with `CI` set a missing browser fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rand_core::{OsRng, RngCore};
+use ss_crypto::Method;
+use ss_tests::dns::{Behaviour, TestDns};
+use ss_tests::web::WebTarget;
+use ss_tests::*;
+use tokio::process::Command;
+use tokio::time::timeout;
+
+const NAME: &str = "sspage";
+const METHOD: Method = Method::Blake3Aes256Gcm;
+const BROWSER_RUN: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_through_the_http_proxy_and_through_the_pac_file() {
+    let Some(chromium) = chromium() else { return };
+    let dns =
+        TestDns::start(&[(NAME, Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 })]).await;
+    let mut settings = server_settings(METHOD);
+    settings.resolve =
+        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
+    let server = start_server(settings).await;
+    let local = start_local(local_settings(METHOD, server.addr)).await;
+    let target = WebTarget::start(None).await;
+
+    let http_proxy = [
+        format!("--proxy-server=http://{}", local.addr),
+        // Loopback and dotless names through the proxy, every dotted name direct (and failed below).
+        "--proxy-bypass-list=<-loopback>;*.*".to_owned(),
+    ];
+    let pac = [format!("--proxy-pac-url=http://{}/proxy.pac", local.addr)];
+    for (mode, flags) in [("HTTP proxy", &http_proxy[..]), ("PAC", &pac[..])] {
+        let token = format!("tok{:016x}", OsRng.next_u64());
+        let url = format!("http://{NAME}:{}/{token}", target.addr.port());
+        let run = dump_dom(&chromium, flags, &url).await;
+        assert!(run.dom.contains(&format!("path=/{token}")), "{mode}: the page did not load\n{run}");
+        assert_eq!(target.seen_with(&token).len(), 1, "{mode}: {:?}", target.seen());
+    }
+    assert!(dns.queries(NAME) > 0, "ss-server never resolved {NAME}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_the_acl_written_into_the_pac_file() {
+    let Some(chromium) = chromium() else { return };
+    let loopback = || Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 };
+    let names = [NAME, "bypassed.test", "www.bypassed.test", "rx7.test"];
+    let dns = TestDns::start(&names.map(|name| (name, loopback()))).await;
+    let mut settings = server_settings(METHOD);
+    settings.resolve =
+        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
+    let server = start_server(settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let acl_path = dir.path().join("local.acl");
+    // A domain with its subdomains, a regex, and a net (which makes the PAC resolve unlisted names).
+    std::fs::write(&acl_path, "[proxy_all]\n[bypass_list]\n||bypassed.test\n^rx[0-9]+\\.test$\n10.0.0.0/8\n")
+        .unwrap();
+    let target = WebTarget::start(None).await;
+
+    for with_acl in [true, false] {
+        let mut settings = local_settings(METHOD, server.addr);
+        settings.resolve.nameservers = vec![dns.addr];
+        if with_acl {
+            settings.acl = Some(ss_net::SharedAcl::load(&acl_path).unwrap());
+        }
+        let local = start_local(settings).await;
+        let pac = [format!("--proxy-pac-url=http://{}/proxy.pac", local.addr)];
+        for name in names {
+            let token = format!("tok{:016x}", OsRng.next_u64());
+            let run =
+                dump_dom(&chromium, &pac, &format!("http://{name}:{}/{token}", target.addr.port())).await;
+            let loaded = run.dom.contains(&format!("path=/{token}"));
+            // With the ACL, bypassed names go DIRECT, where the browser's resolver rules fail them.
+            let proxied = !with_acl || name == NAME;
+            assert_eq!(loaded, proxied, "{name}, ACL {with_acl}\n{run}");
+            assert_eq!(target.seen_with(&token).len(), usize::from(proxied), "{name}, ACL {with_acl}");
+        }
+    }
+}
+
+/// What one `chromium --dump-dom` run printed.
+#[derive(Debug)]
+struct BrowserRun {
+    dom: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for BrowserRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let relevant: Vec<&str> = self.stderr.lines().filter(|line| !line.contains("bus")).collect();
+        write!(
+            f,
+            "--- DOM ---\n{}\n--- chromium stderr (D-Bus lines left out) ---\n{}",
+            self.dom,
+            relevant.join("\n")
+        )
+    }
+}
+
+/// Runs headless Chromium with `proxy_flags` and a fresh profile, and returns the DOM it dumps for `url`.
+async fn dump_dom(chromium: &Path, proxy_flags: &[String], url: &str) -> BrowserRun {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut command = Command::new(chromium);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(proxy_flags)
+        .arg("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+        .arg("--dump-dom")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap_or_else(|error| panic!("spawn {}: {error}", chromium.display()));
+    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
+    let output = timeout(BROWSER_RUN, child.wait_with_output()).await;
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    let output = output.expect("chromium did not finish in time").expect("wait for chromium");
+    BrowserRun {
+        dom: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn chromium() -> Option<PathBuf> {
+    ss_tests::peers::program("chromium", "apt-get install chromium")
+}
