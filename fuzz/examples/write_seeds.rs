@@ -85,6 +85,13 @@ fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
     write("front_parse", "basic", b"Basic dXNlcjpwYXNzd29yZA==");
 
     write("config_json", "example", include_bytes!("../../config.example.json"));
+    write("config_json", "users", include_bytes!("../../config.users.example.json"));
+    write(
+        "users_json",
+        "two-users",
+        br#"[{"name":"alice","password":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+{"name":"bob","password":"a classic password"}]"#,
+    );
     write(
         "config_json",
         "libev",

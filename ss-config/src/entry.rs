@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 
 use ss_crypto::{Key, Method};
 
+use crate::users::UserList;
 use crate::ConfigError;
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
@@ -23,6 +24,11 @@ pub struct ServerEntry {
     pub password_is_weak: bool,
     /// The SIP003 plugin in front of this server (ss-server: listening for it; ss-local: dialling it).
     pub plugin: Option<Plugin>,
+    /// ss-server: the users of a multi-user entry (`users`, `users_file`); `None` for one key.
+    pub users: Option<UserList>,
+    /// ss-local: the identity PSKs of a `password: "iPSK:uPSK"` chain (SIP023, AES 2022 methods), in
+    /// order; `key` is then the uPSK. Empty for a plain key.
+    pub identity_keys: Vec<Key>,
     /// What an `ss://` link carries as the password: the classic password as configured, or the 2022
     /// key in base64. `None` for a classic method configured by its raw `key`, which no link can carry.
     pub password: Option<String>,
@@ -40,6 +46,8 @@ impl std::fmt::Debug for ServerEntry {
             .field("key", &self.key)
             .field("password_is_weak", &self.password_is_weak)
             .field("plugin", &self.plugin)
+            .field("users", &self.users)
+            .field("identity_keys", &self.identity_keys)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tag", &self.tag)
             .finish()

@@ -56,6 +56,7 @@ mod raw;
 mod servers;
 pub mod share;
 mod url;
+pub mod users;
 
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};

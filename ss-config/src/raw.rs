@@ -107,6 +107,10 @@ pub struct RawConfig {
     pub online_config: Option<crate::online::RawOnlineConfig>,
     /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
     pub socks5_auth_config_path: Option<PathBuf>,
+    /// `users`: the users of a multi-user server ([`crate::users`]).
+    pub users: Option<Vec<crate::users::RawUser>>,
+    /// `users_file` (ours): a JSON list of users, re-read on SIGHUP.
+    pub users_file: Option<PathBuf>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.
@@ -136,6 +140,10 @@ pub struct RawServer {
     pub plugin_args: Option<Vec<String>>,
     /// `plugin_mode` of this entry's own plugin.
     pub plugin_mode: Option<String>,
+    /// `users` of this entry (else the top level's).
+    pub users: Option<Vec<crate::users::RawUser>>,
+    /// `users_file` of this entry (else the top level's).
+    pub users_file: Option<PathBuf>,
     /// `remarks` (SIP008, shadowsocks-rust) or `tag`: the server's display name, the `#tag` of its link.
     #[serde(alias = "tag")]
     pub remarks: Option<String>,

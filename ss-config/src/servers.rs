@@ -28,6 +28,7 @@ use ss_crypto::{is_weak_password, Key, Method};
 use crate::entry::{split_host_port, HostPortError, Mode, Plugin, ServerEntry};
 use crate::raw::{RawConfig, RawServer};
 use crate::url::{parse_ss_url, ServerUrl};
+use crate::users::{check_users, uses_identity_headers, RawUser};
 use crate::{CliArgs, ConfigError};
 
 /// Builds the server list, `urls` last; at least one entry or an error.
@@ -47,6 +48,7 @@ pub(crate) fn resolve(
         method: method("method", args.method.as_deref().or(raw.method.as_deref()))?,
         credential: cli_credential.clone().or(file_credential),
         plugin: top_plugin(raw, args)?,
+        users: Users::of("", raw.users.as_deref(), raw.users_file.as_deref()),
     };
     let hosts = if args.server.is_empty() { raw.server.as_deref().unwrap_or_default() } else { &args.server };
     let mut entries = Vec::new();
@@ -73,6 +75,8 @@ pub(crate) fn resolve(
                 .or(Credential::of(&prefix, server.key.as_deref(), server.password.as_deref()))
                 .or(top.credential.clone()),
             plugin: entry_plugin(&prefix, server, args, &top.plugin)?,
+            users: Users::of(&prefix, server.users.as_deref(), server.users_file.as_deref())
+                .or(top.users.clone()),
         };
         let entry = settings.entry(&prefix, host)?;
         entries.push(ServerEntry { tag: server.remarks.clone().filter(|tag| !tag.is_empty()), ..entry });
@@ -170,6 +174,29 @@ struct Settings<'a> {
     method: Option<Method>,
     credential: Option<Credential<'a>>,
     plugin: Option<Plugin>,
+    users: Option<Users<'a>>,
+}
+
+/// The `users` and `users_file` of one level, with the prefix that names them.
+#[derive(Clone)]
+struct Users<'a> {
+    prefix: String,
+    inline: &'a [RawUser],
+    file: Option<&'a std::path::Path>,
+}
+
+impl<'a> Users<'a> {
+    fn of(
+        prefix: &str,
+        inline: Option<&'a [RawUser]>,
+        file: Option<&'a std::path::Path>,
+    ) -> Option<Users<'a>> {
+        (inline.is_some() || file.is_some()).then(|| Users {
+            prefix: prefix.to_string(),
+            inline: inline.unwrap_or_default(),
+            file,
+        })
+    }
 }
 
 /// A base64 key or a password, with the field it came from.
@@ -194,6 +221,9 @@ impl Settings<'_> {
                         chacha20-ietf-poly1305 as shadowsocks-libev assumes)";
             ConfigError::field_error(format!("{prefix}method"), hint)
         })?;
+        if let Some(users) = &self.users {
+            return self.multi_user_entry(prefix, host, port, method, users);
+        }
         let Some(credential) = &self.credential else {
             let hint = "missing (set \"password\" in the config or -k)";
             return Err(ConfigError::field_error(format!("{prefix}password"), hint));
@@ -201,20 +231,92 @@ impl Settings<'_> {
         if credential.text.is_empty() {
             return Err(ConfigError::field_error(credential.field.as_str(), "empty"));
         }
-        let key = if credential.is_key {
-            Key::from_base64(method, credential.text)
-        } else {
-            Key::from_config_password(method, credential.text)
-        }
-        .map_err(|error| ConfigError::field_error(credential.field.as_str(), error.to_string()))?;
+        let field_error = |error: ss_crypto::KeyError| {
+            ConfigError::field_error(credential.field.as_str(), error.to_string())
+        };
+        let chain = credential_chain(method, credential);
+        let (identity_keys, key) = match chain {
+            Some((ipsks, upsk)) => {
+                let ipsks = ipsks.map(|text| Key::from_base64(method, text)).collect::<Result<_, _>>();
+                (ipsks.map_err(field_error)?, Key::from_base64(method, upsk).map_err(field_error)?)
+            }
+            None if credential.is_key => {
+                (Vec::new(), Key::from_base64(method, credential.text).map_err(field_error)?)
+            }
+            None => (Vec::new(), Key::from_config_password(method, credential.text).map_err(field_error)?),
+        };
         let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
+        // What a link carries: not an identity chain (SIP002 has no form for it), nor a classic raw key.
         let password = match (method.is_2022(), credential.is_key) {
+            _ if !identity_keys.is_empty() => None,
             (true, _) => Some(key.to_base64()),
             (false, false) => Some(credential.text.to_string()),
             (false, true) => None,
         };
         let plugin = self.plugin.clone();
-        Ok(ServerEntry { host, port, method, key, password_is_weak, plugin, password, tag: None })
+        let users = None;
+        Ok(ServerEntry {
+            host,
+            port,
+            method,
+            key,
+            password_is_weak,
+            plugin,
+            users,
+            identity_keys,
+            password,
+            tag: None,
+        })
+    }
+
+    /// An entry with `users`: the credential is the iPSK of an AES 2022 method and must be absent for
+    /// the methods without identity headers (their users are found by trial decryption).
+    fn multi_user_entry(
+        &self,
+        prefix: &str,
+        host: String,
+        port: u16,
+        method: Method,
+        users: &Users<'_>,
+    ) -> Result<ServerEntry, ConfigError> {
+        let list = check_users(method, &users.prefix, users.inline, users.file)?;
+        let key = match (&self.credential, uses_identity_headers(method)) {
+            (Some(credential), true) => Key::from_base64(method, credential.text)
+                .map_err(|error| ConfigError::field_error(credential.field.as_str(), error.to_string()))?,
+            (None, true) => {
+                let hint = "missing: with users, the password is the server's identity PSK (iPSK)";
+                return Err(ConfigError::field_error(format!("{prefix}password"), hint));
+            }
+            (Some(credential), false) => {
+                let message = format!(
+                    "with users, {method} has no server key (no identity headers): remove it, each client \
+                     uses its user's password"
+                );
+                return Err(ConfigError::field_error(credential.field.as_str(), message));
+            }
+            (None, false) => match list.users.first() {
+                // Never used to open a stream: every stream is opened with the key of its user.
+                Some(first) => first.key.clone(),
+                None => {
+                    let message = "no user at all (add users, or users to the users_file)";
+                    return Err(ConfigError::field_error(format!("{}users", users.prefix), message));
+                }
+            },
+        };
+        let plugin = self.plugin.clone();
+        let users = Some(list);
+        Ok(ServerEntry {
+            host,
+            port,
+            method,
+            key,
+            password_is_weak: false,
+            plugin,
+            users,
+            identity_keys: Vec::new(),
+            password: None,
+            tag: None,
+        })
     }
 }
 
@@ -229,6 +331,19 @@ impl<'a> Credential<'a> {
             (None, None) => None,
         }
     }
+}
+
+/// A client's `iPSK:...:uPSK` chain (shadowsocks-rust's form; AES 2022 methods only): the iPSKs and the
+/// uPSK. `None` for a plain key or password.
+fn credential_chain<'a>(
+    method: Method,
+    credential: &Credential<'a>,
+) -> Option<(impl Iterator<Item = &'a str>, &'a str)> {
+    if !uses_identity_headers(method) {
+        return None;
+    }
+    let (ipsks, upsk) = credential.text.rsplit_once(':')?;
+    Some((ipsks.split(':'), upsk))
 }
 
 fn method(field: &str, name: Option<&str>) -> Result<Option<Method>, ConfigError> {
@@ -262,6 +377,8 @@ impl ServerUrl {
             key: self.key().clone(),
             password_is_weak: !self.method().is_2022() && is_weak_password(self.password()),
             plugin: self.plugin.clone(),
+            users: None,
+            identity_keys: Vec::new(),
             password: Some(self.password().to_string()),
             tag: self.tag.clone(),
         }
@@ -272,6 +389,12 @@ impl ServerEntry {
     /// The server as an `ss://` URL ([`ServerUrl::to_entry`] gives it back), or why it has none. The
     /// plugin's `plugin_args` and `plugin_mode` have no place in a URL and are left out.
     pub fn to_url(&self) -> Result<ServerUrl, &'static str> {
+        if self.users.is_some() {
+            return Err("a multi-user entry has no one link (each user has their own key)");
+        }
+        if !self.identity_keys.is_empty() {
+            return Err("an identity-key chain (iPSK:uPSK) has no SIP002 link form");
+        }
         let password =
             self.password.clone().ok_or("a classic method given by its raw key has no link form")?;
         let mut url = ServerUrl::new(self.host.clone(), self.port, self.method, password)

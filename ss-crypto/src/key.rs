@@ -153,6 +153,11 @@ impl Key {
         subkey
     }
 
+    /// A key of whatever length `bytes` has (at most 32): derived keys inside the crate.
+    pub(crate) fn from_raw(bytes: &[u8]) -> Key {
+        Key::copy_of(&bytes[..bytes.len().min(MAX_KEY_LEN)])
+    }
+
     fn copy_of(bytes: &[u8]) -> Key {
         let mut key = Key { bytes: [0; MAX_KEY_LEN], len: bytes.len() };
         key.bytes[..bytes.len()].copy_from_slice(bytes);

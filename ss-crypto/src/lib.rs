@@ -26,6 +26,7 @@
 
 mod address;
 mod cipher;
+pub mod identity;
 mod key;
 mod method;
 pub mod tcp;

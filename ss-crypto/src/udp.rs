@@ -185,6 +185,15 @@ pub struct Udp2022 {
     method: Method,
     key: Key,
     block: Block,
+    /// A client of a multi-user server (SIP023): the iPSK chain its packets name the key with.
+    identity: Option<Box<ClientIdentity>>,
+}
+
+/// What a multi-user client adds to each packet: the separate header encrypted with the first iPSK,
+/// then one identity header per iPSK.
+struct ClientIdentity {
+    first: Block,
+    keys: Vec<Key>,
 }
 
 /// The PSK in the form each variant needs per packet.
@@ -210,7 +219,49 @@ impl Udp2022 {
             | Method::ChaCha20IetfPoly1305
             | Method::XChaCha20IetfPoly1305 => return None,
         };
-        Some(Udp2022 { method, key: key.clone(), block })
+        Some(Udp2022 { method, key: key.clone(), block, identity: None })
+    }
+
+    /// A client's cipher for a multi-user server (SIP023, AES methods): packets carry the separate
+    /// header encrypted with the first of `identity_keys`, one identity header per key naming the next
+    /// (the last names `user_key`), and a body under `user_key`, which also opens the server's replies.
+    /// With no identity keys this is [`Udp2022::new`]; `None` for a method without identity headers.
+    pub fn with_identity(method: Method, identity_keys: &[Key], user_key: &Key) -> Option<Udp2022> {
+        let mut cipher = Udp2022::new(method, user_key)?;
+        let Some(first) = identity_keys.first() else { return Some(cipher) };
+        if !crate::identity::supports_identity_headers(method) {
+            return None;
+        }
+        let first = Udp2022::new(method, first)?.block;
+        cipher.identity = Some(Box::new(ClientIdentity { first, keys: identity_keys.to_vec() }));
+        Some(cipher)
+    }
+
+    /// Server side of SIP023: the plain separate header of a client packet, decrypted with this
+    /// cipher's key (the server's iPSK). `None` for the ChaCha20 method and for a short packet.
+    pub fn separate_header(&self, packet: &[u8]) -> Option<[u8; SEPARATE_HEADER_LEN]> {
+        if matches!(self.block, Block::XChaCha(_)) {
+            return None;
+        }
+        let mut separate: [u8; SEPARATE_HEADER_LEN] = packet.get(..SEPARATE_HEADER_LEN)?.try_into().ok()?;
+        self.decrypt_block(&mut separate);
+        Some(separate)
+    }
+
+    /// Opens a client packet that carries one identity header (SIP023) in place; this cipher's key is
+    /// the user's uPSK, `separate` the plain separate header ([`Udp2022::separate_header`] under the
+    /// iPSK). AES methods only.
+    pub fn open_identified(
+        &self,
+        packet: &mut [u8],
+        separate: &[u8; SEPARATE_HEADER_LEN],
+        now: u64,
+    ) -> Result<Opened2022, UdpError> {
+        let body_start = SEPARATE_HEADER_LEN + crate::identity::IDENTITY_HEADER_LEN;
+        if matches!(self.block, Block::XChaCha(_)) || packet.len() < body_start + TAG_LEN {
+            return Err(UdpError::Truncated);
+        }
+        self.open_aes_body(packet, separate, body_start, now, Origin::Client)
     }
 
     /// The method.
@@ -223,7 +274,10 @@ impl Udp2022 {
         let body_header = 1 + 8 + 8 + 2 + TAG_LEN;
         match self.block {
             Block::XChaCha(_) => XNONCE_LEN + 16 + body_header,
-            _ => SEPARATE_HEADER_LEN + body_header,
+            _ => {
+                let identity = self.identity.as_ref().map_or(0, |identity| identity.keys.len());
+                SEPARATE_HEADER_LEN + identity * crate::identity::IDENTITY_HEADER_LEN + body_header
+            }
         }
     }
 
@@ -246,8 +300,21 @@ impl Udp2022 {
         let body_start = match &self.block {
             Block::Aes128(_) | Block::Aes256(_) => {
                 let mut encrypted = separate;
-                self.encrypt_block(&mut encrypted);
+                match &self.identity {
+                    Some(identity) => encrypt_block(&identity.first, &mut encrypted),
+                    None => self.encrypt_block(&mut encrypted),
+                }
                 out.extend_from_slice(&encrypted);
+                if let Some(identity) = &self.identity {
+                    let nexts = identity.keys.iter().skip(1).chain(std::iter::once(&self.key));
+                    for (ipsk, next) in identity.keys.iter().zip(nexts) {
+                        if let Some(header) =
+                            crate::identity::seal_udp_identity(self.method, ipsk, &separate, next)
+                        {
+                            out.extend_from_slice(&header);
+                        }
+                    }
+                }
                 out.len()
             }
             Block::XChaCha(_) => {
@@ -319,19 +386,22 @@ impl Udp2022 {
                 let mut separate = [0u8; SEPARATE_HEADER_LEN];
                 separate.copy_from_slice(&packet[..SEPARATE_HEADER_LEN]);
                 self.decrypt_block(&mut separate);
-                let subkey = self.key.blake3_subkey(&separate[..8]);
-                let nonce = nonce_of(&separate);
-                if !open_with_nonce(
-                    self.method.algorithm(),
-                    subkey.as_bytes(),
-                    &nonce,
-                    &mut packet[SEPARATE_HEADER_LEN..],
-                ) {
-                    return Err(UdpError::AuthFailure);
-                }
-                (u64_at(&separate, 0), u64_at(&separate, 8), SEPARATE_HEADER_LEN)
+                return self.open_aes_body(packet, &separate, SEPARATE_HEADER_LEN, now, origin);
             }
         };
+        self.parse_opened(packet, session_id, packet_id, body_start, now, origin)
+    }
+
+    /// The header, address and payload of an opened packet whose body starts at `body_start`.
+    fn parse_opened(
+        &self,
+        packet: &[u8],
+        session_id: u64,
+        packet_id: u64,
+        body_start: usize,
+        now: u64,
+        origin: Origin,
+    ) -> Result<Opened2022, UdpError> {
         let body = &packet[body_start..packet.len() - TAG_LEN];
         let (header, at) = parse_body_header(body, session_id, packet_id, now, origin)?;
         let (address, used) = Address::parse(&body[at..]).map_err(|_| UdpError::BadAddress)?;
@@ -339,12 +409,26 @@ impl Udp2022 {
         Ok(Opened2022 { header, address, payload: payload_start..packet.len() - TAG_LEN })
     }
 
-    fn encrypt_block(&self, block: &mut [u8; 16]) {
-        match &self.block {
-            Block::Aes128(aes) => aes.encrypt_block(block.into()),
-            Block::Aes256(aes) => aes.encrypt_block(block.into()),
-            Block::XChaCha(_) => {}
+    /// Opens the body of an AES packet that starts at `body_start`, given its plain separate header.
+    fn open_aes_body(
+        &self,
+        packet: &mut [u8],
+        separate: &[u8; SEPARATE_HEADER_LEN],
+        body_start: usize,
+        now: u64,
+        origin: Origin,
+    ) -> Result<Opened2022, UdpError> {
+        let subkey = self.key.blake3_subkey(&separate[..8]);
+        let nonce = nonce_of(separate);
+        if !open_with_nonce(self.method.algorithm(), subkey.as_bytes(), &nonce, &mut packet[body_start..]) {
+            return Err(UdpError::AuthFailure);
         }
+        let (session_id, packet_id) = (u64_at(separate, 0), u64_at(separate, 8));
+        self.parse_opened(packet, session_id, packet_id, body_start, now, origin)
+    }
+
+    fn encrypt_block(&self, block: &mut [u8; 16]) {
+        encrypt_block(&self.block, block);
     }
 
     fn decrypt_block(&self, block: &mut [u8; 16]) {
@@ -353,6 +437,14 @@ impl Udp2022 {
             Block::Aes256(aes) => aes.decrypt_block(block.into()),
             Block::XChaCha(_) => {}
         }
+    }
+}
+
+fn encrypt_block(block_cipher: &Block, block: &mut [u8; 16]) {
+    match block_cipher {
+        Block::Aes128(aes) => aes.encrypt_block(block.into()),
+        Block::Aes256(aes) => aes.encrypt_block(block.into()),
+        Block::XChaCha(_) => {}
     }
 }
 

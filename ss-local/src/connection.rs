@@ -300,7 +300,14 @@ async fn proxied<'a>(
     let (upstream_read, upstream_write) = upstream.into_split();
     let salt = Salt::random(server.method, &mut OsRng);
     let padding = padding(first.is_empty());
-    let encryptor = Encryptor::request(server.method, &server.key, salt, target, &padding);
+    let encryptor = Encryptor::request_with_identity(
+        server.method,
+        &server.identity_keys,
+        &server.key,
+        salt,
+        target,
+        &padding,
+    );
     let mut writer = EncryptWriter::new(upstream_write, encryptor);
     writer.write_all(&first).await?;
     writer.flush().await?;

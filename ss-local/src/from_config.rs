@@ -22,6 +22,7 @@ impl Settings {
             .iter()
             .map(|entry| Server {
                 ipv6_first: config.ipv6_first,
+                identity_keys: entry.identity_keys.clone(),
                 ..Server::new(entry.host.clone(), entry.port, entry.method, entry.key.clone())
             })
             .collect();

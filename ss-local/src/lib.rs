@@ -51,8 +51,11 @@ pub struct Server {
     pub port: u16,
     /// Encryption method.
     pub method: Method,
-    /// Master key.
+    /// Master key; with [`Server::identity_keys`], the user's key (uPSK).
     pub key: Key,
+    /// SIP023 identity PSKs (`password: "iPSK:uPSK"`) for a multi-user server of an AES 2022 method:
+    /// each TCP request names the next key under each of them. Empty for a single-key server.
+    pub identity_keys: Vec<Key>,
     /// A SIP003 plugin in front of this server, if any: what it carries goes to its loopback address.
     pub plugin: Option<PluginRoute>,
     /// Try the IPv6 addresses of the server's name before its IPv4 ones (`ipv6_first`, `-6`); otherwise
@@ -75,7 +78,15 @@ pub struct PluginRoute {
 impl Server {
     /// A server reached directly, without a plugin.
     pub fn new(host: impl Into<String>, port: u16, method: Method, key: Key) -> Server {
-        Server { host: host.into(), port, method, key, plugin: None, ipv6_first: false }
+        Server {
+            host: host.into(),
+            port,
+            method,
+            key,
+            identity_keys: Vec::new(),
+            plugin: None,
+            ipv6_first: false,
+        }
     }
 
     /// Opens a TCP connection to the server, through its plugin when one carries TCP. While the plugin

@@ -98,7 +98,7 @@ impl Nat {
             debug!(%client, max = self.max, "too many UDP associations; datagram dropped");
             return Ok(None);
         }
-        let codec = Codec::new(self.server.method, &self.server.key)
+        let codec = Codec::new(self.server.method, &self.server.identity_keys, &self.server.key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
         let server_addr = self.server.udp_address().await?;
         let unspecified = if server_addr.is_ipv4() {

@@ -42,7 +42,7 @@ pub(crate) async fn associate(
     server: &Server,
     router: Option<&Router>,
 ) -> io::Result<()> {
-    let codec = Codec::new(server.method, &server.key)
+    let codec = Codec::new(server.method, &server.identity_keys, &server.key)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
     let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
@@ -221,9 +221,10 @@ impl ServerSessions {
 }
 
 impl Codec {
-    /// `None` only if the key does not fit the method.
-    pub(crate) fn new(method: Method, key: &Key) -> Option<Codec> {
-        let Some(cipher) = Udp2022::new(method, key) else {
+    /// `None` only if the key does not fit the method. `identity_keys`: a multi-user server's iPSK
+    /// chain (SIP023; `key` is then the uPSK).
+    pub(crate) fn new(method: Method, identity_keys: &[Key], key: &Key) -> Option<Codec> {
+        let Some(cipher) = Udp2022::with_identity(method, identity_keys, key) else {
             return UdpClassic::new(method, key).map(Codec::Classic);
         };
         Some(Codec::Aead2022(Box::new(Session2022 {

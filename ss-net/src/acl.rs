@@ -55,33 +55,13 @@ impl SharedAcl {
         }
     }
 
-    /// Reloads on every SIGHUP until `shutdown` is cancelled. Installing the handler can fail (no
-    /// signal support): the caller reports it at start-up.
-    #[cfg(unix)]
+    /// Reloads on every SIGHUP until `shutdown` is cancelled ([`crate::hangup`]). Installing the
+    /// handler can fail (no signal support): the caller reports it at start-up.
     pub fn reload_on_hangup(self: &Arc<Self>, shutdown: CancellationToken) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = signal(SignalKind::hangup())?;
         let shared = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    received = hangups.recv() => {
-                        if received.is_none() {
-                            return;
-                        }
-                        let _ = shared.reload();
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// Without SIGHUP there is nothing to wait for.
-    #[cfg(not(unix))]
-    pub fn reload_on_hangup(self: &Arc<Self>, _shutdown: CancellationToken) -> std::io::Result<()> {
-        Ok(())
+        crate::hangup::on_hangup(shutdown, move || {
+            let _ = shared.reload();
+        })
     }
 }
 

@@ -23,6 +23,7 @@ pub mod acl;
 pub mod addr;
 pub mod buffer;
 pub mod clock;
+pub mod hangup;
 pub mod happy_eyeballs;
 pub mod plugin;
 pub mod pooled;

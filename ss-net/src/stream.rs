@@ -83,6 +83,21 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         poll_fn(|cx| self.poll_salt(cx)).await
     }
 
+    /// Reads until at least `len` bytes of ciphertext are buffered and lends them, opening nothing
+    /// (server side: a multi-user server looks at the salt and the first record, or the identity
+    /// header, to choose the key before the decryptor is made; see [`DecryptReader::set_decryptor`]).
+    /// Errors with `UnexpectedEof` if the stream ends first.
+    pub async fn peek_ciphertext(&mut self, len: usize) -> io::Result<&[u8]> {
+        poll_fn(|cx| self.poll_peek(cx, len)).await?;
+        Ok(&self.buf[self.pending.start..self.pending.start + len])
+    }
+
+    /// Replaces the decryptor; meant for right after [`DecryptReader::peek_ciphertext`], before
+    /// anything was opened (bytes already opened stay opened with the old one).
+    pub fn set_decryptor(&mut self, decryptor: Decryptor) {
+        self.decryptor = decryptor;
+    }
+
     /// The peer's salt once authenticated; see [`Decryptor::authenticated_salt`].
     pub fn authenticated_salt(&self) -> Option<Salt> {
         self.decryptor.authenticated_salt()
@@ -135,6 +150,16 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         }
     }
 
+    fn poll_peek(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<()>> {
+        while self.pending.len() < len {
+            if self.eof {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            ready!(self.poll_read_ciphertext_for(cx, len))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Makes plaintext available in `self.plain` (or a target in `self.target`); `false` at a clean EOF.
     fn poll_fill_plain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         loop {
@@ -161,7 +186,12 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
     /// Moves unconsumed ciphertext to the front of a buffer big enough for the record under way and
     /// reads more after it. Only called with no plaintext waiting to be handed out.
     fn poll_read_ciphertext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let wanted = self.decryptor.wanted().max(self.next_size);
+        self.poll_read_ciphertext_for(cx, self.decryptor.wanted())
+    }
+
+    /// [`Self::poll_read_ciphertext`] with a buffer large enough for `wanted` bytes of ciphertext.
+    fn poll_read_ciphertext_for(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<()>> {
+        let wanted = wanted.max(self.next_size);
         if self.buf.len() < wanted {
             let mut bigger = Buffer::take(wanted);
             bigger[..self.pending.len()].copy_from_slice(&self.buf[self.pending.clone()]);

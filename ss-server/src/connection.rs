@@ -1,8 +1,8 @@
 //! One client connection, start to end:
 //!
 //! ```text
-//! accept ─▶ read salt + first record ─▶ replay check ─▶ rest of the header ─▶ target policy + resolve
-//!        (all within the handshake deadline)
+//! accept ─▶ [users: find the user] ─▶ read salt + first record ─▶ replay check ─▶ rest of the header
+//!        ─▶ target policy + resolve                              (all within the handshake deadline)
 //!        ─▶ connect (timeout) ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
@@ -10,6 +10,11 @@
 //! salt, stale timestamp, bad address type) gets the same silent treatment: nothing is written, nothing is
 //! connected, the server reads and discards until the handshake deadline counted from accept, then closes
 //! with a FIN. A prober learns the same thing whatever it sends: how long the deadline is.
+//!
+//! A multi-user server ([`crate::users`]) first reads a fixed number of bytes (salt and identity header,
+//! or salt and first record) and finds the user whose key opens them; the stream and the response are then
+//! keyed by that user, the connection carries its `Arc<User>`, and it ends when a reload removes the user.
+//! No user is an authentication failure like any other. Without users none of this runs.
 //!
 //! A client the ACL refuses (`[black_list]`, or not in the `[white_list]` under `[reject_all]`) gets the
 //! same silent treatment from the start. Before any of that, [`crate::admission`] decides whether the connection's source may start another
@@ -23,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand_core::OsRng;
-use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Salt};
+use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Key, Salt};
 use ss_net::stream::{DecryptReader, EncryptWriter};
 use ss_net::{ResolveError, Resolver};
 use tokio::io::AsyncWriteExt;
@@ -34,6 +39,7 @@ use tracing::{debug, Instrument};
 
 use crate::policy::AddressGuard;
 use crate::rejections::Reason;
+use crate::users::{search, User, Users};
 use crate::Shared;
 
 /// Serves one accepted connection; every outcome is logged here and nothing is returned.
@@ -46,7 +52,8 @@ pub(crate) fn handle(
     shared: Arc<Shared>,
     slot: ss_net::Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let span = tracing::debug_span!("tcp", %peer, target = tracing::field::Empty);
+    let span =
+        tracing::debug_span!("tcp", %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     run_connection(stream, peer, shared, slot).instrument(span)
 }
 
@@ -78,10 +85,10 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 
     // At shutdown a connection that has not authenticated yet is not worth waiting for.
     let handshake = tokio::select! {
-        handshake = timeout_at(deadline, read_request(&mut reader, &shared)) => handshake,
+        handshake = timeout_at(deadline, read_request(&mut reader, &shared, peer)) => handshake,
         () = shared.shutdown.cancelled() => return close(write_half).await,
     };
-    let (request_salt, target) = match handshake {
+    let (request_salt, target, user) = match handshake {
         Ok(Ok(Ok(request))) => request,
         Ok(Ok(Err(Replayed))) => {
             debug!("replayed request refused");
@@ -123,14 +130,26 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         let upstream = upstream;
         let response_salt = Salt::random(method, &mut OsRng);
         shared.replay.insert(&response_salt);
-        let encryptor = Encryptor::response(method, &settings.key, response_salt, request_salt);
+        let key = user.as_ref().map_or(&settings.key, |user| user.key());
+        let encryptor = Encryptor::response(method, key, response_salt, request_salt);
         let (upstream_read, upstream_write) = upstream.into_split();
         (EncryptWriter::new(write_half, encryptor), upstream_read, upstream_write)
     };
     let mut upstream_read = ss_net::PooledReader::new(upstream_read);
     let client = (&mut reader, &mut writer);
-    let outcome =
-        ss_net::relay(client, (&mut upstream_read, &mut upstream_write), settings.idle_timeout).await;
+    let relay = ss_net::relay(client, (&mut upstream_read, &mut upstream_write), settings.idle_timeout);
+    let outcome = match &user {
+        None => relay.await,
+        Some(user) => tokio::select! {
+            outcome = relay => outcome,
+            () = user.removed() => {
+                debug!("user removed by a reload; connection ended");
+                ss_net::abort(writer.into_inner());
+                ss_net::abort(upstream_write);
+                return;
+            }
+        },
+    };
     if outcome.end.is_failure() {
         ss_net::abort(writer.into_inner());
         ss_net::abort(upstream_write);
@@ -147,22 +166,57 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 /// A request whose salt the replay filter already holds.
 struct Replayed;
 
+/// What a handshake yields: the client's salt, its target, and on a multi-user server its user.
+type Request = (Salt, Address, Option<Arc<User>>);
+
 /// Reads the request: its salt goes into the replay filter the moment the first record authenticated
 /// (for 2022 the fixed header, timestamp checked), before the rest of the header is waited for, so two
-/// copies of one request racing through their handshakes cannot both pass.
+/// copies of one request racing through their handshakes cannot both pass. A multi-user server first
+/// finds the user from a fixed number of bytes ([`users::search`]); no user is an authentication failure.
 async fn read_request<R>(
     reader: &mut DecryptReader<R>,
     shared: &Shared,
-) -> io::Result<Result<(Salt, Address), Replayed>>
+    peer: SocketAddr,
+) -> io::Result<Result<Request, Replayed>>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    let user = match &shared.settings.users {
+        None => None,
+        Some(users) => Some(identify(reader, users, &shared.settings.key, peer).await?),
+    };
     let salt = reader.read_salt().await?;
     if !shared.replay.insert(&salt) {
         return Ok(Err(Replayed));
     }
     shared.settings.stats.salts_recorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(Ok((salt, reader.read_target().await?)))
+    Ok(Ok((salt, reader.read_target().await?, user)))
+}
+
+/// Finds the user of a multi-user server's stream and sets the reader up to open it with their key.
+async fn identify<R>(
+    reader: &mut DecryptReader<R>,
+    users: &Users,
+    ipsk: &Key,
+    peer: SocketAddr,
+) -> io::Result<Arc<User>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let method = users.method();
+    let head = reader.peek_ciphertext(search::head_len(method)).await?;
+    let table = users.current();
+    let Some(user) = search::find_user(&table, method, ipsk, peer.ip(), head) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, DecryptError::AuthFailure));
+    };
+    tracing::Span::current().record("user", user.name());
+    let decryptor = if ss_crypto::identity::supports_identity_headers(method) {
+        Decryptor::request_identified(method, user.key())
+    } else {
+        Decryptor::request(method, user.key())
+    };
+    reader.set_decryptor(decryptor);
+    Ok(user)
 }
 
 /// Resolves `target` and connects to one of its allowed addresses, raced by Happy Eyeballs

@@ -23,7 +23,19 @@ impl Settings {
         descriptors: u64,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Settings {
+        if !entry.identity_keys.is_empty() {
+            tracing::warn!(
+                "{}:{}: the password is an iPSK:uPSK chain, a client setting; the server uses its last key \
+                 (for many users, set the iPSK as password and list the users in \"users\")",
+                entry.host,
+                entry.port
+            );
+        }
         let mut settings = Settings::new(entry.method, entry.key.clone());
+        settings.users = entry
+            .users
+            .as_ref()
+            .map(|list| std::sync::Arc::new(crate::users::Users::new(entry.method, &list.users)));
         if config.mode.tcp() && entry.plugin.as_ref().is_some_and(|plugin| plugin.mode.tcp()) {
             // Every connection comes from the plugin on loopback: the clients' addresses are unknown.
             settings.max_handshakes_per_source = admission::NO_PER_SOURCE_RULE;

@@ -18,6 +18,7 @@ pub mod replay;
 pub mod replay_snapshot;
 mod udp;
 pub mod udp_replay;
+pub mod users;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -79,6 +80,9 @@ pub struct Settings {
     /// The ACL (`acl`, `--acl`): clients it refuses get the probe treatment, its outbound lists apply
     /// on top of [`Settings::policy`] ([`policy`]).
     pub acl: Option<Arc<ss_net::SharedAcl>>,
+    /// Many users on this port ([`users`]): `None` serves the one key [`Settings::key`] (which, with
+    /// users, is the identity PSK of the AES 2022 methods and unused by the others).
+    pub users: Option<Arc<users::Users>>,
 }
 
 /// Live counters of a running server.
@@ -129,6 +133,7 @@ impl Settings {
             threads: 1,
             resolve: ss_net::ResolveSettings::default(),
             acl: None,
+            users: None,
         }
     }
 }

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let (log_level, warnings, nofile) =
         (config.effective_log_level(), config.warnings.clone(), config.nofile);
     ss_net::process::run_main("ss-server", log_level.as_str(), &warnings, nofile, |descriptors| {
-        serve(config, descriptors)
+        serve(config, args.common, descriptors)
     })
 }
 
@@ -60,7 +60,7 @@ fn generate_key(method: &str) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
+async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     ss_net::process::cancel_on_signal(shutdown.clone()).context("installing signal handlers")?;
     // One set of worker threads for the process, whatever the number of server entries.
@@ -76,11 +76,17 @@ async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
     };
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
-    for entry in &config.servers {
+    let mut with_users = Vec::new();
+    for (index, entry) in config.servers.iter().enumerate() {
         let settings = Settings { acl: acl.clone(), ..Settings::from_config(&config, entry, descriptors) };
         let (listeners, plugin) = listen(&config, entry, &settings.socket).await?;
         plugins.extend(plugin);
+        with_users.extend(settings.users.clone().map(|users| (index, users)));
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
+    }
+    if !with_users.is_empty() {
+        ss_net::hangup::on_hangup(shutdown.clone(), move || reload_users(&args, &with_users))
+            .context("installing the SIGHUP handler")?;
     }
     while servers.join_next().await.is_some() {}
     // After the drain: open connections came in through the plugins.
@@ -88,6 +94,21 @@ async fn serve(config: Config, descriptors: u64) -> anyhow::Result<()> {
         plugin.stop().await;
     }
     Ok(())
+}
+
+/// SIGHUP: reads the config (and its users files) again and puts each multi-user entry's users in
+/// force. A config that no longer loads keeps every entry's users and logs one line why.
+fn reload_users(args: &CliArgs, servers: &[(usize, std::sync::Arc<ss_server::users::Users>)]) {
+    let config = match ss_config::load(args) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("users reload failed: {error}; the previous users stay in force");
+            return;
+        }
+    };
+    for (index, users) in servers {
+        let _ = users.reload_from(config.servers.get(*index));
+    }
 }
 
 /// Binds what `entry` serves on. Without a plugin: TCP and UDP on the public address. With one, what

@@ -59,7 +59,11 @@ pub(crate) const MAX_AWAITING_PER_ASSOCIATION: usize = 16;
 
 /// Runs the UDP relay on `socket` until `shutdown`.
 pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let Some(codec) = Codec::new(shared.settings.method, &shared.settings.key) else {
+    let codec = match &shared.settings.users {
+        Some(users) => Some(Codec::for_users(users.clone(), &shared.settings.key)),
+        None => Codec::new(shared.settings.method, &shared.settings.key),
+    };
+    let Some(codec) = codec else {
         tracing::error!(method = %shared.settings.method, "the key does not fit the method; no UDP relay");
         return;
     };
@@ -123,6 +127,8 @@ struct Association {
     /// Where replies go; for 2022 the sender of the last fully validated packet.
     client: Mutex<SocketAddr>,
     replies: ReplyCipher,
+    /// The user of a multi-user server: the association ends when a reload removes them.
+    user: Option<Arc<crate::users::User>>,
     /// Milliseconds since the relay started, at the last datagram either way.
     last_active: AtomicU64,
     dns_only: AtomicBool,
@@ -291,6 +297,7 @@ impl Relay {
                 dual_stack,
                 client: Mutex::new(from),
                 replies: flow.reply_cipher(&mut table.ended, server_session_id),
+                user: flow.user().cloned(),
                 last_active: AtomicU64::new(self.now_ms()),
                 dns_only: AtomicBool::new(true),
                 awaiting: AtomicUsize::new(0),
@@ -319,8 +326,15 @@ impl Relay {
             };
             let last = association.last_active.load(Ordering::Relaxed);
             let deadline = self.started + Duration::from_millis(last) + idle;
+            let user_removed = async {
+                match &association.user {
+                    Some(user) => user.removed().await,
+                    None => std::future::pending().await,
+                }
+            };
             let received = tokio::select! {
                 () = association.stop.cancelled() => return,
+                () = user_removed => break,
                 () = tokio::time::sleep_until(deadline) => {
                     if association.last_active.load(Ordering::Relaxed) == last {
                         break;

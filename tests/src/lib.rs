@@ -390,6 +390,29 @@ pub mod peers {
         panic!("{} did not start:\n{}", binary.display(), failures.join("\n"));
     }
 
+    /// [`start_peer`] with a config of the caller's: `config(port)` is the JSON of a peer that listens
+    /// (server port, or local port for a local) on 127.0.0.1 `port`.
+    pub async fn start_peer_with_config(binary: &Path, config: impl Fn(u16) -> String) -> PeerProcess {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let dir = temp_dir();
+            let config = config(port);
+            let config_path = dir.join("config.json");
+            std::fs::write(&config_path, &config).expect("write peer config");
+            let launch = Launch::new(binary).args(["-c", &config_path.to_string_lossy()]);
+            match Subprocess::start(&launch, addr).await {
+                Ok(process) => return PeerProcess { addr, process, dir },
+                Err(failure) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    failures.push(format!("{failure}\nconfig: {config}"));
+                }
+            }
+        }
+        panic!("{} did not start:\n{}", binary.display(), failures.join("\n"));
+    }
+
     /// The peer's config in the key names both shadowsocks-libev and shadowsocks-rust accept.
     fn config_json(method: Method, mode: PeerMode, server_port: u16, local_port: Option<u16>) -> String {
         let local = match local_port {

@@ -262,6 +262,8 @@ mod entries {
                 plugin,
                 password: Some(password),
                 tag,
+                users: None,
+                identity_keys: Vec::new(),
             },
         )
     }
@@ -281,5 +283,12 @@ mod entries {
         let entry = ServerEntry { password: None, ..server("h", 1, Method::Aes128Gcm, STRONG).to_entry() };
         assert_eq!(entry.key, key);
         assert!(entry.to_url().is_err());
+        // Nor does a SIP023 chain: SIP002 has no form for the identity keys.
+        let psk = Key::from_base64(Method::Blake3Aes128Gcm, PSK_128).unwrap();
+        let chain = ServerEntry {
+            identity_keys: vec![psk],
+            ..server("h", 1, Method::Blake3Aes128Gcm, PSK_128).to_entry()
+        };
+        assert!(chain.to_url().unwrap_err().contains("iPSK"));
     }
 }

@@ -74,6 +74,9 @@ pub struct Decryptor {
     key: Key,
     role: Role,
     state: State,
+    /// Bytes of SIP023 identity header between the salt and the first record (0 or 16); the server
+    /// has already read it to choose `key`.
+    identity_len: usize,
 }
 
 /// Which direction this decryptor reads, and what that direction must carry.
@@ -117,13 +120,22 @@ impl Decryptor {
         Decryptor::new(method, key, Role::Request { target_pending: true })
     }
 
+    /// Reads a client's stream that carries a SIP023 identity header after its salt (server side, AES
+    /// 2022 methods): the header is skipped (the caller read it to find the user) and `user_key`, the
+    /// user's uPSK, opens everything else.
+    pub fn request_identified(method: Method, user_key: &Key) -> Decryptor {
+        let mut decryptor = Decryptor::request(method, user_key);
+        decryptor.identity_len = crate::identity::IDENTITY_HEADER_LEN;
+        decryptor
+    }
+
     /// Reads the server's answer to our request whose salt was `request_salt` (client side).
     pub fn response(method: Method, key: &Key, request_salt: Salt) -> Decryptor {
         Decryptor::new(method, key, Role::Response { request_salt })
     }
 
     fn new(method: Method, key: &Key, role: Role) -> Decryptor {
-        Decryptor { method, key: key.clone(), role, state: State::Salt }
+        Decryptor { method, key: key.clone(), role, state: State::Salt, identity_len: 0 }
     }
 
     /// The peer's salt, once the first record after it has authenticated (the moment it may go into a
@@ -139,7 +151,7 @@ impl Decryptor {
     /// unconsumed byte. A buffer of [`super::max_record_len`] plus the salt length always suffices.
     pub fn wanted(&self) -> usize {
         match &self.state {
-            State::Salt => self.method.salt_len(),
+            State::Salt => self.method.salt_len() + self.identity_len,
             State::FirstRecord { .. } => match self.method.generation() {
                 Generation::Classic => LENGTH_RECORD_LEN,
                 Generation::Aead2022 => self.fixed_header_len() + TAG_LEN,
@@ -210,7 +222,8 @@ impl Decryptor {
         match std::mem::replace(&mut self.state, State::Failed(DecryptError::Truncated)) {
             State::Failed(error) => Err(error),
             State::Salt => {
-                // `record` is exactly one salt long, so this cannot fail.
+                // `record` is one salt (and the identity header, already read) long: this cannot fail.
+                let record = &record[..self.method.salt_len()];
                 let salt = Salt::from_slice(self.method, record).ok_or(DecryptError::Truncated)?;
                 let subkey = self.key.session_subkey(self.method, record);
                 let cipher = SessionCipher::new(self.method.algorithm(), subkey.as_bytes());

@@ -26,7 +26,7 @@ enum FirstFlight {
     /// A client stream: the plaintext that precedes the first payload (classic: the address;
     /// 2022: address, padding length and padding). 2022 adds the fixed header in front.
     /// `padded` says whether a 2022 prefix ends in non-empty padding.
-    Request { prefix: Vec<u8>, padded: bool },
+    Request { prefix: Vec<u8>, padded: bool, identity: Vec<u8> },
     /// A server stream: classic has no header at all; 2022 echoes the request salt.
     Response { request_salt: Salt },
 }
@@ -45,7 +45,32 @@ impl Encryptor {
             prefix.extend_from_slice(padding);
         }
         let padded = !padding.is_empty();
-        Encryptor::new(method, key, salt, FirstFlight::Request { prefix, padded })
+        Encryptor::new(method, key, salt, FirstFlight::Request { prefix, padded, identity: Vec::new() })
+    }
+
+    /// A client stream to a multi-user server (SIP023, AES 2022 methods): after the salt, one identity
+    /// header per key of `identity_keys` (the iPSK chain), each naming the next key, the last naming
+    /// `user_key`, which seals the stream. With no identity keys this is [`Encryptor::request`]; a
+    /// method without identity headers ignores them.
+    pub fn request_with_identity(
+        method: Method,
+        identity_keys: &[Key],
+        user_key: &Key,
+        salt: Salt,
+        target: &Address,
+        padding: &[u8],
+    ) -> Encryptor {
+        let mut encryptor = Encryptor::request(method, user_key, salt, target, padding);
+        if let Some(FirstFlight::Request { identity, .. }) = &mut encryptor.pending {
+            let nexts = identity_keys.iter().skip(1).chain(std::iter::once(user_key));
+            for (ipsk, next) in identity_keys.iter().zip(nexts) {
+                if let Some(header) = crate::identity::seal_tcp_identity(method, ipsk, salt.as_bytes(), next)
+                {
+                    identity.extend_from_slice(&header);
+                }
+            }
+        }
+        encryptor
     }
 
     /// The server-to-client direction. `request_salt` is the salt of the client's stream, which 2022
@@ -73,7 +98,11 @@ impl Encryptor {
     /// The most bytes [`Encryptor::encrypt`] appends for `payload_len` bytes of payload.
     pub fn max_output_len(&self, payload_len: usize) -> usize {
         let chunks = payload_len / self.method.max_chunk_payload() + 2;
-        let header = self.method.salt_len() + 512 + MAX_PADDING_LEN + 2 * TAG_LEN;
+        let identity = match &self.pending {
+            Some(FirstFlight::Request { identity, .. }) => identity.len(),
+            _ => 0,
+        };
+        let header = self.method.salt_len() + identity + 512 + MAX_PADDING_LEN + 2 * TAG_LEN;
         payload_len + chunks * (2 + 2 * TAG_LEN) + header
     }
 
@@ -137,7 +166,7 @@ impl Encryptor {
                 self.seal_chunk(&[&prefix, &payload[..taken]], out)?;
                 Ok(Some(taken))
             }
-            (FirstFlight::Request { mut prefix, padded }, Generation::Aead2022) => {
+            (FirstFlight::Request { mut prefix, padded, identity }, Generation::Aead2022) => {
                 if payload.is_empty() && !padded {
                     // The unpadded prefix ends in padding_len 0: make it 1 and add one byte.
                     let at = prefix.len() - 2;
@@ -147,6 +176,7 @@ impl Encryptor {
                 let taken = payload.len().min(max - prefix.len());
                 let header_len = (prefix.len() + taken) as u16;
                 out.extend_from_slice(self.salt.as_bytes());
+                out.extend_from_slice(&identity);
                 let timestamp = now.to_be_bytes();
                 self.seal_record(&[&[TYPE_REQUEST], &timestamp, &header_len.to_be_bytes()], out)?;
                 self.seal_record(&[&prefix, &payload[..taken]], out)?;

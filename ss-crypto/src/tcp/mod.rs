@@ -39,7 +39,7 @@ pub const MAX_PADDING_LEN: usize = 900;
 /// Largest allowed difference between a 2022 header's timestamp and the receiver's clock, in seconds.
 pub const MAX_TIME_SKEW: u64 = 30;
 /// Plaintext length of a 2022 request's fixed header: type, timestamp, length.
-const REQUEST_FIXED_LEN: usize = 1 + 8 + 2;
+pub(crate) const REQUEST_FIXED_LEN: usize = 1 + 8 + 2;
 /// Length of a sealed length record.
 const LENGTH_RECORD_LEN: usize = 2 + crate::TAG_LEN;
 

@@ -223,7 +223,15 @@ async fn open_upstream(
     let (upstream, server) = connection::connect_any(&servers, settings).await?;
     let (read, write) = upstream.into_split();
     let salt = Salt::random(server.method, &mut OsRng);
-    let encryptor = Encryptor::request(server.method, &server.key, salt, target, &connection::padding(false));
+    let padding = connection::padding(false);
+    let encryptor = Encryptor::request_with_identity(
+        server.method,
+        &server.identity_keys,
+        &server.key,
+        salt,
+        target,
+        &padding,
+    );
     let writer = EncryptWriter::new(write, encryptor);
     let reader = DecryptReader::new(read, Decryptor::response(server.method, &server.key, salt));
     Ok(Box::new(tokio::io::join(reader, writer)))

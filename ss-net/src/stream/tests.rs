@@ -191,3 +191,30 @@ async fn a_reader_dropped_mid_record_gives_its_buffer_back() {
     drop(reader);
     assert_eq!(buffer::pooled(buffer::START), before + 1, "buffer back in the pool");
 }
+
+#[tokio::test]
+async fn a_peeked_head_is_opened_by_the_decryptor_chosen_after_it() {
+    for method in Method::ALL {
+        let (key, client_salt, _) = pair(method);
+        let other = Key::from_bytes(method, &[4; 32][..method.key_len()]).unwrap();
+        let target = Address::domain("localhost", 8080).unwrap();
+        let mut wire = Vec::new();
+        Encryptor::request(method, &key, client_salt, &target, &[])
+            .encrypt(b"after the head", NOW, &mut wire)
+            .unwrap();
+        // Delivered a few bytes at a time, so the peek has to wait for more than one read.
+        let (mut client, server) = tokio::io::duplex(7);
+        let sender = tokio::spawn(async move { client.write_all(&wire).await.unwrap() });
+        let mut reader =
+            DecryptReader::new(server, Decryptor::request(method, &other)).with_clock(fixed_clock);
+        let head_len = method.salt_len() + 18;
+        let head = reader.peek_ciphertext(head_len).await.unwrap().to_vec();
+        assert_eq!(&head[..method.salt_len()], client_salt.as_bytes(), "{method}");
+        reader.set_decryptor(Decryptor::request(method, &key));
+        assert_eq!(reader.read_target().await.unwrap(), target, "{method}");
+        let mut payload = [0u8; 14];
+        reader.read_exact(&mut payload).await.unwrap();
+        assert_eq!(&payload, b"after the head");
+        sender.await.unwrap();
+    }
+}

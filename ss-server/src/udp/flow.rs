@@ -15,6 +15,7 @@ use tracing::debug;
 
 use crate::replay::{SaltHistory, CLASSIC_UDP_CAPACITY};
 use crate::udp_replay::EndedSessions;
+use crate::users::{search, User, Users};
 
 /// How associations are keyed: by client address (classic) or client session id (2022).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,9 +32,32 @@ pub(super) enum Codec {
         salts: Mutex<SaltHistory>,
     },
     Aead2022(Arc<Udp2022>),
+    /// Many users: each datagram's user is found first (identity header or trial), then its key opens
+    /// the datagram and seals the association's replies.
+    Users(Box<UserCodec>),
+}
+
+/// The multi-user codec: the users, the server's identity cipher (AES 2022: the iPSK) and the classic
+/// salt history, global across users like the TCP replay filter.
+pub(super) struct UserCodec {
+    users: Arc<Users>,
+    method: Method,
+    ipsk: Key,
+    identity: Option<Udp2022>,
+    salts: Mutex<SaltHistory>,
 }
 
 impl Codec {
+    /// The multi-user codec of `users`; `ipsk` is the server's key (the identity PSK of AES 2022).
+    pub(super) fn for_users(users: Arc<Users>, ipsk: &Key) -> Codec {
+        let method = users.method();
+        let identity = ss_crypto::identity::supports_identity_headers(method)
+            .then(|| Udp2022::new(method, ipsk))
+            .flatten();
+        let salts = Mutex::new(SaltHistory::new(ipsk, CLASSIC_UDP_CAPACITY));
+        Codec::Users(Box::new(UserCodec { users, method, ipsk: ipsk.clone(), identity, salts }))
+    }
+
     /// The cipher of `method`; `None` only if `key` does not fit it.
     pub(super) fn new(method: Method, key: &Key) -> Option<Codec> {
         if let Some(cipher) = Udp2022::new(method, key) {
@@ -61,30 +85,90 @@ impl Codec {
                     debug!("replayed UDP datagram dropped");
                     return None;
                 }
-                Some((Flow::Classic { client: from, cipher: cipher.clone() }, target, payload))
+                Some((Flow::Classic { client: from, cipher: cipher.clone(), user: None }, target, payload))
             }
             Codec::Aead2022(cipher) => {
                 let opened = cipher.open(packet, now, Origin::Client).ok()?;
                 let (id, packet_id) = (opened.header.session_id, opened.header.packet_id);
                 Some((
-                    Flow::Session { id, packet_id, cipher: cipher.clone() },
+                    Flow::Session { id, packet_id, cipher: cipher.clone(), user: None },
                     opened.address,
                     opened.payload,
                 ))
             }
+            Codec::Users(codec) => codec.open(packet, from, now),
         }
+    }
+}
+
+impl UserCodec {
+    /// Finds the datagram's user and opens it with their key.
+    fn open(&self, packet: &mut [u8], from: SocketAddr, now: u64) -> Option<(Flow, Address, Range<usize>)> {
+        let table = self.users.current();
+        let method = self.method;
+        if let Some(identity) = &self.identity {
+            let separate = identity.separate_header(packet)?;
+            let header: &[u8; 16] = packet.get(16..32)?.try_into().ok()?;
+            let hash = ss_crypto::identity::open_udp_identity(method, &self.ipsk, &separate, header)?;
+            let user = table.by_hash(&hash)?.clone();
+            let cipher = Arc::new(Udp2022::new(method, user.key())?);
+            let opened = cipher.open_identified(packet, &separate, now).ok()?;
+            let (id, packet_id) = (opened.header.session_id, opened.header.packet_id);
+            let flow = Flow::Session { id, packet_id, cipher, user: Some(user) };
+            return Some((flow, opened.address, opened.payload));
+        }
+        // Trial: each key opens a copy, so a failed try leaves the datagram as it came.
+        let mut scratch = Vec::with_capacity(packet.len());
+        let mut try_copy = |open: &dyn Fn(&mut [u8]) -> bool| {
+            scratch.clear();
+            scratch.extend_from_slice(packet);
+            open(&mut scratch)
+        };
+        if method.is_2022() {
+            let user = search::find_datagram_user(&table, from.ip(), |key| {
+                Udp2022::new(method, key)
+                    .is_some_and(|cipher| try_copy(&|copy| cipher.open(copy, now, Origin::Client).is_ok()))
+            })?;
+            let cipher = Arc::new(Udp2022::new(method, user.key())?);
+            let opened = cipher.open(packet, now, Origin::Client).ok()?;
+            let (id, packet_id) = (opened.header.session_id, opened.header.packet_id);
+            let flow = Flow::Session { id, packet_id, cipher, user: Some(user) };
+            return Some((flow, opened.address, opened.payload));
+        }
+        let user = search::find_datagram_user(&table, from.ip(), |key| {
+            UdpClassic::new(method, key).is_some_and(|cipher| try_copy(&|copy| cipher.open(copy).is_ok()))
+        })?;
+        let cipher = Arc::new(UdpClassic::new(method, user.key())?);
+        let (target, payload) = cipher.open(packet).ok()?;
+        if !self
+            .salts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(&packet[..method.salt_len()])
+        {
+            debug!("replayed UDP datagram dropped");
+            return None;
+        }
+        Some((Flow::Classic { client: from, cipher, user: Some(user) }, target, payload))
     }
 }
 
 /// Where a datagram that opened belongs.
 pub(super) enum Flow {
     /// Classic: to its client address.
-    Classic { client: SocketAddr, cipher: Arc<UdpClassic> },
+    Classic { client: SocketAddr, cipher: Arc<UdpClassic>, user: Option<Arc<User>> },
     /// 2022: to the client's session; `packet_id` is checked against the session's window.
-    Session { id: u64, packet_id: u64, cipher: Arc<Udp2022> },
+    Session { id: u64, packet_id: u64, cipher: Arc<Udp2022>, user: Option<Arc<User>> },
 }
 
 impl Flow {
+    /// The user of a multi-user server the datagram belongs to.
+    pub(super) fn user(&self) -> Option<&Arc<User>> {
+        match self {
+            Flow::Classic { user, .. } | Flow::Session { user, .. } => user.as_ref(),
+        }
+    }
+
     pub(super) fn key(&self) -> AssociationKey {
         match self {
             Flow::Classic { client, .. } => AssociationKey::Client(*client),

@@ -1,0 +1,104 @@
+//! The real `ss-server` with a `users_file` re-reads its users on SIGHUP: users that stay keep their
+//! open connections, a removed user's connections end, a new user gets in, and a broken file keeps the
+//! users in force and logs one line why.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use ss_crypto::{Address, Key, Method};
+use ss_tests::subprocess::{binaries, Launch, Subprocess};
+use ss_tests::{echo_server, local_settings, socks5_connect, start_local, test_key, RunningServer, STEP};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const METHOD: Method = Method::Blake3Aes128Gcm;
+
+fn user_key(n: u8) -> Key {
+    Key::from_bytes(METHOD, &[n; 16]).expect("key")
+}
+
+/// A users file of `names` (user n is named `user{n}` with key `[n; 16]`).
+fn users_json(numbers: &[u8]) -> String {
+    let users: Vec<String> = numbers
+        .iter()
+        .map(|&n| format!(r#"{{"name":"user{n}","password":"{}"}}"#, user_key(n).to_base64()))
+        .collect();
+    format!("[{}]", users.join(","))
+}
+
+/// One echo round trip on `stream`; false when the server closed it instead.
+async fn round_trip(stream: &mut TcpStream) -> bool {
+    if stream.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut echoed = [0u8; 4];
+    timeout(STEP, stream.read_exact(&mut echoed)).await.expect("no answer, no close").is_ok()
+        && &echoed == b"ping"
+}
+
+/// Sends SIGHUP and waits for the `count`-th log line with `needle`.
+async fn hang_up(server: &Subprocess, needle: &str, count: usize) {
+    server.signal(Signal::SIGHUP);
+    for _ in 0..(STEP.as_millis() / 10) {
+        if server.lines_containing(needle) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no {needle:?} after SIGHUP:\n{}", server.log());
+}
+
+async fn local_for(server: &Subprocess, n: u8) -> RunningServer {
+    let mut settings = local_settings(METHOD, server.addr);
+    settings.servers[0].key = user_key(n);
+    settings.servers[0].identity_keys = vec![test_key(METHOD)];
+    start_local(settings).await
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_users_file() {
+    let built = binaries().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users_path = dir.path().join("users.json");
+    std::fs::write(&users_path, users_json(&[1, 2])).expect("write users");
+    let config_path = dir.path().join("config.json");
+    let config = format!(
+        r#"{{"method":"{METHOD}","password":"{}","users_file":{:?},"allow_private_targets":true}}"#,
+        test_key(METHOD).to_base64(),
+        users_path.to_str().expect("UTF-8 path")
+    );
+    std::fs::write(&config_path, config).expect("write config");
+    let config_arg = config_path.to_str().expect("UTF-8 path").to_owned();
+    let server = Subprocess::start_on_free_port(|port| {
+        Launch::new(&built.server).args(["-c", &config_arg, "-s", "127.0.0.1", "-p", &port.to_string()])
+    })
+    .await;
+    let echo = Address::Ip(echo_server("127.0.0.1:0").await);
+    let (alice, bob) = (local_for(&server, 1).await, local_for(&server, 2).await);
+    let connect = |local: &RunningServer| {
+        let addr = local.addr;
+        let echo = echo.clone();
+        async move { timeout(STEP, socks5_connect(addr, &echo)).await.expect("timed out").expect("SOCKS5") }
+    };
+    let mut stays = connect(&alice).await;
+    let mut goes = connect(&bob).await;
+    assert!(round_trip(&mut stays).await && round_trip(&mut goes).await, "{}", server.log());
+
+    std::fs::write(&users_path, users_json(&[1, 3])).expect("rewrite users");
+    hang_up(&server, "users reloaded", 1).await;
+    let mut rest = Vec::new();
+    let ended = timeout(STEP, goes.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the removed user's connection stayed open\n{}", server.log());
+    assert!(round_trip(&mut stays).await, "the remaining user's connection was dropped");
+    let carol = local_for(&server, 3).await;
+    assert!(round_trip(&mut connect(&carol).await).await, "the new user gets in\n{}", server.log());
+
+    std::fs::write(&users_path, "[{\"name\": ").expect("break users");
+    hang_up(&server, "users reload failed", 1).await;
+    assert!(round_trip(&mut connect(&carol).await).await, "a broken file keeps the users in force");
+    assert!(round_trip(&mut stays).await);
+    assert_eq!(server.lines_containing("users reload failed"), 1, "one line says why\n{}", server.log());
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+}
