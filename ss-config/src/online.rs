@@ -16,7 +16,8 @@
 //!
 //! A document from the network must not start programs on this machine: a server whose `plugin` is not
 //! in `allowed_plugins` (matched exactly, command as written) is left out, with the reason in
-//! [`OnlineServers::refused`], and `plugin_args` (extra command-line arguments) is never taken from it.
+//! [`OnlineServers::refused`]. Only SIP008's keys are read from an entry: `plugin_args` (a command
+//! line), `users` / `users_file` (a local file) and the rest of a config entry's keys are ignored.
 //! Only `https://` URLs are accepted.
 
 use std::path::PathBuf;
@@ -108,16 +109,40 @@ impl OnlineConfig {
 
     /// The servers of a fetched SIP008 document, with the plugins not allowed left out.
     pub fn parse_document(&self, body: &[u8]) -> Result<OnlineServers, DocumentError> {
+        /// SIP008's keys only: nothing else a config entry may hold (`users_file` names a local file,
+        /// `plugin_args` a command line) is read from the network, nor can its shape refuse a document.
         #[derive(Deserialize)]
         struct Document {
-            servers: Vec<RawServer>,
+            servers: Vec<Sip008Server>,
+        }
+        #[derive(Deserialize)]
+        struct Sip008Server {
+            server: Option<String>,
+            server_port: Option<NumberOrString>,
+            // Refused without quoting it, as in a config file.
+            #[serde(default, deserialize_with = "crate::raw::secret")]
+            password: Option<String>,
+            method: Option<String>,
+            plugin: Option<String>,
+            plugin_opts: Option<String>,
+            remarks: Option<String>,
         }
         let body = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
         let document: Document = serde_json::from_slice(body)
             .map_err(|error| DocumentError::Json(crate::one_line(error.to_string())))?;
         let mut kept = Vec::new();
         let mut refused = Vec::new();
-        for (index, mut server) in document.servers.into_iter().enumerate() {
+        for (index, written) in document.servers.into_iter().enumerate() {
+            let server = RawServer {
+                server: written.server,
+                server_port: written.server_port,
+                password: written.password,
+                method: written.method,
+                plugin: written.plugin,
+                plugin_opts: written.plugin_opts,
+                remarks: written.remarks,
+                ..RawServer::default()
+            };
             // Compared as written: only a blank `plugin` means none, as in a config file.
             let plugin = server.plugin.as_deref().filter(|command| !command.trim().is_empty());
             if let Some(command) = plugin {
@@ -129,7 +154,6 @@ impl OnlineConfig {
                     continue;
                 }
             }
-            server.plugin_args = None;
             kept.push(server);
         }
         if kept.is_empty() {
@@ -208,6 +232,16 @@ mod tests {
     }
 
     #[test]
+    fn keys_beyond_sip008_are_ignored() {
+        let body = r#"{"servers":[{"server":"a","server_port":1,"password":"AAECAwQFBgcICQoLDA0ODw==",
+            "method":"2022-blake3-aes-128-gcm","users_file":"/etc/shadow","users":"not a list",
+            "key":"not even base64","timeout":"x","plugin_mode":"bogus"}]}"#;
+        let list = online(&[]).parse_document(body.as_bytes()).unwrap();
+        assert_eq!(list.servers.len(), 1);
+        assert!(list.servers[0].users.is_none());
+    }
+
+    #[test]
     fn broken_documents_are_refused_whole() {
         for (body, expected) in [
             ("<html>", "not a SIP008 document"),
@@ -218,9 +252,14 @@ mod tests {
                 "servers[0].method",
             ),
             (r#"{"servers":[{"server":"a","server_port":1,"method":"aes-128-gcm"}]}"#, "servers[0].password"),
+            (
+                r#"{"servers":[{"server":"a","server_port":1,"password":31337,"method":"aes-128-gcm"}]}"#,
+                "must be a string",
+            ),
         ] {
             let error = online(&[]).parse_document(body.as_bytes()).unwrap_err().to_string();
             assert!(error.contains(expected), "{body}: {error}");
+            assert!(!error.contains("31337"), "the password is not quoted: {error}");
             assert!(!error.contains('\n'), "{error}");
         }
     }

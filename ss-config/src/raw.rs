@@ -218,7 +218,7 @@ impl RawConfig {
 /// A password or key: a string or `null`. Anything else is refused without quoting the value, which
 /// serde would otherwise print in the error (and so in logs) when someone writes a numeric password
 /// unquoted.
-fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     struct Secret;
     impl<'de> serde::de::Visitor<'de> for Secret {
         type Value = Option<String>;
