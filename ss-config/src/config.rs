@@ -34,7 +34,7 @@ use crate::servers;
 use crate::{CliArgs, ConfigError};
 
 /// The checked configuration of either binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// At least one (or none, with an online config). ss-server listens on each; ss-local tries them in
     /// order.
@@ -86,6 +86,8 @@ pub struct Config {
     pub socks5_auth_config_path: Option<PathBuf>,
     /// Where ss-server keeps its classic replay filter across restarts.
     pub replay_snapshot: ReplaySnapshot,
+    /// How ss-local picks among several servers (`balancer`).
+    pub balance: crate::Balance,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -211,6 +213,7 @@ impl Config {
             replay_snapshot: ReplaySnapshot::parse(
                 args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
             ),
+            balance: crate::Balance::from_raw(raw.balancer.as_ref())?,
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings,

@@ -10,7 +10,7 @@ use crate::users::UserList;
 use crate::ConfigError;
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct ServerEntry {
     /// Host name or IP address, without brackets (`::1`, not `[::1]`).
     pub host: String,
@@ -29,6 +29,8 @@ pub struct ServerEntry {
     /// ss-local: the identity PSKs of a `password: "iPSK:uPSK"` chain (SIP023, AES 2022 methods), in
     /// order; `key` is then the uPSK. Empty for a plain key.
     pub identity_keys: Vec<Key>,
+    /// Its shares under round-robin and random (ss-local; `weight`, `tcp_weight`, `udp_weight`).
+    pub weights: crate::Weights,
     /// What an `ss://` link carries as the password: the classic password as configured, or the 2022
     /// key in base64. `None` for a classic method configured by its raw `key`, which no link can carry.
     pub password: Option<String>,
@@ -48,6 +50,7 @@ impl std::fmt::Debug for ServerEntry {
             .field("plugin", &self.plugin)
             .field("users", &self.users)
             .field("identity_keys", &self.identity_keys)
+            .field("weights", &self.weights)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tag", &self.tag)
             .finish()

@@ -47,6 +47,7 @@
 use std::path::PathBuf;
 
 pub mod acl;
+mod balance;
 mod cli;
 mod config;
 mod entry;
@@ -58,6 +59,7 @@ pub mod share;
 mod url;
 pub mod users;
 
+pub use balance::{Balance, RawBalancer, Strategy, Weights};
 pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};
 pub use entry::{Mode, Plugin, ServerEntry};
@@ -77,6 +79,13 @@ pub fn load(args: &CliArgs) -> Result<Config, ConfigError> {
     };
     let mut warnings = Vec::new();
     if let Some(path) = &args.config {
+        if !raw.ignored_keys.is_empty() {
+            warnings.push(format!(
+                "{}: no setting takes these keys, so they are ignored: {}",
+                path.display(),
+                raw.ignored_keys.join(", ")
+            ));
+        }
         if raw.holds_a_secret() && readable_by_others(path) {
             warnings.push(format!(
                 "{} holds a password and can be read by other users: chmod 600 {}",
@@ -330,6 +339,30 @@ mod tests {
         set_mode(0o644);
         let args = CliArgs { password: Some("a long password 1234".into()), ..args };
         assert!(load(&args).unwrap().warnings.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_no_setting_takes_are_one_warning_naming_them() {
+        let dir = std::env::temp_dir().join(format!("ss-config-ignored-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"server":"s","server_port":1,"method":"aes-128-gcm","sever_port":2,"dscp":{}}"#,
+        )
+        .unwrap();
+        let args = CliArgs {
+            config: Some(file),
+            password: Some("a long password 1234".into()),
+            ..CliArgs::default()
+        };
+        let warnings = load(&args).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].ends_with("no setting takes these keys, so they are ignored: sever_port, dscp"),
+            "{warnings:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

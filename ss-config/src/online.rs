@@ -59,7 +59,7 @@ pub struct OnlineConfig {
 }
 
 /// The servers of one fetched document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OnlineServers {
     /// The servers to use, in the document's order.
     pub servers: Vec<ServerEntry>,

@@ -111,6 +111,12 @@ pub struct RawConfig {
     pub users: Option<Vec<crate::users::RawUser>>,
     /// `users_file` (ours): a JSON list of users, re-read on SIGHUP.
     pub users_file: Option<PathBuf>,
+    /// `balancer`: how ss-local picks among several servers (`balance.rs`).
+    pub balancer: Option<crate::balance::RawBalancer>,
+    /// Keys of the file no field takes (`servers.0.foo` for nested ones), in file order: warned about,
+    /// since a typo or a key we do not implement would otherwise be silently without effect.
+    #[serde(skip)]
+    pub ignored_keys: Vec<String>,
 }
 
 /// One entry of shadowsocks-rust's `servers` array. Missing fields fall back to the top-level ones.
@@ -144,6 +150,12 @@ pub struct RawServer {
     pub users: Option<Vec<crate::users::RawUser>>,
     /// `users_file` of this entry (else the top level's).
     pub users_file: Option<PathBuf>,
+    /// `weight`: this server's share under round-robin and random, TCP and UDP.
+    pub weight: Option<NumberOrString>,
+    /// `tcp_weight` (shadowsocks-rust): its share of TCP connections.
+    pub tcp_weight: Option<NumberOrString>,
+    /// `udp_weight` (shadowsocks-rust): its share of UDP associations.
+    pub udp_weight: Option<NumberOrString>,
     /// `remarks` (SIP008, shadowsocks-rust) or `tag`: the server's display name, the `#tag` of its link.
     #[serde(alias = "tag")]
     pub remarks: Option<String>,
@@ -198,7 +210,11 @@ impl RawConfig {
     pub fn from_json(text: &str, origin: &Path) -> Result<RawConfig, ConfigError> {
         // Editors on Windows like to start files with a byte order mark, which JSON forbids.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        serde_json::from_str(text).map_err(|error| {
+        let mut ignored_keys = Vec::new();
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let parsed = serde_ignored::deserialize(&mut deserializer, |path| ignored_keys.push(key_name(&path)))
+            .and_then(|raw: RawConfig| deserializer.end().map(|()| raw));
+        let raw = parsed.map_err(|error| {
             let full = error.to_string();
             // serde_json appends " at line L column C"; we print the location up front instead.
             let message = match full.rfind(" at line ") {
@@ -211,8 +227,16 @@ impl RawConfig {
                 column: error.column(),
                 message: crate::one_line(message),
             }
-        })
+        })?;
+        Ok(RawConfig { ignored_keys, ..raw })
     }
+}
+
+/// The dotted name of an ignored key; serde_ignored writes `?` for each `Option` on the way
+/// (`servers.?.0.x`), which is not part of the key.
+fn key_name(path: &serde_ignored::Path) -> String {
+    let text = path.to_string();
+    text.split('.').filter(|segment| *segment != "?").collect::<Vec<_>>().join(".")
 }
 
 /// A password or key: a string or `null`. Anything else is refused without quoting the value, which
@@ -388,10 +412,17 @@ mod tests {
     }
 
     #[test]
-    fn numbers_may_be_strings_and_unknown_keys_are_ignored() {
-        let raw = parse(r#"{"server_port":" 8388","timeout":"60","workers":4,"user":"nobody"}"#).unwrap();
+    fn numbers_may_be_strings_and_unknown_keys_are_named() {
+        let raw = parse(
+            r#"{"server_port":" 8388","timeout":"60","workers":4,"user":"nobody",
+                "servers":[{"address":"a","port":1,"colour":"red"}]}"#,
+        )
+        .unwrap();
         assert_eq!(raw.server_port.as_ref().and_then(NumberOrString::parse::<u16>), Some(8388));
         assert_eq!(raw.timeout, Some(NumberOrString::from("60")));
+        assert_eq!(raw.ignored_keys, ["workers", "user", "servers.0.colour"]);
+        assert!(parse(r#"{"server_port":1}"#).unwrap().ignored_keys.is_empty());
+        assert!(parse(r#"{"server_port":1} trailing"#).is_err(), "text after the object is an error");
     }
 
     #[test]

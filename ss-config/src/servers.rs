@@ -78,8 +78,10 @@ pub(crate) fn resolve(
             users: Users::of(&prefix, server.users.as_deref(), server.users_file.as_deref())
                 .or(top.users.clone()),
         };
-        let entry = settings.entry(&prefix, host)?;
-        entries.push(ServerEntry { tag: server.remarks.clone().filter(|tag| !tag.is_empty()), ..entry });
+        let mut entry = settings.entry(&prefix, host)?;
+        entry.weights = crate::balance::weights(&prefix, server)?;
+        entry.tag = server.remarks.clone().filter(|tag| !tag.is_empty());
+        entries.push(entry);
     }
     entries.extend(urls.iter().map(ServerUrl::to_entry));
     // With an online config, the servers may all come from it.
@@ -264,6 +266,7 @@ impl Settings<'_> {
             plugin,
             users,
             identity_keys,
+            weights: crate::Weights::default(),
             password,
             tag: None,
         })
@@ -314,6 +317,7 @@ impl Settings<'_> {
             plugin,
             users,
             identity_keys: Vec::new(),
+            weights: crate::Weights::default(),
             password: None,
             tag: None,
         })
@@ -379,6 +383,7 @@ impl ServerUrl {
             plugin: self.plugin.clone(),
             users: None,
             identity_keys: Vec::new(),
+            weights: crate::Weights::default(),
             password: Some(self.password().to_string()),
             tag: self.tag.clone(),
         }

@@ -7,6 +7,9 @@
 //!        ─▶ salt + header + first bytes in one write ─▶ relay both ways (half-close, idle timeout)
 //! ```
 //!
+//! With several servers the balancer (`balance.rs`) orders them for each connection; each server that
+//! cannot be reached is reported to it, and so is the first byte back (or the silence instead).
+//!
 //! With an ACL the route step comes first: a bypassed target is connected to directly and relayed in
 //! plain text, the same reply and relay otherwise. Plain HTTP proxy requests (`GET http://...`) leave
 //! this path for `inbound/forward.rs` once their first head is read.
@@ -28,6 +31,8 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, Instrument};
 
+use crate::balance::passive::{FirstByte, Watch};
+use crate::balance::{Kind, Outcome, ServerId};
 use crate::inbound::{self, Answer};
 use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
@@ -118,6 +123,13 @@ async fn run_connection(
     )
     .await;
     let failed = outcome.end.is_failure();
+    // Nothing back from the server at all, though we sent a request with data or the relay failed:
+    // the server (or the path to it) is not answering. A byte back was reported as it came.
+    if let Some(watch) = reader.get_ref().silent() {
+        if failed || outcome.a_to_b + first_len > 0 {
+            watch.report_failure();
+        }
+    }
     debug!(
         server = %format_args!("{}:{}", server.host, server.port),
         up = outcome.a_to_b + first_len,
@@ -175,7 +187,7 @@ enum Opened<'a> {
 struct Established<'a> {
     client: TcpStream,
     writer: EncryptWriter<OwnedWriteHalf>,
-    reader: DecryptReader<OwnedReadHalf>,
+    reader: DecryptReader<FirstByte<OwnedReadHalf>>,
     server: &'a Server,
     first_len: u64,
 }
@@ -201,7 +213,7 @@ async fn open<'a>(
             match handshake.request.command {
                 Command::Connect if settings.tcp => {}
                 Command::UdpAssociate if settings.udp => {
-                    let Some(server) = servers.first() else {
+                    let Some(&server) = settings.balancer.order(Kind::Udp, servers).first() else {
                         socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS)
                             .await?;
                         return Ok(None);
@@ -245,7 +257,7 @@ async fn open<'a>(
         }
     }
 
-    let (upstream, server) = match connect_any(servers, settings).await {
+    let (upstream, server, watch) = match connect_any(servers, settings).await {
         Ok(connected) => connected,
         Err(error) => {
             answer.failed(&mut client, &error).await?;
@@ -259,7 +271,7 @@ async fn open<'a>(
         first = read_first_payload(&mut client, settings).await?;
     }
 
-    proxied(client, upstream, server, &target, first)
+    proxied(client, upstream, server, watch, &target, first)
         .await
         .map(|established| Some(Opened::Proxied(established)))
 }
@@ -282,18 +294,20 @@ async fn open_fixed<'a>(
         let upstream = upstream?;
         return Ok(Some(Opened::Direct { client, upstream }));
     }
-    let (upstream, server) = connect_any(servers, settings).await?;
+    let (upstream, server, watch) = connect_any(servers, settings).await?;
     let first = read_first_payload(&mut client, settings).await?;
-    proxied(client, upstream, server, &target, first)
+    proxied(client, upstream, server, watch, &target, first)
         .await
         .map(|established| Some(Opened::Proxied(established)))
 }
 
 /// Sends the request header for `target` with the first payload to `server` and sets up both directions.
+/// `watch` (the connect time) reports the server's first byte back to the balancer.
 async fn proxied<'a>(
     client: TcpStream,
     upstream: TcpStream,
     server: &'a Server,
+    watch: Connected,
     target: &Address,
     first: Vec<u8>,
 ) -> io::Result<Established<'a>> {
@@ -312,7 +326,10 @@ async fn proxied<'a>(
     writer.write_all(&first).await?;
     writer.flush().await?;
     let decryptor = Decryptor::response(server.method, &server.key, salt);
-    let reader = DecryptReader::new(upstream_read, decryptor);
+    let (balancer, connect, deadline) = watch;
+    let watch = Watch::new(balancer, ServerId::of(server), connect);
+    let deadline = (!first.is_empty()).then_some(deadline);
+    let reader = DecryptReader::new(FirstByte::new(upstream_read, watch, deadline), decryptor);
     Ok(Established { client, writer, reader, server, first_len: first.len() as u64 })
 }
 
@@ -340,22 +357,36 @@ pub(crate) async fn bypass(
     }
 }
 
-/// Connects to the first server that answers, in configured order.
+/// The balancer, how long the server's connect took and how long the server may stay silent after a
+/// request with data: what the first byte's report needs.
+pub(crate) type Connected = (Arc<crate::balance::Balancer>, std::time::Duration, std::time::Duration);
+
+/// Connects to the first server that answers, in the balancer's order; servers that cannot be reached
+/// are reported to it.
 pub(crate) async fn connect_any<'a>(
     servers: &'a [Server],
     settings: &Settings,
-) -> io::Result<(TcpStream, &'a Server)> {
+) -> io::Result<(TcpStream, &'a Server, Connected)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
-    for server in servers {
+    for server in settings.balancer.order(Kind::Tcp, servers) {
+        let started = Instant::now();
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
         match attempt.await {
-            Ok(Ok(stream)) => return Ok((stream, server)),
+            Ok(Ok(stream)) => {
+                let watch = (settings.balancer.clone(), started.elapsed(), settings.connect_timeout);
+                return Ok((stream, server, watch));
+            }
             Ok(Err(error)) => {
                 debug!(server = %server.host, port = server.port, %error, "server unreachable, trying the next");
+                // A plugin between restarts is our own failure, not the server's.
+                if error.kind() != io::ErrorKind::NotConnected {
+                    settings.balancer.report(&ServerId::of(server), Outcome::Failed);
+                }
                 last_error = error;
             }
             Err(_) => {
                 debug!(server = %server.host, port = server.port, "server connect timed out, trying the next");
+                settings.balancer.report(&ServerId::of(server), Outcome::Failed);
                 last_error = io::Error::new(io::ErrorKind::TimedOut, "connecting to the server timed out");
             }
         }

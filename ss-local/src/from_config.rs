@@ -6,7 +6,9 @@
 //! `ipv6_first` also say how names of targets the ACL bypasses are resolved here; `udp_timeout` ends the
 //! UDP associations of tunnels and redir. Keys only ss-server acts on (`allow_private_targets`,
 //! `replay_snapshot`) are left for it: one config file serves both binaries. The socket keys
-//! (`fast_open`, `reuse_port`, `mptcp`, `no_delay`, `keep_alive`) become [`Settings::socket`].
+//! (`fast_open`, `reuse_port`, `mptcp`, `no_delay`, `keep_alive`) become [`Settings::socket`]; the
+//! `balancer` object and each server's weights become [`Settings::balancer`] and [`Server::tcp_weight`]
+//! / [`Server::udp_weight`].
 
 use ss_config::{Config, Mode, ServerEntry};
 use ss_net::plugin::Spec;
@@ -23,6 +25,8 @@ impl Settings {
             .map(|entry| Server {
                 ipv6_first: config.ipv6_first,
                 identity_keys: entry.identity_keys.clone(),
+                tcp_weight: entry.weights.tcp,
+                udp_weight: entry.weights.udp,
                 ..Server::new(entry.host.clone(), entry.port, entry.method, entry.key.clone())
             })
             .collect();
@@ -38,6 +42,7 @@ impl Settings {
             ..ss_net::ResolveSettings::default()
         };
         Settings {
+            balancer: std::sync::Arc::new(crate::balance::Balancer::new(policy(&config.balance))),
             resolve,
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
@@ -78,6 +83,21 @@ pub fn plugin_spec(mode: Mode, entry: &ServerEntry) -> Option<(Spec, bool, bool)
         udp,
     };
     Some((spec, tcp, udp))
+}
+
+/// The balancer's policy for the `balancer` object: the defaults where it says nothing.
+fn policy(balance: &ss_config::Balance) -> crate::balance::Policy {
+    let defaults = crate::balance::Policy::default();
+    crate::balance::Policy {
+        strategy: balance.strategy,
+        check_target: match &balance.check_target {
+            Some((host, port)) => crate::listen::forward_address(host, *port),
+            None => defaults.check_target.clone(),
+        },
+        tolerance: balance.tolerance.unwrap_or(defaults.tolerance),
+        tolerance_ratio: balance.tolerance_ratio.unwrap_or(defaults.tolerance_ratio),
+        ..defaults
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +143,22 @@ mod tests {
         let nameserver: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();
         assert_eq!((settings.resolve.nameservers, settings.resolve.ipv6_first), (vec![nameserver], true));
         assert!(settings.acl.is_none(), "main loads the ACL file");
+    }
+
+    #[test]
+    fn the_balancer_and_weights_reach_the_settings() {
+        let config = config(&format!(
+            r#"{{"method":"2022-blake3-aes-128-gcm","key":"{KEY}","server_port":1,
+                "balancer":{{"strategy":"round-robin","check_target":"127.0.0.1:7","tolerance_ms":80}},
+                "servers":[{{"server":"a","weight":2}},{{"server":"b","tcp_weight":3,"udp_weight":0.5}}]}}"#
+        ));
+        let settings = Settings::from_config(&config, 1 << 20);
+        let weights: Vec<_> = settings.servers.iter().map(|s| (s.tcp_weight, s.udp_weight)).collect();
+        assert_eq!(weights, [(2.0, 2.0), (3.0, 0.5)]);
+        let policy = settings.balancer.policy();
+        assert_eq!(policy.strategy, ss_config::Strategy::RoundRobin);
+        assert_eq!(policy.check_target, ss_crypto::Address::Ip("127.0.0.1:7".parse().unwrap()));
+        assert_eq!((policy.tolerance, policy.tolerance_ratio), (Duration::from_millis(80), 0.2));
     }
 
     #[test]

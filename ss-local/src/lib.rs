@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod balance;
 mod connection;
 mod from_config;
 pub mod inbound;
@@ -61,6 +62,10 @@ pub struct Server {
     /// Try the IPv6 addresses of the server's name before its IPv4 ones (`ipv6_first`, `-6`); otherwise
     /// IPv4 first. Families alternate after the first attempt (Happy Eyeballs).
     pub ipv6_first: bool,
+    /// Share of TCP connections under `round-robin` and `random` (`tcp_weight`, else `weight`; 1).
+    pub tcp_weight: f64,
+    /// Share of UDP associations under `round-robin` and `random` (`udp_weight`, else `weight`; 1).
+    pub udp_weight: f64,
 }
 
 /// How a server is reached through its plugin (see [`ss_net::plugin`]).
@@ -86,6 +91,8 @@ impl Server {
             identity_keys: Vec::new(),
             plugin: None,
             ipv6_first: false,
+            tcp_weight: 1.0,
+            udp_weight: 1.0,
         }
     }
 
@@ -134,8 +141,11 @@ impl PluginRoute {
 /// Everything ss-local needs to know, checked and typed.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Servers to use, tried in order when one cannot be reached.
+    /// Servers to use: the balancer orders them for each connection, the next tried when one cannot
+    /// be reached.
     pub servers: Vec<Server>,
+    /// Which server each connection uses, and what is known of each (`balance.rs`).
+    pub balancer: Arc<balance::Balancer>,
     /// Time allowed for a client's SOCKS5 greeting and request.
     pub handshake_timeout: Duration,
     /// Time allowed to connect to a server.
@@ -182,6 +192,7 @@ impl Settings {
     pub fn new(servers: Vec<Server>) -> Settings {
         Settings {
             servers,
+            balancer: Arc::default(),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -205,6 +216,20 @@ impl Settings {
         match &self.server_list {
             Some(list) => list.current(),
             None => Arc::new(self.servers.clone()),
+        }
+    }
+}
+
+impl Settings {
+    /// For a listener's UDP associations: the server the balancer picks for each new one.
+    pub(crate) fn udp_chooser(self: &Arc<Settings>) -> impl Fn() -> Option<Server> + Send + Sync + 'static {
+        let settings = self.clone();
+        move || {
+            settings
+                .balancer
+                .order(balance::Kind::Udp, &settings.current_servers())
+                .first()
+                .map(|s| Server::clone(s))
         }
     }
 }

@@ -96,7 +96,7 @@ impl Listener {
 }
 
 /// A tunnel's target as sent to the server: an IP literal as an address, anything else as a name.
-fn forward_address(host: &str, port: u16) -> Address {
+pub(crate) fn forward_address(host: &str, port: u16) -> Address {
     match host.parse() {
         Ok(ip) => Address::Ip(SocketAddr::new(ip, port)),
         Err(_) => Address::Domain(host.to_string(), port),
@@ -142,6 +142,7 @@ pub async fn run_listeners(mut settings: Settings, listeners: Vec<Listener>, shu
     };
     let shared = Arc::new(settings);
     let mut servers = tokio::task::JoinSet::new();
+    crate::balance::start(&shared, &mut servers, &shutdown);
     for listener in listeners {
         let Listener { inbound, mode, tcp, udp } = listener;
         let settings = match inbound {

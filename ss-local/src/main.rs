@@ -85,7 +85,7 @@ async fn serve(
     // SIP008: the list from the network joins the config's servers, and is refreshed while we run.
     let mut online = None;
     if let Some(source) = OnlineSource::from_config(&config, settings.servers.clone())? {
-        let list = ServerList::new(settings.servers.clone());
+        let list = ServerList::updatable(settings.servers.clone());
         settings.server_list = Some(list.clone());
         online = Some(tokio::spawn(source.run(list, shutdown.clone())));
     }

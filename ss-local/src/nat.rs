@@ -35,7 +35,8 @@ pub(crate) trait Replier: Send + Sync + 'static {
 
 /// The associations of one listener.
 pub(crate) struct Nat {
-    server: Server,
+    /// The server for a new association, asked each time (the balancer's UDP choice).
+    server: Box<dyn Fn() -> Option<Server> + Send + Sync>,
     idle: Duration,
     max: usize,
     replier: Arc<dyn Replier>,
@@ -50,16 +51,16 @@ struct Association {
 }
 
 impl Nat {
-    /// Associations through `server`, at most `max` at once, each freed after `idle` without traffic
-    /// or at `shutdown`.
+    /// Associations through the server `server` returns when each opens, at most `max` at once, each
+    /// freed after `idle` without traffic or at `shutdown`.
     pub(crate) fn new(
-        server: Server,
+        server: impl Fn() -> Option<Server> + Send + Sync + 'static,
         idle: Duration,
         max: usize,
         replier: Arc<dyn Replier>,
         shutdown: CancellationToken,
     ) -> Nat {
-        Nat { server, idle, max: max.max(1), replier, table: Arc::default(), shutdown }
+        Nat { server: Box::new(server), idle, max: max.max(1), replier, table: Arc::default(), shutdown }
     }
 
     /// Sends one datagram of `client` for `target` through the server, opening its association first
@@ -98,9 +99,11 @@ impl Nat {
             debug!(%client, max = self.max, "too many UDP associations; datagram dropped");
             return Ok(None);
         }
-        let codec = Codec::new(self.server.method, &self.server.identity_keys, &self.server.key)
+        let server =
+            (self.server)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no server configured"))?;
+        let codec = Codec::new(server.method, &server.identity_keys, &server.key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
-        let server_addr = self.server.udp_address().await?;
+        let server_addr = server.udp_address().await?;
         let unspecified = if server_addr.is_ipv4() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
@@ -188,7 +191,16 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let key = ss_crypto::Key::from_password(Method::Aes128Gcm, "p").unwrap();
         let server_entry = Server::new(addr.ip().to_string(), addr.port(), Method::Aes128Gcm, key);
-        (Nat::new(server_entry, idle, max, Arc::new(Nowhere), CancellationToken::new()), server)
+        (
+            Nat::new(
+                move || Some(server_entry.clone()),
+                idle,
+                max,
+                Arc::new(Nowhere),
+                CancellationToken::new(),
+            ),
+            server,
+        )
     }
 
     async fn settle() {

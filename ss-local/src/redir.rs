@@ -96,14 +96,19 @@ pub(crate) fn destination(
 
 /// Relays the datagrams TPROXY delivers to `socket` until `shutdown`.
 pub(crate) async fn serve_udp(socket: UdpSocket, settings: Arc<Settings>, shutdown: CancellationToken) {
-    // The first server when the listener starts: the NAT keeps it.
-    let Some(server) = settings.current_servers().first().cloned() else {
+    if settings.current_servers().is_empty() {
         error!("no server for redir's UDP");
         return;
-    };
+    }
     let Ok(listener) = socket.local_addr() else { return };
     let replier = Arc::new(FromDestination { sockets: Mutex::default(), idle: settings.udp_timeout });
-    let nat = Nat::new(server, settings.udp_timeout, settings.max_connections, replier, shutdown.clone());
+    let nat = Nat::new(
+        settings.udp_chooser(),
+        settings.udp_timeout,
+        settings.max_connections,
+        replier,
+        shutdown.clone(),
+    );
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {

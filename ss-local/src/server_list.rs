@@ -18,13 +18,30 @@ pub struct ServerList {
     current: Arc<ArcSwap<Vec<Server>>>,
     /// Counts replacements, for those who want to hear of them (logs, tests).
     generation: Arc<watch::Sender<u64>>,
+    /// Something (an online config) will replace the contents: the balancer's checks must run even
+    /// when the list starts with one server or none.
+    updatable: bool,
 }
 
 impl ServerList {
     /// A list holding `servers`.
     pub fn new(servers: Vec<Server>) -> ServerList {
         let (generation, _) = watch::channel(0);
-        ServerList { current: Arc::new(ArcSwap::from_pointee(servers)), generation: Arc::new(generation) }
+        ServerList {
+            current: Arc::new(ArcSwap::from_pointee(servers)),
+            generation: Arc::new(generation),
+            updatable: false,
+        }
+    }
+
+    /// A list holding `servers` for now, which an updater (an online config) will replace.
+    pub fn updatable(servers: Vec<Server>) -> ServerList {
+        ServerList { updatable: true, ..ServerList::new(servers) }
+    }
+
+    /// Whether it was made with [`ServerList::updatable`].
+    pub fn is_updatable(&self) -> bool {
+        self.updatable
     }
 
     /// The servers now, in the order to try them.

@@ -28,14 +28,19 @@ pub(crate) async fn serve_udp(
     settings: Arc<Settings>,
     shutdown: CancellationToken,
 ) {
-    // The first server when the listener starts: the NAT keeps it.
-    let Some(server) = settings.current_servers().first().cloned() else {
+    if settings.current_servers().is_empty() {
         error!("no server for the tunnel's UDP");
         return;
-    };
+    }
     let socket = Arc::new(socket);
     let replier = Arc::new(FromTunnel(socket.clone()));
-    let nat = Nat::new(server, settings.udp_timeout, settings.max_connections, replier, shutdown.clone());
+    let nat = Nat::new(
+        settings.udp_chooser(),
+        settings.udp_timeout,
+        settings.max_connections,
+        replier,
+        shutdown.clone(),
+    );
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (len, client) = tokio::select! {

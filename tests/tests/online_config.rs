@@ -194,7 +194,7 @@ async fn start_online_local(
     settings.threads = 1;
     let source =
         OnlineSource::from_config(&config, settings.servers.clone()).expect("set up").expect("online");
-    let list = ServerList::new(settings.servers.clone());
+    let list = ServerList::updatable(settings.servers.clone());
     settings.server_list = Some(list.clone());
     let local = start_local(settings).await;
     let shutdown = CancellationToken::new();

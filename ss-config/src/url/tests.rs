@@ -264,6 +264,7 @@ mod entries {
                 tag,
                 users: None,
                 identity_keys: Vec::new(),
+                weights: crate::Weights::default(),
             },
         )
     }

@@ -219,8 +219,10 @@ async fn open_upstream(
             return Ok(Box::new(direct?));
         }
     }
+    // The balancer hears of servers that cannot be reached (in connect_any); the first byte of a
+    // forwarded request is not watched, as hyper owns the read half.
     let servers = settings.current_servers();
-    let (upstream, server) = connection::connect_any(&servers, settings).await?;
+    let (upstream, server, _watch) = connection::connect_any(&servers, settings).await?;
     let (read, write) = upstream.into_split();
     let salt = Salt::random(server.method, &mut OsRng);
     let padding = connection::padding(false);
