@@ -150,6 +150,12 @@ pub struct CliArgs {
     /// Print a fresh random key for the method given with -m (base64) and exit
     #[arg(long = "generate-key")]
     pub generate_key: bool,
+    /// Print each configured server's ss:// link (SIP002) and exit
+    #[arg(long = "print-url")]
+    pub print_url: bool,
+    /// With --print-url: also draw each link as a QR code in the terminal
+    #[arg(long = "qr", requires = "print_url")]
+    pub qr: bool,
 }
 
 /// The two programs sharing [`CliArgs`].

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::entry::{Mode, ServerEntry};
+use crate::online::OnlineConfig;
 use crate::raw::{NumberOrString, RawConfig};
 use crate::servers;
 use crate::{CliArgs, ConfigError};
@@ -35,8 +36,11 @@ use crate::{CliArgs, ConfigError};
 /// The checked configuration of either binary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// At least one. ss-server listens on each; ss-local tries them in order.
+    /// At least one (or none, with an online config). ss-server listens on each; ss-local tries them in
+    /// order.
     pub servers: Vec<ServerEntry>,
+    /// `online_config` (SIP008): where ss-local fetches more servers, and how often.
+    pub online_config: Option<OnlineConfig>,
     /// Where ss-local listens (default `127.0.0.1`); libev's ss-server uses `-b` to bind outgoing sockets.
     pub local_address: String,
     /// Where ss-local listens; the binary decides whether it is required.
@@ -159,8 +163,10 @@ impl Config {
             Some(secs) if secs.parse::<u64>() == Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs.seconds("keep_alive")?)),
         };
+        let online_config = OnlineConfig::from_raw(raw.online_config.as_ref())?;
         Ok(Config {
             servers,
+            online_config,
             local_address,
             local_port,
             locals,

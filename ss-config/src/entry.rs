@@ -10,7 +10,7 @@ use crate::users::UserList;
 use crate::ConfigError;
 
 /// One server: for ss-server an address to listen on, for ss-local a remote server to try.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ServerEntry {
     /// Host name or IP address, without brackets (`::1`, not `[::1]`).
     pub host: String,
@@ -31,6 +31,30 @@ pub struct ServerEntry {
     pub identity_keys: Vec<Key>,
     /// Its shares under round-robin and random (ss-local; `weight`, `tcp_weight`, `udp_weight`).
     pub weights: crate::Weights,
+    /// What an `ss://` link carries as the password: the classic password as configured, or the 2022
+    /// key in base64. `None` for a classic method configured by its raw `key`, which no link can carry.
+    pub password: Option<String>,
+    /// A display name: `remarks` or `tag` of a `servers` entry, the fragment of an `ss://` URL.
+    pub tag: Option<String>,
+}
+
+impl std::fmt::Debug for ServerEntry {
+    /// Everything but the password (the key redacts itself).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerEntry")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("method", &self.method)
+            .field("key", &self.key)
+            .field("password_is_weak", &self.password_is_weak)
+            .field("plugin", &self.plugin)
+            .field("users", &self.users)
+            .field("identity_keys", &self.identity_keys)
+            .field("weights", &self.weights)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tag", &self.tag)
+            .finish()
+    }
 }
 
 /// Which protocols to relay (libev's `mode`).

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! `ss://` server URLs (SIP002) are read and written by [`parse_ss_url`] and [`format_ss_url`], and
-//! taken on the command line by `--server-url`.
+//! taken on the command line by `--server-url`; [`ServerEntry::to_url`] and [`share`] give
+//! `--print-url` its links and QR codes. ss-local's `online_config` (SIP008) is checked into
+//! [`OnlineConfig`], which also reads the fetched documents ([`OnlineConfig::parse_document`]).
 //!
 //! After [`load`] (or [`Config::from_raw`]) nothing re-parses strings. Every error is one line that
 //! names the field or the file position:
@@ -50,8 +52,10 @@ mod cli;
 mod config;
 mod entry;
 mod locals;
+mod online;
 mod raw;
 mod servers;
+pub mod share;
 mod url;
 pub mod users;
 
@@ -60,6 +64,7 @@ pub use cli::{parse_for, try_parse_for, Binary, CliArgs};
 pub use config::{Config, LogLevel, ReplaySnapshot};
 pub use entry::{Mode, Plugin, ServerEntry};
 pub use locals::{Forward, Local, Protocol, TcpRedir};
+pub use online::{DocumentError, OnlineConfig, OnlineServers, RawOnlineConfig};
 pub use raw::{NumberOrString, RawConfig, RawLocal, RawServer};
 pub use url::{format_ss_url, parse_ss_url, ServerUrl, UrlError};
 

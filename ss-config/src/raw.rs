@@ -103,6 +103,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
     pub replay_snapshot: Option<String>,
+    /// `online_config` (SIP008, ss-local): a server list fetched over HTTPS and refreshed.
+    pub online_config: Option<crate::online::RawOnlineConfig>,
     /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
     pub socks5_auth_config_path: Option<PathBuf>,
     /// `users`: the users of a multi-user server ([`crate::users`]).
@@ -154,6 +156,9 @@ pub struct RawServer {
     pub tcp_weight: Option<NumberOrString>,
     /// `udp_weight` (shadowsocks-rust): its share of UDP associations.
     pub udp_weight: Option<NumberOrString>,
+    /// `remarks` (SIP008, shadowsocks-rust) or `tag`: the server's display name, the `#tag` of its link.
+    #[serde(alias = "tag")]
+    pub remarks: Option<String>,
 }
 
 /// One entry of shadowsocks-rust's `locals` array.
@@ -224,7 +229,7 @@ fn key_name(path: &serde_ignored::Path) -> String {
 /// A password or key: a string or `null`. Anything else is refused without quoting the value, which
 /// serde would otherwise print in the error (and so in logs) when someone writes a numeric password
 /// unquoted.
-fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     struct Secret;
     impl<'de> serde::de::Visitor<'de> for Secret {
         type Value = Option<String>;

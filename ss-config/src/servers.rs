@@ -80,10 +80,12 @@ pub(crate) fn resolve(
         };
         let mut entry = settings.entry(&prefix, host)?;
         entry.weights = crate::balance::weights(&prefix, server)?;
+        entry.tag = server.remarks.clone().filter(|tag| !tag.is_empty());
         entries.push(entry);
     }
     entries.extend(urls.iter().map(ServerUrl::to_entry));
-    if entries.is_empty() {
+    // With an online config, the servers may all come from it.
+    if entries.is_empty() && raw.online_config.is_none() {
         let message = "missing (set \"server\" in the config, -s or --server-url)";
         return Err(ConfigError::field_error("server", message));
     }
@@ -246,7 +248,15 @@ impl Settings<'_> {
             None => (Vec::new(), Key::from_config_password(method, credential.text).map_err(field_error)?),
         };
         let password_is_weak = !credential.is_key && !method.is_2022() && is_weak_password(credential.text);
+        // What a link carries: not an identity chain (SIP002 has no form for it), nor a classic raw key.
+        let password = match (method.is_2022(), credential.is_key) {
+            _ if !identity_keys.is_empty() => None,
+            (true, _) => Some(key.to_base64()),
+            (false, false) => Some(credential.text.to_string()),
+            (false, true) => None,
+        };
         let plugin = self.plugin.clone();
+        let users = None;
         Ok(ServerEntry {
             host,
             port,
@@ -254,9 +264,11 @@ impl Settings<'_> {
             key,
             password_is_weak,
             plugin,
-            users: None,
+            users,
             identity_keys,
             weights: crate::Weights::default(),
+            password,
+            tag: None,
         })
     }
 
@@ -306,6 +318,8 @@ impl Settings<'_> {
             users,
             identity_keys: Vec::new(),
             weights: crate::Weights::default(),
+            password: None,
+            tag: None,
         })
     }
 }
@@ -370,7 +384,30 @@ impl ServerUrl {
             users: None,
             identity_keys: Vec::new(),
             weights: crate::Weights::default(),
+            password: Some(self.password().to_string()),
+            tag: self.tag.clone(),
         }
+    }
+}
+
+impl ServerEntry {
+    /// The server as an `ss://` URL ([`ServerUrl::to_entry`] gives it back), or why it has none. The
+    /// plugin's `plugin_args` and `plugin_mode` have no place in a URL and are left out.
+    pub fn to_url(&self) -> Result<ServerUrl, &'static str> {
+        if self.users.is_some() {
+            return Err("a multi-user entry has no one link (each user has their own key)");
+        }
+        if !self.identity_keys.is_empty() {
+            return Err("an identity-key chain (iPSK:uPSK) has no SIP002 link form");
+        }
+        let password =
+            self.password.clone().ok_or("a classic method given by its raw key has no link form")?;
+        let mut url = ServerUrl::new(self.host.clone(), self.port, self.method, password)
+            .map_err(|_| "the host or password cannot be written in a link")?;
+        url.plugin =
+            self.plugin.as_ref().map(|plugin| Plugin::new(plugin.command.clone(), plugin.options.clone()));
+        url.tag = self.tag.clone();
+        Ok(url)
     }
 }
 

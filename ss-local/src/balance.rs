@@ -327,11 +327,12 @@ pub(crate) fn start(
     tasks: &mut tokio::task::JoinSet<()>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
-    if settings.servers.len() > 1 {
+    let updatable = settings.server_list.as_ref().is_some_and(crate::ServerList::is_updatable);
+    if settings.servers.len() > 1 || updatable {
         let list = settings.clone();
         tasks.spawn(run_checks(
             settings.balancer.clone(),
-            move || list.servers.clone(),
+            move || list.current_servers().to_vec(),
             settings.socket,
             settings.connect_timeout,
             shutdown.clone(),
@@ -349,7 +350,7 @@ pub(crate) fn start(
                             () = shutdown.cancelled() => return,
                             received = usr1.recv() => if received.is_none() { return },
                         }
-                        settings.balancer.log_table(&settings.servers);
+                        settings.balancer.log_table(&settings.current_servers());
                     }
                 });
             }

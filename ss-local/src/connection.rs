@@ -89,9 +89,15 @@ async fn run_connection(
     // Everything before the relay lives in `open`'s future, boxed so that it is freed by the time the relay
     // (the long part) runs: the handshake, routing, server connect, first payload and padding are not kept
     // for the connection's life. Inline, the connection's future would be as large as the largest of them.
+    // The server list as it is now: a later replacement (online config) does not touch this connection.
+    let servers = settings.current_servers();
     let opened = match start {
-        Start::Request(protocols) => Box::pin(open(client, &settings, router.as_deref(), protocols)).await,
-        Start::Fixed(target) => Box::pin(open_fixed(client, target, &settings, router.as_deref())).await,
+        Start::Request(protocols) => {
+            Box::pin(open(client, &settings, &servers, router.as_deref(), protocols)).await
+        }
+        Start::Fixed(target) => {
+            Box::pin(open_fixed(client, target, &settings, &servers, router.as_deref())).await
+        }
     };
     let Established { client, mut writer, mut reader, server, first_len } = match opened {
         Ok(Some(Opened::Proxied(established))) => established,
@@ -192,6 +198,7 @@ struct Established<'a> {
 async fn open<'a>(
     mut client: TcpStream,
     settings: &'a Settings,
+    servers: &'a [Server],
     router: Option<&Router>,
     protocols: inbound::Protocols,
 ) -> io::Result<Option<Opened<'a>>> {
@@ -206,7 +213,7 @@ async fn open<'a>(
             match handshake.request.command {
                 Command::Connect if settings.tcp => {}
                 Command::UdpAssociate if settings.udp => {
-                    let Some(&server) = settings.balancer.order(Kind::Udp, &settings.servers).first() else {
+                    let Some(&server) = settings.balancer.order(Kind::Udp, servers).first() else {
                         socks5::send_reply(&mut client, Reply::GeneralFailure, &socks5::UNSPECIFIED_ADDRESS)
                             .await?;
                         return Ok(None);
@@ -250,7 +257,7 @@ async fn open<'a>(
         }
     }
 
-    let (upstream, server, watch) = match connect_any(settings).await {
+    let (upstream, server, watch) = match connect_any(servers, settings).await {
         Ok(connected) => connected,
         Err(error) => {
             answer.failed(&mut client, &error).await?;
@@ -275,6 +282,7 @@ async fn open_fixed<'a>(
     mut client: TcpStream,
     target: Address,
     settings: &'a Settings,
+    servers: &'a [Server],
     router: Option<&Router>,
 ) -> io::Result<Option<Opened<'a>>> {
     settings.socket.accepted(&client);
@@ -286,7 +294,7 @@ async fn open_fixed<'a>(
         let upstream = upstream?;
         return Ok(Some(Opened::Direct { client, upstream }));
     }
-    let (upstream, server, watch) = connect_any(settings).await?;
+    let (upstream, server, watch) = connect_any(servers, settings).await?;
     let first = read_first_payload(&mut client, settings).await?;
     proxied(client, upstream, server, watch, &target, first)
         .await
@@ -345,9 +353,12 @@ pub(crate) type Connected = (Arc<crate::balance::Balancer>, std::time::Duration,
 
 /// Connects to the first server that answers, in the balancer's order; servers that cannot be reached
 /// are reported to it.
-pub(crate) async fn connect_any(settings: &Settings) -> io::Result<(TcpStream, &Server, Connected)> {
+pub(crate) async fn connect_any<'a>(
+    servers: &'a [Server],
+    settings: &Settings,
+) -> io::Result<(TcpStream, &'a Server, Connected)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
-    for server in settings.balancer.order(Kind::Tcp, &settings.servers) {
+    for server in settings.balancer.order(Kind::Tcp, servers) {
         let started = Instant::now();
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
         match attempt.await {

@@ -10,7 +10,8 @@
 //! `balancer` object and each server's weights become [`Settings::balancer`] and [`Server::tcp_weight`]
 //! / [`Server::udp_weight`].
 
-use ss_config::Config;
+use ss_config::{Config, Mode, ServerEntry};
+use ss_net::plugin::Spec;
 
 use crate::{Server, Settings};
 
@@ -61,6 +62,27 @@ impl Settings {
             ..Settings::new(servers)
         }
     }
+}
+
+/// The plugin to start for `entry`, if it has one that carries any traffic relayed in `mode`, and
+/// whether it carries TCP and UDP (`plugin_mode`, within `mode`); what it does not carry goes to the
+/// server directly.
+pub fn plugin_spec(mode: Mode, entry: &ServerEntry) -> Option<(Spec, bool, bool)> {
+    let plugin = entry.plugin.as_ref()?;
+    let tcp = plugin.mode.tcp() && mode.tcp();
+    let udp = plugin.mode.udp() && mode.udp();
+    if !tcp && !udp {
+        tracing::warn!(plugin = %plugin.command, "plugin_mode {} carries nothing in mode {}; not started", plugin.mode.name(), mode.name());
+        return None;
+    }
+    let spec = Spec {
+        command: plugin.command.clone(),
+        options: plugin.options.clone(),
+        args: plugin.args.clone(),
+        tcp,
+        udp,
+    };
+    Some((spec, tcp, udp))
 }
 
 /// The balancer's policy for the `balancer` object: the defaults where it says nothing.

@@ -20,15 +20,20 @@ mod from_config;
 pub mod inbound;
 mod listen;
 mod nat;
+mod online;
 #[cfg(target_os = "linux")]
 mod redir;
 mod route;
+mod server_list;
 pub mod socks5;
 mod tunnel;
 mod udp;
 mod udp_direct;
 
+pub use from_config::plugin_spec;
 pub use listen::{run_listeners, Inbound, Listener};
+pub use online::{OnlineSource, SetupError};
+pub use server_list::ServerList;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -176,6 +181,10 @@ pub struct Settings {
     /// Users allowed on the local port (`socks5_auth_config_path`): SOCKS5 username/password and HTTP
     /// `Proxy-Authorization: Basic` are then required, and SOCKS4 is refused. `None`: no authentication.
     pub users: Option<Arc<inbound::Users>>,
+    /// A list that can change while running (SIP008 online config, [`OnlineSource`]): when set,
+    /// connections take their servers from it as they start, and `servers` is not read.
+    /// [`run_listeners`] sets it from `servers` when it is not set.
+    pub server_list: Option<ServerList>,
 }
 
 impl Settings {
@@ -198,6 +207,15 @@ impl Settings {
             acl: None,
             resolve: ss_net::ResolveSettings::default(),
             users: None,
+            server_list: None,
+        }
+    }
+
+    /// The servers for a connection starting now, in the order to try them.
+    pub(crate) fn current_servers(&self) -> Arc<Vec<Server>> {
+        match &self.server_list {
+            Some(list) => list.current(),
+            None => Arc::new(self.servers.clone()),
         }
     }
 }
@@ -207,7 +225,11 @@ impl Settings {
     pub(crate) fn udp_chooser(self: &Arc<Settings>) -> impl Fn() -> Option<Server> + Send + Sync + 'static {
         let settings = self.clone();
         move || {
-            settings.balancer.order(balance::Kind::Udp, &settings.servers).first().map(|s| Server::clone(s))
+            settings
+                .balancer
+                .order(balance::Kind::Udp, &settings.current_servers())
+                .first()
+                .map(|s| Server::clone(s))
         }
     }
 }

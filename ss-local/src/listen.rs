@@ -124,7 +124,10 @@ fn bind_udp(inbound: &Inbound, addr: SocketAddr, socket: &ss_net::SocketOptions)
 
 /// Serves every listener until `shutdown` is cancelled, then lets open TCP connections finish for the
 /// drain time and returns; UDP associations end at once.
-pub async fn run_listeners(settings: Settings, listeners: Vec<Listener>, shutdown: CancellationToken) {
+pub async fn run_listeners(mut settings: Settings, listeners: Vec<Listener>, shutdown: CancellationToken) {
+    if settings.server_list.is_none() {
+        settings.server_list = Some(crate::ServerList::new(settings.servers.clone()));
+    }
     let limits = ss_net::Limits { max_connections: settings.max_connections, drain: settings.drain_timeout };
     let workers = ss_net::Workers::start(settings.threads);
     let router = match &settings.acl {

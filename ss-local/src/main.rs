@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ss_config::{Binary, CliArgs, Config, ServerEntry};
-use ss_local::{Listener, PluginRoute, Settings};
-use ss_net::plugin::{Plugin, Spec, Timing};
+use ss_config::{Binary, CliArgs, Config};
+use ss_local::{Listener, OnlineSource, PluginRoute, ServerList, Settings};
+use ss_net::plugin::{Plugin, Timing};
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks local: a SOCKS5, SOCKS4/4a and HTTP proxy on one port, tunnels (-L) and transparent
@@ -46,6 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.common.print_url {
+        let every_server_has_one = ss_config::share::print(&config.servers, args.common.qr);
+        return if every_server_has_one { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     if config.locals.is_empty() {
         eprintln!("ss-local: local_port: missing (set \"local_port\" or \"locals\" in the config, or -l)");
         return ExitCode::from(2);
@@ -77,11 +81,18 @@ async fn serve(
     // One plugin per server, each dialling its own server; started (and ready) before we listen.
     let mut plugins = Vec::new();
     for (entry, server) in config.servers.iter().zip(&mut settings.servers) {
-        if let Some((spec, route_tcp, route_udp)) = plugin_spec(&config, entry) {
+        if let Some((spec, route_tcp, route_udp)) = ss_local::plugin_spec(config.mode, entry) {
             let plugin = Plugin::start_local(spec, &entry.host, entry.port, Timing::default()).await?;
             server.plugin = Some(PluginRoute { endpoint: plugin.endpoint(), tcp: route_tcp, udp: route_udp });
             plugins.push(plugin);
         }
+    }
+    // SIP008: the list from the network joins the config's servers, and is refreshed while we run.
+    let mut online = None;
+    if let Some(source) = OnlineSource::from_config(&config, settings.servers.clone())? {
+        let list = ServerList::updatable(settings.servers.clone());
+        settings.server_list = Some(list.clone());
+        online = Some(tokio::spawn(source.run(list, shutdown.clone())));
     }
     let mut listeners = Vec::new();
     for local in &config.locals {
@@ -91,29 +102,12 @@ async fn serve(
         listeners.push(listener);
     }
     ss_local::run_listeners(settings, listeners, shutdown).await;
+    if let Some(online) = online {
+        plugins.extend(online.await.unwrap_or_default());
+    }
     // After the drain: open connections still used the plugins.
     for plugin in plugins {
         plugin.stop().await;
     }
     Ok(())
-}
-
-/// The plugin to start for `entry`, if it has one that carries any traffic we relay, and whether it
-/// carries TCP and UDP (`plugin_mode`, within `mode`); what it does not carry goes to the server directly.
-fn plugin_spec(config: &Config, entry: &ServerEntry) -> Option<(Spec, bool, bool)> {
-    let plugin = entry.plugin.as_ref()?;
-    let tcp = plugin.mode.tcp() && config.mode.tcp();
-    let udp = plugin.mode.udp() && config.mode.udp();
-    if !tcp && !udp {
-        tracing::warn!(plugin = %plugin.command, "plugin_mode {} carries nothing in mode {}; not started", plugin.mode.name(), config.mode.name());
-        return None;
-    }
-    let spec = Spec {
-        command: plugin.command.clone(),
-        options: plugin.options.clone(),
-        args: plugin.args.clone(),
-        tcp,
-        udp,
-    };
-    Some((spec, tcp, udp))
 }

@@ -96,7 +96,7 @@ pub(crate) fn destination(
 
 /// Relays the datagrams TPROXY delivers to `socket` until `shutdown`.
 pub(crate) async fn serve_udp(socket: UdpSocket, settings: Arc<Settings>, shutdown: CancellationToken) {
-    if settings.servers.is_empty() {
+    if settings.current_servers().is_empty() {
         error!("no server for redir's UDP");
         return;
     }

@@ -28,7 +28,7 @@ pub(crate) async fn serve_udp(
     settings: Arc<Settings>,
     shutdown: CancellationToken,
 ) {
-    if settings.servers.is_empty() {
+    if settings.current_servers().is_empty() {
         error!("no server for the tunnel's UDP");
         return;
     }

@@ -31,6 +31,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // An online config (ss-local's) lets the config's own list be empty; a server needs one to listen on.
+    if config.servers.is_empty() {
+        eprintln!("ss-server: server: missing (set \"server\" in the config or -s)");
+        return ExitCode::from(2);
+    }
+    if args.common.print_url {
+        let every_server_has_one = ss_config::share::print(&config.servers, args.common.qr);
+        return if every_server_has_one { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let (log_level, warnings, nofile) =
         (config.effective_log_level(), config.warnings.clone(), config.nofile);
     ss_net::process::run_main("ss-server", log_level.as_str(), &warnings, nofile, |descriptors| {

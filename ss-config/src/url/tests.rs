@@ -216,3 +216,80 @@ fn percent_coding() {
         assert_eq!(percent_decode(bad, false), None, "{bad}");
     }
 }
+
+mod entries {
+    //! Any server a config can hold and a link can carry goes to a link and back unchanged.
+
+    use proptest::prelude::*;
+    use ss_crypto::is_weak_password;
+
+    use super::*;
+    use crate::ServerEntry;
+
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z]{2,6}){0,2}",
+            any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+            any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+        ]
+    }
+
+    fn plugin() -> impl Strategy<Value = Option<Plugin>> {
+        // A command has no ';' (the link splits command and options at the first one) and is not blank.
+        let command = "[a-zA-Z0-9._/-]{1,20}";
+        let options = proptest::option::of("[^\\x00-\\x1f]{1,40}");
+        proptest::option::of((command, options).prop_map(|(command, options)| Plugin::new(command, options)))
+    }
+
+    fn entry() -> impl Strategy<Value = ServerEntry> {
+        let method = proptest::sample::select(Method::ALL.to_vec());
+        let secret = (method, any::<[u8; 32]>(), "[^\\x00-\\x1f]{1,40}").prop_map(|(method, bytes, text)| {
+            if method.is_2022() {
+                let key = Key::from_bytes(method, &bytes[..method.key_len()]).unwrap();
+                (method, key.to_base64())
+            } else {
+                (method, text)
+            }
+        });
+        let tag = proptest::option::of("[^\\x00-\\x1f]{1,30}");
+        (host(), 1..=u16::MAX, secret, plugin(), tag).prop_map(
+            |(host, port, (method, password), plugin, tag)| ServerEntry {
+                host,
+                port,
+                method,
+                key: Key::from_config_password(method, &password).unwrap(),
+                password_is_weak: !method.is_2022() && is_weak_password(&password),
+                plugin,
+                password: Some(password),
+                tag,
+                users: None,
+                identity_keys: Vec::new(),
+                weights: crate::Weights::default(),
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn entry_to_link_and_back(entry in entry()) {
+            let link = entry.to_url().unwrap().to_string();
+            let parsed = parse_ss_url(&link).map_err(|error| TestCaseError::fail(format!("{link}: {error}")))?;
+            prop_assert_eq!(parsed.to_entry(), entry, "{}", link);
+        }
+    }
+
+    #[test]
+    fn a_classic_method_given_by_its_key_has_no_link() {
+        let key = Key::from_password(Method::Aes128Gcm, STRONG).unwrap();
+        let entry = ServerEntry { password: None, ..server("h", 1, Method::Aes128Gcm, STRONG).to_entry() };
+        assert_eq!(entry.key, key);
+        assert!(entry.to_url().is_err());
+        // Nor does a SIP023 chain: SIP002 has no form for the identity keys.
+        let psk = Key::from_base64(Method::Blake3Aes128Gcm, PSK_128).unwrap();
+        let chain = ServerEntry {
+            identity_keys: vec![psk],
+            ..server("h", 1, Method::Blake3Aes128Gcm, PSK_128).to_entry()
+        };
+        assert!(chain.to_url().unwrap_err().contains("iPSK"));
+    }
+}

@@ -220,7 +220,8 @@ async fn open_upstream(
     }
     // The balancer hears of servers that cannot be reached (in connect_any); the first byte of a
     // forwarded request is not watched, as hyper owns the read half.
-    let (upstream, server, _watch) = connection::connect_any(settings).await?;
+    let servers = settings.current_servers();
+    let (upstream, server, _watch) = connection::connect_any(&servers, settings).await?;
     let (read, write) = upstream.into_split();
     let (encryptor, decryptor) = connection::request_ciphers(server, target, false);
     let writer = EncryptWriter::new(write, encryptor);
