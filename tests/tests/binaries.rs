@@ -3,7 +3,7 @@
 //! all of ss-server's entries, the same warnings from both
 //! for keys neither acts on, the shipped example config, shadowsocks-libev's README config end to end, `-d` (name
 //! servers) against the test's DNS server, draining on SIGTERM, the classic replay filter saved at SIGTERM
-//! and loaded at start, and key generation.
+//! and loaded at start, key generation, and ss-local's server table on SIGUSR1.
 //!
 //! The binaries are built once per run of this file by `ss_tests::subprocess::binaries` (escargot, with
 //! the per-package cargo variables removed so the nested build does not rebuild ring).
@@ -545,4 +545,47 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2] ^ seed.wrapping_mul(0x5b))
         .collect()
+}
+
+/// SIGUSR1 makes ss-local log its server table: every server with its state and failures in a row, here
+/// after one connection found both servers dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_logs_the_server_table_with_each_server_state() {
+    let binaries = built().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dead = [free_port(), free_port()];
+    let local = Subprocess::start_on_free_port(|local_port| {
+        let servers = dead.map(|port| {
+            format!(r#"{{"server":"127.0.0.1","server_port":{port},"password":"a long password 1234","method":"aes-256-gcm"}}"#)
+        });
+        let json = format!(
+            r#"{{"servers":[{}],"local_port":{local_port},"balancer":{{"strategy":"failover"}}}}"#,
+            servers.join(",")
+        );
+        let path = dir.path().join(format!("config-{local_port}.json"));
+        std::fs::write(&path, json).expect("write config");
+        Launch::new(&binaries.local).args(strings(&["-c", &path.display().to_string()]))
+    })
+    .await;
+
+    // One connection: both servers refuse it, and each refusal is a failure in a row.
+    let target = Address::domain("localhost", 9).expect("domain");
+    let refused = timeout(STEP, socks5_connect(local.addr, &target)).await.expect("SOCKS5 timed out");
+    assert!(refused.is_err(), "no server is up, yet the connect succeeded");
+
+    local.signal(Signal::SIGUSR1);
+    assert!(local.wait_for_line("server table", STEP).await, "no table after SIGUSR1:\n{}", local.log());
+    for port in dead {
+        let needle = format!("127.0.0.1:{port}");
+        assert!(
+            local.wait_for_line(&needle, STEP).await,
+            "{needle} missing from the table:\n{}",
+            local.log()
+        );
+    }
+    let log = local.log();
+    let rows: Vec<&str> = log.lines().filter(|line| line.contains("failures=1")).collect();
+    assert_eq!(rows.len(), 2, "each server failed once:\n{log}");
+    let (status, log) = local.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
 }
