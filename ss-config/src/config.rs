@@ -82,6 +82,8 @@ pub struct Config {
     pub socks5_auth_config_path: Option<PathBuf>,
     /// Where ss-server keeps its classic replay filter across restarts.
     pub replay_snapshot: ReplaySnapshot,
+    /// `state_dir` / `--state-dir`: where ss-server keeps per-user usage (`None`: its default place).
+    pub state_dir: Option<PathBuf>,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -205,6 +207,7 @@ impl Config {
             replay_snapshot: ReplaySnapshot::parse(
                 args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
             ),
+            state_dir: args.state_dir.clone().or(raw.state_dir),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings,

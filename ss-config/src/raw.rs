@@ -103,6 +103,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     /// `replay_snapshot` (ours): where ss-server saves its classic replay filter, or `off`.
     pub replay_snapshot: Option<String>,
+    /// `state_dir` (ours): where ss-server keeps its per-user usage store.
+    pub state_dir: Option<PathBuf>,
     /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
     pub socks5_auth_config_path: Option<PathBuf>,
     /// `users`: the users of a multi-user server ([`crate::users`]).
