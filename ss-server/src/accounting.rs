@@ -318,6 +318,51 @@ mod tests {
         assert!(counts.last_seen > 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_long_connection_is_folded_every_interval_and_at_close() {
+        use ss_crypto::{Key, Method};
+        let key = Key::from_bytes(Method::Blake3Aes128Gcm, &[1; 16]).unwrap();
+        let user = crate::users::User::new("alice", key);
+        let (mut client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_target, mut target) = tokio::io::duplex(1024);
+        let (client_read, mut client_write) = tokio::io::split(proxy_client);
+        let (target_read, mut target_write) = tokio::io::split(proxy_target);
+        let mut client_read = tokio::io::BufReader::new(client_read);
+        let mut target_read = tokio::io::BufReader::new(target_read);
+        let relay = relay_counted(
+            &user,
+            (&mut client_read, &mut client_write),
+            (&mut target_read, &mut target_write),
+            Duration::from_secs(600),
+        );
+        let traffic = async {
+            let mut buf = [0u8; 8];
+            client.write_all(b"12345").await.unwrap();
+            target.read_exact(&mut buf[..5]).await.unwrap();
+            target.write_all(b"abc").await.unwrap();
+            client.read_exact(&mut buf[..3]).await.unwrap();
+            let counts = user.usage().counts();
+            assert_eq!((counts.tcp_opened, counts.client_to_proxy), (1, 0), "nothing folded yet");
+            tokio::time::sleep(FOLD_INTERVAL + Duration::from_millis(1)).await;
+            let counts = user.usage().counts();
+            let bytes = (counts.client_to_proxy, counts.proxy_to_target);
+            assert_eq!((bytes, counts.target_to_proxy, counts.proxy_to_client), ((5, 5), 3, 3));
+            assert_eq!(counts.tcp_closed, 0);
+            client.write_all(b"67").await.unwrap();
+            drop(client);
+            target.read_exact(&mut buf[..2]).await.unwrap();
+            drop(target);
+        };
+        let (outcome, ()) =
+            tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(relay, traffic) })
+                .await
+                .unwrap();
+        assert!(outcome.is_some());
+        let counts = user.usage().counts();
+        assert_eq!((counts.client_to_proxy, counts.tcp_closed), (7, 1), "folded at close");
+        assert_eq!(user.usages()[1].counts().client_to_proxy, 7, "the total too");
+    }
+
     #[test]
     fn loaded_counts_add_up_and_keep_the_latest_last_seen() {
         let usage = Usage::default();
