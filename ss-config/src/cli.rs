@@ -147,6 +147,10 @@ pub struct CliArgs {
     /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs, replay-PORT.snapshot]
     #[arg(long = "replay-snapshot", value_name = "FILE|off")]
     pub replay_snapshot: Option<String>,
+    /// ss-server: directory of the per-user usage store (multi-user servers)
+    /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs]
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// Print a fresh random key for the method given with -m (base64) and exit
     #[arg(long = "generate-key")]
     pub generate_key: bool,
@@ -177,6 +181,7 @@ const OWNED: &[(&str, Binary)] = &[
     ("udp_redir", Binary::Local),
     ("allow_private_targets", Binary::Server),
     ("replay_snapshot", Binary::Server),
+    ("state_dir", Binary::Server),
     ("nameserver", Binary::Server),
     ("generate_key", Binary::Server),
 ];

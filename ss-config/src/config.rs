@@ -88,6 +88,8 @@ pub struct Config {
     pub replay_snapshot: ReplaySnapshot,
     /// How ss-local picks among several servers (`balancer`).
     pub balance: crate::Balance,
+    /// `state_dir` / `--state-dir`: where ss-server keeps per-user usage (`None`: its default place).
+    pub state_dir: Option<PathBuf>,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -214,6 +216,7 @@ impl Config {
                 args.replay_snapshot.as_deref().or(raw.replay_snapshot.as_deref()),
             ),
             balance: crate::Balance::from_raw(raw.balancer.as_ref())?,
+            state_dir: args.state_dir.clone().or(raw.state_dir),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings,

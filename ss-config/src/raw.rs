@@ -105,6 +105,8 @@ pub struct RawConfig {
     pub replay_snapshot: Option<String>,
     /// `online_config` (SIP008, ss-local): a server list fetched over HTTPS and refreshed.
     pub online_config: Option<crate::online::RawOnlineConfig>,
+    /// `state_dir` (ours): where ss-server keeps its per-user usage store.
+    pub state_dir: Option<PathBuf>,
     /// shadowsocks-rust's `socks5_auth_config_path`: users for ss-local's port (SOCKS5 and HTTP).
     pub socks5_auth_config_path: Option<PathBuf>,
     /// `users`: the users of a multi-user server ([`crate::users`]).

@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, Instrument};
 
+use crate::accounting;
 use crate::policy::AddressGuard;
 use crate::rejections::Reason;
 use crate::users::{search, User, Users};
@@ -137,12 +138,12 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     };
     let mut upstream_read = ss_net::PooledReader::new(upstream_read);
     let client = (&mut reader, &mut writer);
-    let relay = ss_net::relay(client, (&mut upstream_read, &mut upstream_write), settings.idle_timeout);
+    let upstream = (&mut upstream_read, &mut upstream_write);
     let outcome = match &user {
-        None => relay.await,
-        Some(user) => tokio::select! {
-            outcome = relay => outcome,
-            () = user.removed() => {
+        None => ss_net::relay(client, upstream, settings.idle_timeout).await,
+        Some(user) => match accounting::relay_counted(user, client, upstream, settings.idle_timeout).await {
+            Some(outcome) => outcome,
+            None => {
                 debug!("user removed by a reload; connection ended");
                 ss_net::abort(writer.into_inner());
                 ss_net::abort(upstream_write);

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod admission;
 mod connection;
 mod from_config;
@@ -18,6 +19,7 @@ pub mod replay;
 pub mod replay_snapshot;
 mod udp;
 pub mod udp_replay;
+pub mod usage_store;
 pub mod users;
 
 use std::path::PathBuf;
@@ -83,6 +85,8 @@ pub struct Settings {
     /// Many users on this port ([`users`]): `None` serves the one key [`Settings::key`] (which, with
     /// users, is the identity PSK of the AES 2022 methods and unused by the others).
     pub users: Option<Arc<users::Users>>,
+    /// Where [`Settings::users`]' usage is saved ([`usage_store`]); `None` keeps it in memory only.
+    pub usage_store: Option<usage_store::Saving>,
 }
 
 /// Live counters of a running server.
@@ -134,6 +138,7 @@ impl Settings {
             resolve: ss_net::ResolveSettings::default(),
             acl: None,
             users: None,
+            usage_store: None,
         }
     }
 }
@@ -236,7 +241,15 @@ pub async fn run_on(
             replay_snapshot::save_periodically(&shared.replay, method, &path, shutdown).await;
         });
     }
+    let saving = shared.settings.usage_store.clone().zip(shared.settings.users.clone());
+    if let Some((saving, users)) = saving.clone() {
+        servers.spawn(usage_store::save_periodically(saving.store, saving.server, users, shutdown.clone()));
+    }
     while servers.join_next().await.is_some() {}
+    // After the drain: the usage of every connection that ended.
+    if let Some((saving, users)) = saving {
+        usage_store::save(&saving.store, &saving.server, &users).await;
+    }
     // After the drain: every salt a connection recorded is in the snapshot.
     if let Some(path) = snapshot {
         replay_snapshot::save(&shared.replay, method, &path).await;

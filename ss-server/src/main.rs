@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use ss_config::{Binary, CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
 use ss_net::plugin::{Plugin, Spec, Timing};
+use ss_server::usage_store::{self, UsageStore};
 use ss_server::{Listeners, Settings};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -74,11 +75,18 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             Some(acl)
         }
     };
+    let store = open_usage_store(&config)?;
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
     let mut with_users = Vec::new();
     for (index, entry) in config.servers.iter().enumerate() {
-        let settings = Settings { acl: acl.clone(), ..Settings::from_config(&config, entry, descriptors) };
+        let mut settings =
+            Settings { acl: acl.clone(), ..Settings::from_config(&config, entry, descriptors) };
+        if let (Some(store), Some(users)) = (&store, &settings.users) {
+            let server = format!("{}:{}", entry.host, entry.port);
+            usage_store::restore(store, &server, users)?;
+            settings.usage_store = Some(usage_store::Saving { store: store.clone(), server });
+        }
         let (listeners, plugin) = listen(&config, entry, &settings.socket).await?;
         plugins.extend(plugin);
         with_users.extend(settings.users.clone().map(|users| (index, users)));
@@ -94,6 +102,27 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         plugin.stop().await;
     }
     Ok(())
+}
+
+/// Opens the usage store when some entry has users: in `state_dir`, else the default state directory.
+/// A store that cannot be opened or read stops the server (counting from zero would overwrite it).
+fn open_usage_store(config: &Config) -> anyhow::Result<Option<std::sync::Arc<UsageStore>>> {
+    if config.servers.iter().all(|entry| entry.users.is_none()) {
+        return Ok(None);
+    }
+    let dir =
+        match config.state_dir.clone().or_else(|| usage_store::default_dir(|name| std::env::var_os(name))) {
+            Some(dir) => dir,
+            None => {
+                tracing::warn!(
+                    "no state directory (set state_dir or HOME): per-user usage is kept in memory only"
+                );
+                return Ok(None);
+            }
+        };
+    let store = UsageStore::open_in(&dir)?;
+    tracing::info!(path = %store.path().display(), "per-user usage store");
+    Ok(Some(std::sync::Arc::new(store)))
 }
 
 /// SIGHUP: reads the config (and its users files) again and puts each multi-user entry's users in

@@ -241,8 +241,15 @@ impl Relay {
             return;
         };
         let destination = outbound_addr(destination, association.dual_stack);
-        if let Err(error) = association.outbound.send_to(payload, destination).await {
-            debug!(%error, %target, "UDP send to target failed");
+        let sent = match association.outbound.send_to(payload, destination).await {
+            Ok(sent) => sent,
+            Err(error) => {
+                debug!(%error, %target, "UDP send to target failed");
+                0
+            }
+        };
+        if let Some(user) = &association.user {
+            user.usages().iter().for_each(|usage| usage.udp_in(payload.len(), sent));
         }
     }
 
@@ -306,6 +313,9 @@ impl Relay {
             if table.live.len() >= self.shared.settings.max_udp_associations {
                 evict_oldest(&mut table);
             }
+            if let Some(user) = &association.user {
+                user.usages().iter().for_each(|usage| usage.udp_association());
+            }
             table.live.insert(key, association.clone());
             self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
             association
@@ -352,8 +362,15 @@ impl Relay {
                 continue;
             }
             let client = *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(error) = self.socket.send_to(&out, client).await {
-                debug!(%error, "UDP reply to client failed");
+            let delivered = match self.socket.send_to(&out, client).await {
+                Ok(_) => len,
+                Err(error) => {
+                    debug!(%error, "UDP reply to client failed");
+                    0
+                }
+            };
+            if let Some(user) = &association.user {
+                user.usages().iter().for_each(|usage| usage.udp_out(len, delivered));
             }
         }
         let mut table = self.lock_table();

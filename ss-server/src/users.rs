@@ -16,7 +16,7 @@
 pub mod search;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use ss_config::users::UserEntry;
@@ -26,19 +26,39 @@ use tokio_util::sync::CancellationToken;
 
 pub use search::KeyOrder;
 
-/// One user: a name and a key, and the signal that ends its connections when it is removed.
+use crate::accounting::{Counts, Usage};
+
+/// One user: a name and a key, what they used, and the signal that ends their connections when they
+/// are removed.
 pub struct User {
     name: String,
     key: Key,
     hash: UserHash,
+    usage: Arc<Usage>,
+    /// Every user's traffic together (shared by the users of one server entry).
+    total: Arc<Usage>,
     removed: CancellationToken,
 }
 
 impl User {
-    /// A user named `name` whose streams are sealed with `key`.
+    /// A user named `name` whose streams are sealed with `key`, counting from zero.
     pub fn new(name: impl Into<String>, key: Key) -> User {
+        User::with_usage(name.into(), key, Arc::default(), Arc::default())
+    }
+
+    fn with_usage(name: String, key: Key, usage: Arc<Usage>, total: Arc<Usage>) -> User {
         let hash = UserHash::of(&key);
-        User { name: name.into(), key, hash, removed: CancellationToken::new() }
+        User { name, key, hash, usage, total, removed: CancellationToken::new() }
+    }
+
+    /// What this user has used (kept across reloads by name, and across restarts by the store).
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// The user's counters and the server's total, which every count goes to.
+    pub fn usages(&self) -> [&Usage; 2] {
+        [&self.usage, &self.total]
     }
 
     /// The name from the config (a label).
@@ -101,13 +121,50 @@ impl UserTable {
 pub struct Users {
     method: Method,
     current: ArcSwap<UserTable>,
+    /// Usage by user name: a user whose key changes, or who is removed and comes back, keeps counting
+    /// where they left off; removed users' counts stay (and are saved).
+    usage: Mutex<HashMap<String, Arc<Usage>>>,
+    total: Arc<Usage>,
 }
 
 impl Users {
     /// A table of `entries` for `method`.
     pub fn new(method: Method, entries: &[UserEntry]) -> Users {
-        let users = entries.iter().map(|entry| Arc::new(User::new(entry.name.clone(), entry.key.clone())));
-        Users { method, current: ArcSwap::from_pointee(UserTable::new(users.collect())) }
+        let users = Users {
+            method,
+            current: ArcSwap::from_pointee(UserTable::new(Vec::new())),
+            usage: Mutex::default(),
+            total: Arc::default(),
+        };
+        let table = entries.iter().map(|entry| users.user(entry)).collect();
+        users.current.store(Arc::new(UserTable::new(table)));
+        users
+    }
+
+    /// A new `Arc<User>` for `entry`, with the usage kept under its name.
+    fn user(&self, entry: &UserEntry) -> Arc<User> {
+        let usage = self.lock_usage().entry(entry.name.clone()).or_default().clone();
+        Arc::new(User::with_usage(entry.name.clone(), entry.key.clone(), usage, self.total.clone()))
+    }
+
+    fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Usage>>> {
+        self.usage.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds saved counts (by user name, and the total) to the live ones: the store's rows at start.
+    pub fn restore(&self, users: &[(String, Counts)], total: &Counts) {
+        let mut usage = self.lock_usage();
+        for (name, counts) in users {
+            usage.entry(name.clone()).or_default().add(counts);
+        }
+        self.total.add(total);
+    }
+
+    /// Every user's counts by name (removed users' too), and the total.
+    pub fn usage_counts(&self) -> (Vec<(String, Counts)>, Counts) {
+        let usage = self.lock_usage();
+        let users = usage.iter().map(|(name, usage)| (name.clone(), usage.counts())).collect();
+        (users, self.total.counts())
     }
 
     /// The method every user's key is for.
@@ -134,7 +191,7 @@ impl Users {
                         kept_count += 1;
                         user.clone()
                     }
-                    None => Arc::new(User::new(entry.name.clone(), entry.key.clone())),
+                    None => self.user(entry),
                 }
             })
             .collect();
