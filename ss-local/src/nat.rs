@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,16 +101,7 @@ impl Nat {
         }
         let server =
             (self.server)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no server configured"))?;
-        let codec = Codec::new(server.method, &server.identity_keys, &server.key)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
-        let server_addr = server.udp_address().await?;
-        let unspecified = if server_addr.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
-        let upstream = UdpSocket::bind((unspecified, 0)).await?;
-        upstream.connect(server_addr).await?;
+        let (upstream, codec) = crate::udp::open_upstream(&server).await?;
         let association = Arc::new(Association { upstream, codec, last_active: Mutex::new(Instant::now()) });
         lock(&self.table).insert(client, association.clone());
         debug!(%client, "UDP association opened");

@@ -42,18 +42,9 @@ pub(crate) async fn associate(
     server: &Server,
     router: Option<&Router>,
 ) -> io::Result<()> {
-    let codec = Codec::new(server.method, &server.identity_keys, &server.key)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
     let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
-    let server_addr = server.udp_address().await?;
-    let unspecified = if server_addr.is_ipv4() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    };
-    let upstream = UdpSocket::bind((unspecified, 0)).await?;
-    upstream.connect(server_addr).await?;
+    let (upstream, codec) = open_upstream(server).await?;
     let direct = match router {
         Some(router) => Some(Direct::bind(router).await?),
         None => None,
@@ -218,6 +209,22 @@ impl ServerSessions {
         session.last_seen = now;
         true
     }
+}
+
+/// A new association's socket to `server` (bound to the unspecified address of the server's family and
+/// connected to it) and its codec; shared by SOCKS5 UDP ASSOCIATE and the tunnel/redir NAT.
+pub(crate) async fn open_upstream(server: &Server) -> io::Result<(UdpSocket, Codec)> {
+    let codec = Codec::new(server.method, &server.identity_keys, &server.key)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the key does not fit the method"))?;
+    let server_addr = server.udp_address().await?;
+    let unspecified = if server_addr.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    let upstream = UdpSocket::bind((unspecified, 0)).await?;
+    upstream.connect(server_addr).await?;
+    Ok((upstream, codec))
 }
 
 impl Codec {
