@@ -63,6 +63,22 @@ impl Nat {
         Nat { server: Box::new(server), idle, max: max.max(1), replier, table: Arc::default(), shutdown }
     }
 
+    /// A listener's associations as its settings say: the balancer's UDP choice, `udp_timeout` and
+    /// `max_connections`.
+    pub(crate) fn for_listener(
+        settings: &Arc<crate::Settings>,
+        replier: Arc<dyn Replier>,
+        shutdown: &CancellationToken,
+    ) -> Nat {
+        Nat::new(
+            settings.udp_chooser(),
+            settings.udp_timeout,
+            settings.max_connections,
+            replier,
+            shutdown.clone(),
+        )
+    }
+
     /// Sends one datagram of `client` for `target` through the server, opening its association first
     /// if needed. Failures are logged and the datagram dropped.
     pub(crate) async fn send(&self, client: SocketAddr, target: &Address, payload: &[u8]) {

@@ -102,13 +102,7 @@ pub(crate) async fn serve_udp(socket: UdpSocket, settings: Arc<Settings>, shutdo
     }
     let Ok(listener) = socket.local_addr() else { return };
     let replier = Arc::new(FromDestination { sockets: Mutex::default(), idle: settings.udp_timeout });
-    let nat = Nat::new(
-        settings.udp_chooser(),
-        settings.udp_timeout,
-        settings.max_connections,
-        replier,
-        shutdown.clone(),
-    );
+    let nat = Nat::for_listener(&settings, replier, &shutdown);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {

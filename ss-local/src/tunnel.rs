@@ -34,13 +34,7 @@ pub(crate) async fn serve_udp(
     }
     let socket = Arc::new(socket);
     let replier = Arc::new(FromTunnel(socket.clone()));
-    let nat = Nat::new(
-        settings.udp_chooser(),
-        settings.udp_timeout,
-        settings.max_connections,
-        replier,
-        shutdown.clone(),
-    );
+    let nat = Nat::for_listener(&settings, replier, &shutdown);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (len, client) = tokio::select! {
