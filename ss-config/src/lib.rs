@@ -53,6 +53,7 @@ mod config;
 mod entry;
 mod locals;
 mod online;
+pub mod quota;
 mod raw;
 mod servers;
 pub mod share;

@@ -31,6 +31,8 @@ pub struct RawUser {
     pub name: Option<String>,
     /// `password`: the user's key (base64 PSK) or password.
     pub password: Option<String>,
+    /// `quota` (ours): bytes per period ([`crate::quota`]).
+    pub quota: Option<crate::quota::RawQuota>,
 }
 
 /// One checked user of a server entry.
@@ -40,6 +42,8 @@ pub struct UserEntry {
     pub name: String,
     /// The user's key (uPSK for 2022 methods, the password-derived key for classic ones).
     pub key: Key,
+    /// The user's quota, if any.
+    pub quota: Option<crate::quota::Quota>,
 }
 
 /// The users of one entry, checked, and the file they partly came from (re-read on reload).
@@ -116,7 +120,9 @@ fn check_user(method: Method, field: &str, raw: &RawUser) -> Result<UserEntry, C
     }
     let key = Key::from_config_password(method, password)
         .map_err(|error| ConfigError::field_error(format!("{field}.password"), error.to_string()))?;
-    Ok(UserEntry { name: name.to_string(), key })
+    let quota =
+        raw.quota.as_ref().map(|quota| crate::quota::check(&format!("{field}.quota"), quota)).transpose()?;
+    Ok(UserEntry { name: name.to_string(), key, quota })
 }
 
 #[cfg(test)]
@@ -127,7 +133,7 @@ mod tests {
     const BOB: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
     fn user(name: &str, password: &str) -> RawUser {
-        RawUser { name: Some(name.into()), password: Some(password.into()) }
+        RawUser { name: Some(name.into()), password: Some(password.into()), quota: None }
     }
 
     #[test]
@@ -149,7 +155,7 @@ mod tests {
             (&[user("a", "AAAA")], "servers[0].users[0].password", "must be 32 bytes"),
             (&[user(" ", ALICE)], "servers[0].users[0].name", "missing"),
             (
-                &[RawUser { name: Some("a".into()), password: None }],
+                &[RawUser { name: Some("a".into()), password: None, quota: None }],
                 "servers[0].users[0].password",
                 "missing",
             ),

@@ -19,10 +19,11 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use ss_config::quota::Quota;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 /// How often a long connection folds its counts into its user's totals.
@@ -51,6 +52,10 @@ pub struct Counts {
     pub udp_packets_out: u64,
     /// Unix seconds of the last activity (0: never).
     pub last_seen: u64,
+    /// Start (Unix seconds) of the quota period `period_used` counts in.
+    pub period_start: u64,
+    /// Bytes counted against the quota in that period.
+    pub period_used: u64,
 }
 
 /// Live counters of one user, or of all users together; updated from any thread.
@@ -66,6 +71,32 @@ pub struct Usage {
     udp_packets_in: AtomicU64,
     udp_packets_out: AtomicU64,
     last_seen: AtomicU64,
+    quota: Mutex<QuotaState>,
+}
+
+/// A user's quota and what of it is spent ([`Usage::take`]).
+#[derive(Debug, Default)]
+struct QuotaState {
+    quota: Option<Quota>,
+    period_start: u64,
+    used: u64,
+}
+
+impl QuotaState {
+    /// Moves to the period `now` falls in; false outside every period (a range that is over).
+    fn roll(&mut self, now: u64) -> bool {
+        let Some(quota) = self.quota else { return true };
+        match quota.period.bounds(now) {
+            None => false,
+            Some((start, _)) => {
+                if start != self.period_start {
+                    self.period_start = start;
+                    self.used = 0;
+                }
+                true
+            }
+        }
+    }
 }
 
 impl Usage {
@@ -83,7 +114,58 @@ impl Usage {
             udp_packets_in: get(&self.udp_packets_in),
             udp_packets_out: get(&self.udp_packets_out),
             last_seen: get(&self.last_seen),
+            period_start: self.lock_quota().period_start,
+            period_used: self.lock_quota().used,
         }
+    }
+
+    fn lock_quota(&self) -> std::sync::MutexGuard<'_, QuotaState> {
+        self.quota.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts `quota` in force (at start and on reload); what was spent in the period stays spent.
+    pub fn set_quota(&self, quota: Option<Quota>) {
+        self.lock_quota().quota = quota;
+    }
+
+    /// Whether the user has a quota.
+    pub fn has_quota(&self) -> bool {
+        self.lock_quota().quota.is_some()
+    }
+
+    /// Whether a new connection may start at `now` (Unix seconds): no quota, or some of it left.
+    pub fn may_connect(&self, now: u64) -> bool {
+        let mut state = self.lock_quota();
+        match state.quota {
+            None => true,
+            Some(quota) => state.roll(now) && state.used < quota.bytes,
+        }
+    }
+
+    /// Takes up to `want` bytes of the quota at `now` for a connection to spend; 0 when it is spent (or
+    /// outside a range). Without a quota, all of `want`.
+    pub fn take(&self, want: u64, now: u64) -> u64 {
+        let mut state = self.lock_quota();
+        let Some(quota) = state.quota else { return want };
+        if !state.roll(now) {
+            return 0;
+        }
+        let granted = want.min(quota.bytes.saturating_sub(state.used));
+        state.used += granted;
+        granted
+    }
+
+    /// Gives back `unspent` bytes a connection took at `taken_in` (a period start) and did not use.
+    pub fn give_back(&self, unspent: u64, taken_in: u64) {
+        let mut state = self.lock_quota();
+        if state.period_start == taken_in {
+            state.used = state.used.saturating_sub(unspent);
+        }
+    }
+
+    /// The start of the quota period in force.
+    fn period_start(&self) -> u64 {
+        self.lock_quota().period_start
     }
 
     /// Adds `counts` (saved ones, loaded at start); `last_seen` takes the later of the two.
@@ -99,6 +181,14 @@ impl Usage {
         add(&self.udp_packets_in, counts.udp_packets_in);
         add(&self.udp_packets_out, counts.udp_packets_out);
         self.last_seen.fetch_max(counts.last_seen, Ordering::Relaxed);
+        let mut state = self.lock_quota();
+        if counts.period_start > state.period_start {
+            state.period_start = counts.period_start;
+            state.used = 0;
+        }
+        if counts.period_start == state.period_start {
+            state.used += counts.period_used;
+        }
     }
 
     /// A TCP connection of this user authenticated.
@@ -138,9 +228,13 @@ impl Usage {
     }
 }
 
-fn unix_seconds() -> u64 {
+pub(crate) fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
+
+/// How much of the quota a connection takes at a time: a connection touches the user's shared quota
+/// once per this many bytes, and holds at most this much the others cannot use until it ends.
+pub const LEASE: u64 = 256 * 1024;
 
 /// The byte counts of one TCP connection, written only by its own task.
 #[derive(Debug, Default)]
@@ -149,6 +243,11 @@ pub struct Meter {
     bytes: [AtomicU64; 4],
     /// What has been folded into the user's [`Usage`] already.
     folded: [AtomicU64; 4],
+    /// The user's usage when they have a quota: what this connection writes is taken from it.
+    quota: Option<Arc<Usage>>,
+    /// Quota bytes taken and not yet written, and the period they were taken in.
+    allowance: AtomicU64,
+    allowance_period: AtomicU64,
 }
 
 /// Which of a [`Meter`]'s four counts a [`Metered`] stream adds to.
@@ -165,6 +264,41 @@ pub enum Direction {
 }
 
 impl Meter {
+    /// A meter whose writes are bounded by `usage`'s quota.
+    pub fn with_quota(usage: Arc<Usage>) -> Meter {
+        Meter { quota: Some(usage), ..Meter::default() }
+    }
+
+    /// How many of `len` bytes may be written now (0: the quota is spent). Tops the allowance up from
+    /// the user's quota when it runs short.
+    fn allow(&self, len: usize) -> usize {
+        let Some(usage) = &self.quota else { return len };
+        let len = len as u64;
+        let mut have = self.allowance.load(Ordering::Relaxed);
+        if have < len {
+            let now = unix_seconds();
+            let got = usage.take(LEASE.max(len) - have, now);
+            self.allowance_period.store(usage.period_start(), Ordering::Relaxed);
+            have += got;
+            self.allowance.store(have, Ordering::Relaxed);
+        }
+        have.min(len) as usize
+    }
+
+    fn spend(&self, written: usize) {
+        if self.quota.is_some() {
+            self.allowance.fetch_sub(written as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives the unspent allowance back to the user's quota (at close).
+    fn give_back(&self) {
+        if let Some(usage) = &self.quota {
+            let unspent = self.allowance.swap(0, Ordering::Relaxed);
+            usage.give_back(unspent, self.allowance_period.load(Ordering::Relaxed));
+        }
+    }
+
     fn count(&self, direction: Direction, bytes: usize) {
         self.bytes[direction as usize].fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -233,11 +367,18 @@ impl<S: AsyncBufRead + Unpin> AsyncBufRead for Metered<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    /// With a quota, writes only what the quota allows and fails once it is spent (the relay then
+    /// ends the connection): no byte beyond the quota is written.
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let allowed = this.meter.allow(buf.len());
+        if allowed == 0 && !buf.is_empty() {
+            return Poll::Ready(Err(io::Error::other("the user's quota is spent")));
+        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, &buf[..allowed]);
         if let Poll::Ready(Ok(written)) = &polled {
             this.meter.count(this.direction, *written);
+            this.meter.spend(*written);
         }
         polled
     }
@@ -266,7 +407,10 @@ where
     TR: AsyncBufRead + Unpin,
     TW: AsyncWrite + Unpin,
 {
-    let meter = Arc::new(Meter::default());
+    let meter = match user.usage().has_quota() {
+        true => Arc::new(Meter::with_quota(user.usage_arc())),
+        false => Arc::new(Meter::default()),
+    };
     let usages = user.usages();
     for usage in usages {
         usage.tcp_opened();
@@ -288,6 +432,7 @@ where
         }
     };
     meter.fold_into(&usages);
+    meter.give_back();
     for usage in usages {
         usage.tcp_closed();
     }
@@ -361,6 +506,49 @@ mod tests {
         let counts = user.usage().counts();
         assert_eq!((counts.client_to_proxy, counts.tcp_closed), (7, 1), "folded at close");
         assert_eq!(user.usages()[1].counts().client_to_proxy, 7, "the total too");
+    }
+
+    #[test]
+    fn a_daily_quota_is_spent_then_starts_again_at_midnight_utc() {
+        use ss_config::quota::Period;
+        let usage = Usage::default();
+        usage.set_quota(Some(Quota { bytes: 1000, period: Period::Day }));
+        // 2026-11-28 23:59:59 UTC, then midnight.
+        let (evening, midnight) = (1_795_910_399, 1_795_910_400);
+        assert_eq!(usage.take(600, evening), 600);
+        assert_eq!(usage.take(600, evening), 400, "only what is left");
+        assert!(!usage.may_connect(evening));
+        assert_eq!(usage.take(1, evening), 0);
+        usage.give_back(100, 1_795_824_000);
+        assert!(usage.may_connect(evening), "unspent bytes given back");
+        assert!(usage.may_connect(midnight));
+        assert_eq!(usage.take(2000, midnight), 1000, "a new day, a new quota");
+        // What was spent survives a restart (saved counts loaded into a fresh usage).
+        let restored = Usage::default();
+        restored.set_quota(Some(Quota { bytes: 1000, period: Period::Day }));
+        restored.add(&usage.counts());
+        assert!(!restored.may_connect(midnight + 60));
+    }
+
+    #[tokio::test]
+    async fn writes_stop_at_the_quota() {
+        use ss_config::quota::Period;
+        let usage = Arc::new(Usage::default());
+        usage.set_quota(Some(Quota { bytes: LEASE + 10, period: Period::Day }));
+        let meter = Arc::new(Meter::with_quota(usage.clone()));
+        let mut writer = Metered::new(Vec::new(), meter.clone(), Direction::ProxyToTarget);
+        let chunk = vec![0u8; 100_000];
+        let mut written = 0;
+        let error = loop {
+            match writer.write(&chunk).await {
+                Ok(n) => written += n,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(written as u64, LEASE + 10, "not a byte more");
+        assert!(error.to_string().contains("quota"));
+        meter.give_back();
+        assert!(!usage.may_connect(unix_seconds()));
     }
 
     #[test]

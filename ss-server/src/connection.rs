@@ -14,7 +14,8 @@
 //! A multi-user server ([`crate::users`]) first reads a fixed number of bytes (salt and identity header,
 //! or salt and first record) and finds the user whose key opens them; the stream and the response are then
 //! keyed by that user, the connection carries its `Arc<User>`, and it ends when a reload removes the user.
-//! No user is an authentication failure like any other. Without users none of this runs.
+//! No user, or a user whose quota is spent ([`crate::accounting`]), is an authentication failure like
+//! any other. Without users none of this runs.
 //!
 //! A client the ACL refuses (`[black_list]`, or not in the `[white_list]` under `[reject_all]`) gets the
 //! same silent treatment from the start. Before any of that, [`crate::admission`] decides whether the connection's source may start another
@@ -211,6 +212,11 @@ where
         return Err(io::Error::new(io::ErrorKind::InvalidData, DecryptError::AuthFailure));
     };
     tracing::Span::current().record("user", user.name());
+    if !user.usage().may_connect(crate::accounting::unix_seconds()) {
+        // The uniform refusal: a prober learns nothing about which keys exist or are spent.
+        debug!("the user's quota is spent; refused like a probe");
+        return Err(io::Error::new(io::ErrorKind::InvalidData, DecryptError::AuthFailure));
+    }
     let decryptor = if ss_crypto::identity::supports_identity_headers(method) {
         Decryptor::request_identified(method, user.key())
     } else {

@@ -55,6 +55,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS usage (
     target_to_proxy INTEGER NOT NULL, proxy_to_client INTEGER NOT NULL,
     tcp_opened INTEGER NOT NULL, tcp_closed INTEGER NOT NULL, udp_associations INTEGER NOT NULL,
     udp_packets_in INTEGER NOT NULL, udp_packets_out INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    period_start INTEGER NOT NULL, period_used INTEGER NOT NULL,
     PRIMARY KEY (server, user))";
 
 /// The state directory when none is configured: `$STATE_DIRECTORY` (systemd's `StateDirectory=`, the first
@@ -106,7 +107,8 @@ impl UsageStore {
         let mut statement = connection
             .prepare(
                 "SELECT user, client_to_proxy, proxy_to_target, target_to_proxy, proxy_to_client, \
-                 tcp_opened, tcp_closed, udp_associations, udp_packets_in, udp_packets_out, last_seen \
+                 tcp_opened, tcp_closed, udp_associations, udp_packets_in, udp_packets_out, last_seen, \
+                 period_start, period_used \
                  FROM usage WHERE server = ?1",
             )
             .map_err(fail)?;
@@ -124,6 +126,8 @@ impl UsageStore {
                     udp_packets_in: get(8)?,
                     udp_packets_out: get(9)?,
                     last_seen: get(10)?,
+                    period_start: get(11)?,
+                    period_used: get(12)?,
                 };
                 Ok((row.get::<_, String>(0)?, counts))
             })
@@ -147,7 +151,7 @@ impl UsageStore {
         {
             let mut statement = transaction
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO usage VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                    "INSERT OR REPLACE INTO usage VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
                 )
                 .map_err(fail)?;
             let total = (String::new(), *total);
@@ -168,6 +172,8 @@ impl UsageStore {
                         n(c.udp_packets_in),
                         n(c.udp_packets_out),
                         n(c.last_seen),
+                        n(c.period_start),
+                        n(c.period_used),
                     ])
                     .map_err(fail)?;
             }

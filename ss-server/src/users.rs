@@ -56,6 +56,11 @@ impl User {
         &self.usage
     }
 
+    /// [`User::usage`], shared.
+    pub fn usage_arc(&self) -> Arc<Usage> {
+        self.usage.clone()
+    }
+
     /// The user's counters and the server's total, which every count goes to.
     pub fn usages(&self) -> [&Usage; 2] {
         [&self.usage, &self.total]
@@ -144,6 +149,7 @@ impl Users {
     /// A new `Arc<User>` for `entry`, with the usage kept under its name.
     fn user(&self, entry: &UserEntry) -> Arc<User> {
         let usage = self.lock_usage().entry(entry.name.clone()).or_default().clone();
+        usage.set_quota(entry.quota);
         Arc::new(User::with_usage(entry.name.clone(), entry.key.clone(), usage, self.total.clone()))
     }
 
@@ -188,6 +194,7 @@ impl Users {
                 let same = old.users.iter().find(|user| user.name == entry.name && user.key == entry.key);
                 match same {
                     Some(user) => {
+                        user.usage.set_quota(entry.quota);
                         kept_count += 1;
                         user.clone()
                     }
@@ -238,7 +245,11 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, byte: u8) -> UserEntry {
-        UserEntry { name: name.into(), key: Key::from_bytes(Method::Blake3Aes128Gcm, &[byte; 16]).unwrap() }
+        UserEntry {
+            name: name.into(),
+            key: Key::from_bytes(Method::Blake3Aes128Gcm, &[byte; 16]).unwrap(),
+            quota: None,
+        }
     }
 
     #[test]

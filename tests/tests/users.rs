@@ -25,7 +25,10 @@ fn user_key(method: Method, n: u8) -> Key {
 }
 
 fn entries(method: Method, numbers: &[u8]) -> Vec<UserEntry> {
-    numbers.iter().map(|&n| UserEntry { name: format!("user{n}"), key: user_key(method, n) }).collect()
+    numbers
+        .iter()
+        .map(|&n| UserEntry { name: format!("user{n}"), key: user_key(method, n), quota: None })
+        .collect()
 }
 
 /// A server whose users are `numbers`; its `Users` handle for reloads.
@@ -172,6 +175,7 @@ async fn a_miss_over_a_thousand_keys_looks_like_a_miss_over_one() {
                     UserEntry {
                         name: format!("user{n}"),
                         key: Key::from_bytes(method, &bytes[..method.key_len()]).unwrap(),
+                        quota: None,
                     }
                 })
                 .collect();
