@@ -52,9 +52,8 @@ fn time_to_key(c: &mut Criterion) {
     for method in METHODS {
         let ipsk = key(method, 1_000_000);
         for count in COUNTS {
-            let entries: Vec<UserEntry> = (0..count)
-                .map(|n| UserEntry { name: format!("user{n}"), key: key(method, n), quota: None })
-                .collect();
+            let entries: Vec<UserEntry> =
+                (0..count).map(|n| UserEntry::new(format!("user{n}"), key(method, n))).collect();
             let users = Users::new(method, &entries);
             let table = users.current();
             let last = head(method, &ipsk, &key(method, count - 1));

@@ -51,6 +51,7 @@ mod balance;
 mod cli;
 mod config;
 mod entry;
+pub mod limits;
 mod locals;
 mod online;
 pub mod quota;

@@ -6,19 +6,23 @@
 //! "quota": {"bytes": 53687091200, "period": {"from": "2026-12-01", "to": "2027-03-01"}}
 //! ```
 //!
-//! `bytes` is what the user may move per period, both directions together; periods are UTC: a day
-//! starts at 00:00, a month on its 1st at 00:00, a range at `from` 00:00 and ends at `to` 00:00
-//! (exclusive). Outside a range the user has no quota at all (their connections are refused).
+//! `bytes` (a number, or a size such as `"10 GiB"` or `"500MB"`, [`crate::limits::RawSize`]) is what
+//! the user may move per period: what the server sends, to targets and to the client, both directions
+//! together. Periods are UTC: a day starts at 00:00, a month on its 1st at 00:00, a range at `from`
+//! 00:00 and ends at `to` 00:00 (exclusive). Outside its range a user has nothing to spend (their
+//! connections are refused).
 
 use serde::Deserialize;
+use time::{Date, Month, OffsetDateTime};
 
+use crate::limits::RawSize;
 use crate::ConfigError;
 
 /// A quota as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RawQuota {
     /// `bytes` per period.
-    pub bytes: Option<u64>,
+    pub bytes: Option<RawSize>,
     /// `period`: `"day"`, `"month"` or `{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}`.
     pub period: Option<RawPeriod>,
 }
@@ -74,19 +78,31 @@ impl Period {
                 Some((start, start + DAY))
             }
             Period::Month => {
-                let (year, month, _) = civil_from_days(now / DAY);
-                let next = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-                Some((days_from_civil(year, month, 1) * DAY, days_from_civil(next.0, next.1, 1) * DAY))
+                let today = OffsetDateTime::from_unix_timestamp(i64::try_from(now).ok()?).ok()?.date();
+                let first = today.replace_day(1).ok()?;
+                let next = match first.month() {
+                    Month::December => Date::from_calendar_date(first.year() + 1, Month::January, 1),
+                    month => Date::from_calendar_date(first.year(), month.next(), 1),
+                };
+                Some((unix_midnight(first)?, unix_midnight(next.ok()?)?))
             }
             Period::Range { from, to } => (from..to).contains(&now).then_some((from, to)),
         }
     }
 }
 
+/// Unix seconds of `date` at 00:00 UTC (`None` before 1970).
+fn unix_midnight(date: Date) -> Option<u64> {
+    u64::try_from(date.midnight().assume_utc().unix_timestamp()).ok()
+}
+
 /// Checks `raw` (named `field` in errors).
 pub fn check(field: &str, raw: &RawQuota) -> Result<Quota, ConfigError> {
     let error = |what: &str, message: String| ConfigError::field_error(format!("{field}.{what}"), message);
-    let bytes = raw.bytes.ok_or_else(|| error("bytes", "missing".into()))?;
+    let bytes = match &raw.bytes {
+        None => return Err(error("bytes", "missing".into())),
+        Some(size) => size.bytes().map_err(|message| error("bytes", message))?,
+    };
     let period = match &raw.period {
         None => return Err(error("period", "missing (\"day\", \"month\" or {\"from\", \"to\"})".into())),
         Some(RawPeriod::Named(name)) if name == "day" => Period::Day,
@@ -110,42 +126,15 @@ pub fn check(field: &str, raw: &RawQuota) -> Result<Quota, ConfigError> {
     Ok(Quota { bytes, period })
 }
 
-/// `YYYY-MM-DD` to Unix seconds at 00:00 UTC.
+/// `YYYY-MM-DD` (1970 or later) to Unix seconds at 00:00 UTC; `None` for anything else, a 30 February
+/// included.
 fn parse_date(text: &str) -> Option<u64> {
     let mut parts = text.trim().splitn(3, '-');
-    let year: u64 = parts.next()?.parse().ok()?;
-    let month: u64 = parts.next()?.parse().ok()?;
-    let day: u64 = parts.next()?.parse().ok()?;
-    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || day == 0 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    // A day past the month's end would land in the next month: refuse it.
-    (civil_from_days(days) == (year, month, day)).then_some(days * DAY)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (year >= 1970): Howard Hinnant's algorithm.
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year / 400;
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The date of `days` since 1970-01-01 (the inverse of [`days_from_civil`]).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    let year: i32 = parts.next()?.parse().ok()?;
+    let month: u8 = parts.next()?.parse().ok()?;
+    let day: u8 = parts.next()?.parse().ok()?;
+    let date = Date::from_calendar_date(year, Month::try_from(month).ok()?, day).ok()?;
+    unix_midnight(date)
 }
 
 #[cfg(test)]
@@ -171,7 +160,11 @@ mod tests {
             check("q", &raw(r#"{"bytes":5,"period":{"from":"2026-11-01","to":"2026-11-29"}}"#)).unwrap();
         assert_eq!(range.period.bounds(now), Some((1_793_491_200, parse_date("2026-11-29").unwrap())));
         assert_eq!(range.period.bounds(parse_date("2026-11-29").unwrap()), None, "the end is exclusive");
-        assert_eq!(parse_date("2028-02-29").map(|s| civil_from_days(s / DAY)), Some((2028, 2, 29)));
+        assert_eq!(parse_date("2028-02-29"), Some(parse_date("2028-03-01").unwrap() - DAY), "a leap day");
+        assert_eq!(parse_date("2027-02-29"), None);
+        assert_eq!(parse_date("1969-12-31"), None, "before 1970");
+        let sized = check("q", &raw(r#"{"bytes":"10 MiB","period":"day"}"#)).unwrap();
+        assert_eq!(sized.bytes, 10 << 20);
     }
 
     #[test]
@@ -180,6 +173,7 @@ mod tests {
             (r#"{"period":"day"}"#, "q.bytes"),
             (r#"{"bytes":1}"#, "q.period"),
             (r#"{"bytes":1,"period":"week"}"#, "q.period"),
+            (r#"{"bytes":"ten","period":"day"}"#, "q.bytes"),
             (r#"{"bytes":1,"period":{"from":"2026-02-30","to":"2026-03-01"}}"#, "q.period.from"),
             (r#"{"bytes":1,"period":{"from":"2026-03-01","to":"2026-03-01"}}"#, "q.period.to"),
         ] {

@@ -6,6 +6,8 @@
 //! "users_file": "/etc/shadowsocks/users.json"        (the file: [ {"name": ..., "password": ...}, ... ])
 //! ```
 //!
+//! A user may also have a quota, rate limits and connection limits ([`crate::limits`]).
+//!
 //! Names are labels (logs, accounting); each user's `password` becomes a key as the entry's method
 //! reads passwords: a base64 PSK of exactly the key length for 2022 methods, EVP_BytesToKey for classic
 //! ones. With users, the entry's own `password` is the server's identity PSK (iPSK) for the AES 2022
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use ss_crypto::{Key, Method};
 
+use crate::limits::Limits;
 use crate::ConfigError;
 
 /// One user as written.
@@ -33,6 +36,12 @@ pub struct RawUser {
     pub password: Option<String>,
     /// `quota` (ours): bytes per period ([`crate::quota`]).
     pub quota: Option<crate::quota::RawQuota>,
+    /// `rate_limit` (ours): bytes per second up and down ([`crate::limits`]).
+    pub rate_limit: Option<crate::limits::RawRate>,
+    /// `max_connections` (ours): TCP connections at once.
+    pub max_connections: Option<u32>,
+    /// `max_devices` (ours): client IP addresses at once.
+    pub max_devices: Option<u32>,
 }
 
 /// One checked user of a server entry.
@@ -42,8 +51,15 @@ pub struct UserEntry {
     pub name: String,
     /// The user's key (uPSK for 2022 methods, the password-derived key for classic ones).
     pub key: Key,
-    /// The user's quota, if any.
-    pub quota: Option<crate::quota::Quota>,
+    /// The user's quota, rate and connection limits ([`crate::limits`]).
+    pub limits: Limits,
+}
+
+impl UserEntry {
+    /// A user without limits.
+    pub fn new(name: impl Into<String>, key: Key) -> UserEntry {
+        UserEntry { name: name.into(), key, limits: Limits::default() }
+    }
 }
 
 /// The users of one entry, checked, and the file they partly came from (re-read on reload).
@@ -120,9 +136,8 @@ fn check_user(method: Method, field: &str, raw: &RawUser) -> Result<UserEntry, C
     }
     let key = Key::from_config_password(method, password)
         .map_err(|error| ConfigError::field_error(format!("{field}.password"), error.to_string()))?;
-    let quota =
-        raw.quota.as_ref().map(|quota| crate::quota::check(&format!("{field}.quota"), quota)).transpose()?;
-    Ok(UserEntry { name: name.to_string(), key, quota })
+    let limits = crate::limits::check(field, raw)?;
+    Ok(UserEntry { name: name.to_string(), key, limits })
 }
 
 #[cfg(test)]
@@ -133,7 +148,7 @@ mod tests {
     const BOB: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
     fn user(name: &str, password: &str) -> RawUser {
-        RawUser { name: Some(name.into()), password: Some(password.into()), quota: None }
+        RawUser { name: Some(name.into()), password: Some(password.into()), ..RawUser::default() }
     }
 
     #[test]
@@ -155,7 +170,7 @@ mod tests {
             (&[user("a", "AAAA")], "servers[0].users[0].password", "must be 32 bytes"),
             (&[user(" ", ALICE)], "servers[0].users[0].name", "missing"),
             (
-                &[RawUser { name: Some("a".into()), password: None, quota: None }],
+                &[RawUser { name: Some("a".into()), password: None, ..RawUser::default() }],
                 "servers[0].users[0].password",
                 "missing",
             ),

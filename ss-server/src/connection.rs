@@ -14,8 +14,8 @@
 //! A multi-user server ([`crate::users`]) first reads a fixed number of bytes (salt and identity header,
 //! or salt and first record) and finds the user whose key opens them; the stream and the response are then
 //! keyed by that user, the connection carries its `Arc<User>`, and it ends when a reload removes the user.
-//! No user, or a user whose quota is spent ([`crate::accounting`]), is an authentication failure like
-//! any other. Without users none of this runs.
+//! No user, or a user over a limit ([`crate::limits`]: quota spent, too many connections or devices),
+//! is an authentication failure like any other. Without users none of this runs.
 //!
 //! A client the ACL refuses (`[black_list]`, or not in the `[white_list]` under `[reject_all]`) gets the
 //! same silent treatment from the start. Before any of that, [`crate::admission`] decides whether the connection's source may start another
@@ -38,10 +38,11 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, Instrument};
 
-use crate::accounting;
+use crate::limits::Refusal;
+use crate::metered::{self, Ended};
 use crate::policy::AddressGuard;
 use crate::rejections::Reason;
-use crate::users::{search, User, Users};
+use crate::users::{search, Admitted, Users};
 use crate::Shared;
 
 /// Serves one accepted connection; every outcome is logged here and nothing is returned.
@@ -142,10 +143,13 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let upstream = (&mut upstream_read, &mut upstream_write);
     let outcome = match &user {
         None => ss_net::relay(client, upstream, settings.idle_timeout).await,
-        Some(user) => match accounting::relay_counted(user, client, upstream, settings.idle_timeout).await {
-            Some(outcome) => outcome,
-            None => {
-                debug!("user removed by a reload; connection ended");
+        Some(user) => match metered::relay_counted(user, client, upstream, settings.idle_timeout).await {
+            Ok(outcome) => outcome,
+            Err(ended) => {
+                match ended {
+                    Ended::Removed => debug!("user removed by a reload; connection ended"),
+                    Ended::QuotaSpent => debug!("the user's quota is spent; connection ended"),
+                }
                 ss_net::abort(writer.into_inner());
                 ss_net::abort(upstream_write);
                 return;
@@ -169,7 +173,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 struct Replayed;
 
 /// What a handshake yields: the client's salt, its target, and on a multi-user server its user.
-type Request = (Salt, Address, Option<Arc<User>>);
+type Request = (Salt, Address, Option<Admitted>);
 
 /// Reads the request: its salt goes into the replay filter the moment the first record authenticated
 /// (for 2022 the fixed header, timestamp checked), before the rest of the header is waited for, so two
@@ -195,13 +199,15 @@ where
     Ok(Ok((salt, reader.read_target().await?, user)))
 }
 
-/// Finds the user of a multi-user server's stream and sets the reader up to open it with their key.
+/// Finds the user of a multi-user server's stream, admits it if the user's limits allow, and sets the
+/// reader up to open it with their key. A user over a limit is refused like a wrong key: a prober
+/// learns nothing about which keys exist or are spent.
 async fn identify<R>(
     reader: &mut DecryptReader<R>,
     users: &Users,
     ipsk: &Key,
     peer: SocketAddr,
-) -> io::Result<Arc<User>>
+) -> io::Result<Admitted>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
@@ -212,11 +218,8 @@ where
         return Err(io::Error::new(io::ErrorKind::InvalidData, DecryptError::AuthFailure));
     };
     tracing::Span::current().record("user", user.name());
-    if !user.usage().may_connect(crate::accounting::unix_seconds()) {
-        // The uniform refusal: a prober learns nothing about which keys exist or are spent.
-        debug!("the user's quota is spent; refused like a probe");
-        return Err(io::Error::new(io::ErrorKind::InvalidData, DecryptError::AuthFailure));
-    }
+    let refused = |refusal| io::Error::new(io::ErrorKind::InvalidData, refusal);
+    let user = user.admit(peer.ip(), true).map_err(refused)?;
     let decryptor = if ss_crypto::identity::supports_identity_headers(method) {
         Decryptor::request_identified(method, user.key())
     } else {
@@ -321,6 +324,10 @@ async fn close(mut write_half: OwnedWriteHalf) {
 }
 
 fn log_probe(error: &io::Error, shared: &Shared) {
+    if let Some(refusal) = error.get_ref().and_then(|inner| inner.downcast_ref::<Refusal>()) {
+        debug!(%refusal, "refused like a probe");
+        return shared.settings.stats.rejections.count(Reason::UserLimit);
+    }
     match error.get_ref().and_then(|inner| inner.downcast_ref::<DecryptError>()) {
         Some(reason) => {
             debug!(%reason, "rejected a connection that failed the handshake");

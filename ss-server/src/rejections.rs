@@ -31,9 +31,11 @@ pub enum Reason {
     SourceBudget,
     /// The client's address is refused by the ACL.
     Acl,
+    /// A user's quota is spent, or their connection or device limit reached ([`crate::limits`]).
+    UserLimit,
 }
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::Authentication,
     Reason::Malformed,
     Reason::Timestamp,
@@ -41,6 +43,7 @@ const REASONS: [Reason; 7] = [
     Reason::Truncated,
     Reason::SourceBudget,
     Reason::Acl,
+    Reason::UserLimit,
 ];
 
 impl Reason {
@@ -63,6 +66,7 @@ impl Reason {
             Reason::Truncated => "truncated",
             Reason::SourceBudget => "source_budget",
             Reason::Acl => "acl",
+            Reason::UserLimit => "user_limit",
         }
     }
 }

@@ -41,7 +41,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::limits::{Refusal, Way};
+use crate::rejections::Reason;
 use crate::udp_replay::EndedSessions;
+use crate::users::Admitted;
 use crate::Shared;
 use flow::{AssociationKey, Codec, Flow, ReplyCipher};
 
@@ -127,8 +130,9 @@ struct Association {
     /// Where replies go; for 2022 the sender of the last fully validated packet.
     client: Mutex<SocketAddr>,
     replies: ReplyCipher,
-    /// The user of a multi-user server: the association ends when a reload removes them.
-    user: Option<Arc<crate::users::User>>,
+    /// The user of a multi-user server: the association ends when a reload removes them, and holds
+    /// its place among the user's devices.
+    user: Option<Admitted>,
     /// Milliseconds since the relay started, at the last datagram either way.
     last_active: AtomicU64,
     dns_only: AtomicBool,
@@ -162,9 +166,14 @@ impl Relay {
         }
         let Some((flow, target, payload)) = self.codec.open(packet, from, unix_now()) else { return };
         let association = match self.association(&flow, from).await {
-            Ok(Some(association)) => association,
-            Ok(None) => {
+            Ok(Opened::Live(association)) => association,
+            Ok(Opened::EndedSession) => {
                 debug!("UDP packet of an ended session replayed, dropped");
+                return;
+            }
+            Ok(Opened::Refused(refusal)) => {
+                debug!(%refusal, "UDP association refused");
+                self.shared.settings.stats.rejections.count(Reason::UserLimit);
                 return;
             }
             Err(error) => {
@@ -240,6 +249,12 @@ impl Relay {
             debug!(%target, "UDP target refused by the address policy or the ACL");
             return;
         };
+        if let Some(user) = &association.user {
+            if !user.account().pass_datagram(Way::Up, payload.len()) {
+                debug!("UDP datagram over the user's rate or quota; dropped");
+                return;
+            }
+        }
         let destination = outbound_addr(destination, association.dual_stack);
         let sent = match association.outbound.send_to(payload, destination).await {
             Ok(sent) => sent,
@@ -271,25 +286,25 @@ impl Relay {
         Some(AwaitingPlace { _permit: permit, association: association.clone(), shared: self.shared.clone() })
     }
 
-    /// The association of `flow`, created (and the oldest evicted beyond the cap) if new. `None`: a
-    /// packet (session id, packet id) of a recently ended 2022 session that its old window refuses.
-    async fn association(
-        self: &Arc<Self>,
-        flow: &Flow,
-        from: SocketAddr,
-    ) -> io::Result<Option<Arc<Association>>> {
+    /// The association of `flow`, created (and the oldest evicted beyond the cap) if new and its
+    /// user's limits allow it.
+    async fn association(self: &Arc<Self>, flow: &Flow, from: SocketAddr) -> io::Result<Opened> {
         let key = flow.key();
         {
             let mut table = self.lock_table();
             if let Some(existing) = table.live.get(&key) {
-                return Ok(Some(existing.clone()));
+                return Ok(Opened::Live(existing.clone()));
             }
             if let Flow::Session { id, packet_id, .. } = flow {
                 if !table.ended.admits(*id, *packet_id, Instant::now()) {
-                    return Ok(None);
+                    return Ok(Opened::EndedSession);
                 }
             }
         }
+        let user = match flow.user().map(|user| user.admit(from.ip(), false)).transpose() {
+            Ok(user) => user,
+            Err(refusal) => return Ok(Opened::Refused(refusal)),
+        };
         let outbound = bind_outbound().await?;
         let dual_stack = outbound.local_addr()?.is_ipv6();
         // Drawn outside the table lock: it may be a system call.
@@ -297,14 +312,14 @@ impl Relay {
         let association = {
             let mut table = self.lock_table();
             if let Some(raced) = table.live.get(&key) {
-                return Ok(Some(raced.clone()));
+                return Ok(Opened::Live(raced.clone()));
             }
             let association = Arc::new(Association {
                 outbound,
                 dual_stack,
                 client: Mutex::new(from),
                 replies: flow.reply_cipher(&mut table.ended, server_session_id),
-                user: flow.user().cloned(),
+                user,
                 last_active: AtomicU64::new(self.now_ms()),
                 dns_only: AtomicBool::new(true),
                 awaiting: AtomicUsize::new(0),
@@ -321,7 +336,7 @@ impl Relay {
             association
         };
         tokio::spawn(self.clone().replies(key, association.clone()));
-        Ok(Some(association))
+        Ok(Opened::Live(association))
     }
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
@@ -355,6 +370,12 @@ impl Relay {
             };
             let Ok((len, source)) = received else { continue };
             association.last_active.store(self.now_ms(), Ordering::Relaxed);
+            if let Some(user) = &association.user {
+                if !user.account().pass_datagram(Way::Down, len) {
+                    debug!("UDP reply over the user's rate or quota; dropped");
+                    continue;
+                }
+            }
             out.clear();
             let source = Address::Ip(canonical_addr(source));
             if let Err(error) = association.replies.seal(&source, &buf[..len], &mut out) {
@@ -379,6 +400,16 @@ impl Relay {
         }
         self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
     }
+}
+
+/// What [`Relay::association`] found for a datagram.
+enum Opened {
+    /// The association to send it on.
+    Live(Arc<Association>),
+    /// A packet (session id, packet id) of a recently ended 2022 session that its old window refuses.
+    EndedSession,
+    /// A new association its user's limits refuse.
+    Refused(Refusal),
 }
 
 /// A datagram's place in the queue for name resolution; given back when dropped.

@@ -11,11 +11,16 @@
 //!
 //! [`Users::replace`] puts a new list in force (SIGHUP): users that stay (same name and key) keep their
 //! `Arc<User>` and their connections; a removed user's (or one whose key changed) connections end, as
-//! [`User::removed`] fires. Readers take the table with one lock-free load ([`ArcSwap`]).
+//! [`User::removed`] fires. Every user's limits are set anew. Readers take the table with one
+//! lock-free load ([`ArcSwap`]).
+//!
+//! What a user name has (usage, quota, rates, who is connected: [`Account`]) lives as long as the
+//! server, so a user whose key changes, or who is removed and comes back, goes on where they left off.
 
 pub mod search;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -27,43 +32,51 @@ use tokio_util::sync::CancellationToken;
 pub use search::KeyOrder;
 
 use crate::accounting::{Counts, Usage};
+use crate::limits::{Account, Present, Refusal};
 
-/// One user: a name and a key, what they used, and the signal that ends their connections when they
+/// One user: a name and a key, their account, and the signal that ends their connections when they
 /// are removed.
 pub struct User {
     name: String,
     key: Key,
     hash: UserHash,
-    usage: Arc<Usage>,
+    account: Arc<Account>,
     /// Every user's traffic together (shared by the users of one server entry).
     total: Arc<Usage>,
     removed: CancellationToken,
 }
 
 impl User {
-    /// A user named `name` whose streams are sealed with `key`, counting from zero.
+    /// A user named `name` whose streams are sealed with `key`, counting from zero, without limits.
     pub fn new(name: impl Into<String>, key: Key) -> User {
-        User::with_usage(name.into(), key, Arc::default(), Arc::default())
+        User::with_account(name.into(), key, Arc::default(), Arc::default())
     }
 
-    fn with_usage(name: String, key: Key, usage: Arc<Usage>, total: Arc<Usage>) -> User {
+    fn with_account(name: String, key: Key, account: Arc<Account>, total: Arc<Usage>) -> User {
         let hash = UserHash::of(&key);
-        User { name, key, hash, usage, total, removed: CancellationToken::new() }
+        User { name, key, hash, account, total, removed: CancellationToken::new() }
     }
 
     /// What this user has used (kept across reloads by name, and across restarts by the store).
     pub fn usage(&self) -> &Usage {
-        &self.usage
-    }
-
-    /// [`User::usage`], shared.
-    pub fn usage_arc(&self) -> Arc<Usage> {
-        self.usage.clone()
+        self.account.usage()
     }
 
     /// The user's counters and the server's total, which every count goes to.
     pub fn usages(&self) -> [&Usage; 2] {
-        [&self.usage, &self.total]
+        [self.account.usage(), &self.total]
+    }
+
+    /// The user's account: usage, quota, rates, who is connected.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.account
+    }
+
+    /// Admits a new TCP connection (`tcp`) or UDP association of this user from `client`, if the
+    /// user's limits allow it ([`crate::limits`]).
+    pub fn admit(self: &Arc<User>, client: IpAddr, tcp: bool) -> Result<Admitted, Refusal> {
+        let present = self.account.admit(client, tcp)?;
+        Ok(Admitted { user: self.clone(), _present: present })
     }
 
     /// The name from the config (a label).
@@ -91,6 +104,21 @@ impl User {
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A connection's or association's user, holding its place among the user's connections until dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    user: Arc<User>,
+    _present: Present,
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = User;
+
+    fn deref(&self) -> &User {
+        &self.user
     }
 }
 
@@ -126,9 +154,8 @@ impl UserTable {
 pub struct Users {
     method: Method,
     current: ArcSwap<UserTable>,
-    /// Usage by user name: a user whose key changes, or who is removed and comes back, keeps counting
-    /// where they left off; removed users' counts stay (and are saved).
-    usage: Mutex<HashMap<String, Arc<Usage>>>,
+    /// Accounts by user name; removed users' stay (their counts are saved).
+    accounts: Mutex<HashMap<String, Arc<Account>>>,
     total: Arc<Usage>,
 }
 
@@ -138,7 +165,7 @@ impl Users {
         let users = Users {
             method,
             current: ArcSwap::from_pointee(UserTable::new(Vec::new())),
-            usage: Mutex::default(),
+            accounts: Mutex::default(),
             total: Arc::default(),
         };
         let table = entries.iter().map(|entry| users.user(entry)).collect();
@@ -146,30 +173,30 @@ impl Users {
         users
     }
 
-    /// A new `Arc<User>` for `entry`, with the usage kept under its name.
+    /// A new `Arc<User>` for `entry`, with the account kept under its name and `entry`'s limits.
     fn user(&self, entry: &UserEntry) -> Arc<User> {
-        let usage = self.lock_usage().entry(entry.name.clone()).or_default().clone();
-        usage.set_quota(entry.quota);
-        Arc::new(User::with_usage(entry.name.clone(), entry.key.clone(), usage, self.total.clone()))
+        let account = self.lock_accounts().entry(entry.name.clone()).or_default().clone();
+        account.set_limits(&entry.limits);
+        Arc::new(User::with_account(entry.name.clone(), entry.key.clone(), account, self.total.clone()))
     }
 
-    fn lock_usage(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Usage>>> {
-        self.usage.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock_accounts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Account>>> {
+        self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds saved counts (by user name, and the total) to the live ones: the store's rows at start.
     pub fn restore(&self, users: &[(String, Counts)], total: &Counts) {
-        let mut usage = self.lock_usage();
+        let mut accounts = self.lock_accounts();
         for (name, counts) in users {
-            usage.entry(name.clone()).or_default().add(counts);
+            accounts.entry(name.clone()).or_default().restore(counts);
         }
         self.total.add(total);
     }
 
     /// Every user's counts by name (removed users' too), and the total.
     pub fn usage_counts(&self) -> (Vec<(String, Counts)>, Counts) {
-        let usage = self.lock_usage();
-        let users = usage.iter().map(|(name, usage)| (name.clone(), usage.counts())).collect();
+        let accounts = self.lock_accounts();
+        let users = accounts.iter().map(|(name, account)| (name.clone(), account.counts())).collect();
         (users, self.total.counts())
     }
 
@@ -194,7 +221,7 @@ impl Users {
                 let same = old.users.iter().find(|user| user.name == entry.name && user.key == entry.key);
                 match same {
                     Some(user) => {
-                        user.usage.set_quota(entry.quota);
+                        user.account.set_limits(&entry.limits);
                         kept_count += 1;
                         user.clone()
                     }
@@ -245,11 +272,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, byte: u8) -> UserEntry {
-        UserEntry {
-            name: name.into(),
-            key: Key::from_bytes(Method::Blake3Aes128Gcm, &[byte; 16]).unwrap(),
-            quota: None,
-        }
+        UserEntry::new(name, Key::from_bytes(Method::Blake3Aes128Gcm, &[byte; 16]).unwrap())
     }
 
     #[test]

@@ -25,10 +25,7 @@ fn user_key(method: Method, n: u8) -> Key {
 }
 
 fn entries(method: Method, numbers: &[u8]) -> Vec<UserEntry> {
-    numbers
-        .iter()
-        .map(|&n| UserEntry { name: format!("user{n}"), key: user_key(method, n), quota: None })
-        .collect()
+    numbers.iter().map(|&n| UserEntry::new(format!("user{n}"), user_key(method, n))).collect()
 }
 
 /// A server whose users are `numbers`; its `Users` handle for reloads.
@@ -172,11 +169,10 @@ async fn a_miss_over_a_thousand_keys_looks_like_a_miss_over_one() {
                 .map(|n| {
                     let mut bytes = [7u8; 32];
                     bytes[..2].copy_from_slice(&n.to_le_bytes());
-                    UserEntry {
-                        name: format!("user{n}"),
-                        key: Key::from_bytes(method, &bytes[..method.key_len()]).unwrap(),
-                        quota: None,
-                    }
+                    UserEntry::new(
+                        format!("user{n}"),
+                        Key::from_bytes(method, &bytes[..method.key_len()]).unwrap(),
+                    )
                 })
                 .collect();
             let users = Arc::new(Users::new(method, &entries));

@@ -20,7 +20,7 @@ fn user_key(method: Method, n: u8) -> Key {
 }
 
 fn entries(method: Method) -> Vec<UserEntry> {
-    (1..=3).map(|n| UserEntry { name: format!("user{n}"), key: user_key(method, n), quota: None }).collect()
+    (1..=3).map(|n| UserEntry::new(format!("user{n}"), user_key(method, n))).collect()
 }
 
 /// A shadowsocks-rust config: a server entry with users (`local_port` None) or a local whose password
