@@ -145,13 +145,18 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         None => ss_net::relay(client, upstream, settings.idle_timeout).await,
         Some(user) => match metered::relay_counted(user, client, upstream, settings.idle_timeout).await {
             Ok(outcome) => outcome,
-            Err(ended) => {
-                match ended {
-                    Ended::Removed => debug!("user removed by a reload; connection ended"),
-                    Ended::QuotaSpent => debug!("the user's quota is spent; connection ended"),
-                }
+            Err(Ended::Removed) => {
+                debug!("user removed by a reload; connection ended");
                 ss_net::abort(writer.into_inner());
                 ss_net::abort(upstream_write);
+                return;
+            }
+            Err(Ended::QuotaSpent) => {
+                // What was written within the quota is delivered, then a FIN: the client sees the
+                // transfer end rather than lose its last bytes to a reset.
+                debug!("the user's quota is spent; connection ended");
+                ss_net::abort(upstream_write);
+                let _ = timeout(settings.handshake_timeout, writer.shutdown()).await;
                 return;
             }
         },

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub struct Meter {
     /// Quota bytes taken and not yet written, and the period they were taken in.
     lease: AtomicU64,
     lease_period: AtomicU64,
+    /// A write found the quota spent.
+    spent: AtomicBool,
 }
 
 /// Which of a [`Meter`]'s four counts a [`Metered`] stream adds to.
@@ -204,6 +206,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         let this = self.get_mut();
         let allowed = this.meter.allow(buf.len());
         if allowed == 0 && !buf.is_empty() {
+            this.meter.spent.store(true, Ordering::Relaxed);
             return Poll::Ready(Err(io::Error::other("the user's quota is spent")));
         }
         let polled = Pin::new(&mut this.inner).poll_write(cx, &buf[..allowed]);
@@ -228,7 +231,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 pub enum Ended {
     /// A reload removed the user (or changed their key).
     Removed,
-    /// The user's quota ran out.
+    /// The user's quota ran out: what was written within it is still to be delivered (the caller
+    /// closes the client's side gracefully).
     QuotaSpent,
 }
 
@@ -261,7 +265,7 @@ where
     let mut relay = std::pin::pin!(relay);
     let start = Instant::now() + FOLD_INTERVAL;
     let mut fold = tokio::time::interval_at(start, FOLD_INTERVAL);
-    let outcome = loop {
+    let mut outcome = loop {
         tokio::select! {
             outcome = &mut relay => break Ok(outcome),
             _ = fold.tick() => {
@@ -273,6 +277,9 @@ where
             () = user.removed() => break Err(Ended::Removed),
         }
     };
+    if outcome.is_ok() && meter.spent.load(Ordering::Relaxed) {
+        outcome = Err(Ended::QuotaSpent);
+    }
     meter.fold_into(&usages);
     meter.give_back_lease();
     for usage in usages {

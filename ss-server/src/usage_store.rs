@@ -58,6 +58,29 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS usage (
     period_start INTEGER NOT NULL, period_used INTEGER NOT NULL,
     PRIMARY KEY (server, user))";
 
+/// The schema's version (`PRAGMA user_version`): 1 had no quota columns.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Brings a store written by an older version up to [`SCHEMA_VERSION`], keeping its rows.
+fn migrate(connection: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let has_quota: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('usage') WHERE name = 'period_start'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_quota {
+        connection.execute_batch(
+            "ALTER TABLE usage ADD COLUMN period_start INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE usage ADD COLUMN period_used INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    connection.pragma_update(None, "user_version", SCHEMA_VERSION)
+}
+
 /// The state directory when none is configured: `$STATE_DIRECTORY` (systemd's `StateDirectory=`, the first
 /// of several), `$XDG_STATE_HOME/ss-rs`, or `~/.local/state/ss-rs`.
 pub fn default_dir(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
@@ -81,6 +104,7 @@ impl UsageStore {
             .and_then(|()| connection.pragma_update(None, "locking_mode", "EXCLUSIVE"))
             .and_then(|()| connection.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| migrate(&connection))
             .map_err(|error| match error.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
                     fail("locked by another process (is another ss-server using this state_dir?)".into())
@@ -229,6 +253,24 @@ mod tests {
             last_seen: 7,
             ..Counts::default()
         }
+    }
+
+    #[test]
+    fn a_store_without_quota_columns_is_migrated_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            let version_one =
+                SCHEMA.replace("period_start INTEGER NOT NULL, period_used INTEGER NOT NULL,", "");
+            old.execute_batch(&version_one).unwrap();
+            old.execute("INSERT INTO usage VALUES ('a','alice',5,0,0,10,1,0,0,0,0,7)", []).unwrap();
+        }
+        let store = UsageStore::open_in(dir.path()).unwrap();
+        let (users, _) = store.load("a").unwrap();
+        assert_eq!(users, vec![("alice".into(), counts(5))]);
+        let spent = Counts { period_start: 86_400, period_used: 3, ..counts(6) };
+        store.save("a", &[("alice".into(), spent)], &counts(6)).unwrap();
+        assert_eq!(store.load("a").unwrap().0[0].1, spent);
     }
 
     #[test]
