@@ -198,6 +198,13 @@ mod tests {
         let entry = &config.servers[0];
         let names: Vec<&str> = entry.users.as_ref().unwrap().users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["alice", "bob"]);
+        let bob = &entry.users.as_ref().unwrap().users[1].limits;
+        assert_eq!((bob.rate_up, bob.rate_down), (Some(2 << 20), Some(10 << 20)));
+        assert_eq!((bob.max_connections, bob.max_devices), (Some(64), Some(3)));
+        assert_eq!(
+            bob.quota.map(|quota| (quota.bytes, quota.period)),
+            Some((100 << 30, crate::quota::Period::Month))
+        );
         let ipsk = "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=";
         assert_eq!(
             entry.key,

@@ -156,7 +156,7 @@ async fn limits_come_from_the_users_file_a_spent_quota_survives_a_restart_and_si
     std::fs::write(&users_path, users_with_limits(&[&quota(1), ""])).expect("write users");
     let config_path = dir.path().join("config.json");
     let config = format!(
-        r#"{{"method":"{METHOD}","password":"{}","users_file":{:?},"state_dir":{:?},"allow_private_targets":true}}"#,
+        r#"{{"method":"{METHOD}","password":"{}","users_file":{:?},"state_dir":{:?},"allow_private_targets":true,"handshake_timeout":2}}"#,
         test_key(METHOD).to_base64(),
         users_path.to_str().expect("UTF-8 path"),
         dir.path().join("state").to_str().expect("UTF-8 path"),
