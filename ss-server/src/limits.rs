@@ -232,7 +232,7 @@ pub struct Present {
 impl Drop for Present {
     fn drop(&mut self) {
         let mut presence = self.account.lock_presence();
-        presence.connections -= u32::from(self.tcp);
+        presence.connections = presence.connections.saturating_sub(u32::from(self.tcp));
         if let Some(count) = presence.devices.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {

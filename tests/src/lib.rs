@@ -119,6 +119,22 @@ pub async fn echo_server(bind: &str) -> SocketAddr {
     addr
 }
 
+/// A TCP server on `bind` (a loopback address) that sends an endless stream of bytes to every
+/// connection until it goes away: a download as fast as the path allows.
+pub async fn source_server(bind: &str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).await.expect("bind source");
+    let addr = listener.local_addr().expect("source address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![0x5a; 64 * 1024];
+                while stream.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
 /// Opens a SOCKS5 CONNECT through `proxy` to `target`; returns the stream after a successful reply.
 pub async fn socks5_connect(proxy: SocketAddr, target: &Address) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(proxy).await?;

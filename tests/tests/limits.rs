@@ -54,21 +54,6 @@ async fn local_for(method: Method, server: SocketAddr, n: u8) -> RunningServer {
     start_local(settings).await
 }
 
-/// A target that sends an endless stream of bytes to every connection until it goes away.
-async fn source_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let chunk = vec![0x5a; 64 * 1024];
-                while stream.write_all(&chunk).await.is_ok() {}
-            });
-        }
-    });
-    addr
-}
-
 /// A target that reads and counts everything sent to it (by all connections).
 async fn sink_server() -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,7 +95,7 @@ async fn a_rate_limited_user_gets_its_rate_and_another_user_is_unaffected() {
     let limited = Limits { rate_down: Some(RATE), rate_up: Some(RATE / 2), ..Limits::default() };
     let (server, _users) = server_with_limits(method, &[limited, Limits::default()]).await;
     let (one, two) = (local_for(method, server.addr, 1).await, local_for(method, server.addr, 2).await);
-    let source = Address::Ip(source_server().await);
+    let source = Address::Ip(source_server("127.0.0.1:0").await);
     let (slow, fast) = tokio::join!(socks5_connect(one.addr, &source), socks5_connect(two.addr, &source));
     let window = Duration::from_secs(10);
     let (slow, fast) =
@@ -166,7 +151,7 @@ async fn a_quota_ends_the_transfer_at_the_quota_and_refuses_the_user_after() {
     let quota = Limits { quota: Some(Quota { bytes: 10 * MIB, period: Period::Day }), ..Limits::default() };
     let (server, users) = server_with_limits(method, &[quota, Limits::default()]).await;
     let (one, two) = (local_for(method, server.addr, 1).await, local_for(method, server.addr, 2).await);
-    let source = Address::Ip(source_server().await);
+    let source = Address::Ip(source_server("127.0.0.1:0").await);
     let downloaded = drain(socks5_connect(one.addr, &source).await.unwrap(), 20 * MIB).await;
     // The server writes exactly the quota (the client sends nothing), then closes.
     assert_eq!(downloaded, 10 * MIB, "the bytes through a quota of 10 MiB");

@@ -7,7 +7,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use ss_crypto::{Address, Key, Method};
 use ss_tests::subprocess::{binaries, Launch, Subprocess};
-use ss_tests::{echo_server, local_settings, socks5_connect, start_local, test_key, RunningServer, STEP};
+use ss_tests::{
+    echo_server, local_settings, socks5_connect, source_server, start_local, test_key, RunningServer, STEP,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -116,21 +118,6 @@ fn users_with_limits(limits: &[&str]) -> String {
     format!("[{}]", users.join(","))
 }
 
-/// A target that sends an endless stream of bytes to every connection until it goes away.
-async fn source_server() -> Address {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind source");
-    let addr = listener.local_addr().expect("source address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let chunk = vec![0x5a; 64 * 1024];
-                while stream.write_all(&chunk).await.is_ok() {}
-            });
-        }
-    });
-    Address::Ip(addr)
-}
-
 /// Downloads from `source` through `local` until the server ends it (or 8 MiB came): how many bytes.
 async fn download(local: &RunningServer, source: &Address) -> u64 {
     let mut stream =
@@ -167,7 +154,7 @@ async fn limits_come_from_the_users_file_a_spent_quota_survives_a_restart_and_si
     let launch =
         Launch::new(&built.server).args(["-c", &config_arg, "-s", "127.0.0.1", "-p", &port.to_string()]);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let source = source_server().await;
+    let source = Address::Ip(source_server("127.0.0.1:0").await);
 
     let server = Subprocess::start(&launch, addr).await.expect("start");
     let downloaded = download(&local_for(&server, 1).await, &source).await;
