@@ -89,6 +89,21 @@ impl RateBucket {
         *due = Some(from + Duration::from_secs_f64(bytes as f64 / rate as f64));
     }
 
+    /// For a connection that wants to read `grant` bytes at `now`: `None` if the user is not ahead of
+    /// their rate (read now, and [`RateBucket::charge`] what was read); otherwise the bytes are booked
+    /// at the end of the queue and the time returned is when they may be read. Booking rather than
+    /// waiting for the bucket to drain lets waiting connections take turns in the order they came.
+    pub fn reserve(&self, grant: usize, now: Instant) -> Option<Instant> {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return None;
+        }
+        let mut due = self.lock();
+        let booked = due.filter(|due| *due > now + BURST)?;
+        *due = Some(booked + Duration::from_secs_f64(grant as f64 / rate as f64));
+        Some(booked - BURST)
+    }
+
     /// Lets a datagram of `bytes` through if the user is not ahead of their rate, and charges it.
     pub fn try_pass(&self, bytes: usize, now: Instant) -> bool {
         if self.wait_until(now).is_some() {

@@ -31,6 +31,9 @@ use crate::users::User;
 /// How often a long connection folds its counts into its user's totals (and checks the quota).
 pub const FOLD_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How many bytes a rate-limited connection books at a time when it has to wait: one record.
+pub const GRANT: usize = 16 * 1024;
+
 /// How much of the quota a connection takes at a time: it touches the user's ledger once per this
 /// many bytes, and holds at most this much that the others cannot use until it ends.
 pub const LEASE: u64 = 256 * 1024;
@@ -136,14 +139,19 @@ pub struct Metered<S> {
     inner: S,
     meter: Arc<Meter>,
     direction: Direction,
-    /// The wait for the user's rate, boxed only for a connection that has waited.
+    /// The wait for a booked read ([`RateBucket::reserve`]), boxed only for a connection that has
+    /// waited.
     wait: Option<Pin<Box<Sleep>>>,
+    /// A read is booked and `wait` runs until its turn.
+    booked: bool,
+    /// Bytes booked and waited for, not yet read: they are not charged again.
+    credit: usize,
 }
 
 impl<S> Metered<S> {
     /// `inner`, counting into `direction` of `meter`.
     pub fn new(inner: S, meter: Arc<Meter>, direction: Direction) -> Metered<S> {
-        Metered { inner, meter, direction, wait: None }
+        Metered { inner, meter, direction, wait: None, booked: false, credit: 0 }
     }
 
     /// The stream inside.
@@ -151,21 +159,34 @@ impl<S> Metered<S> {
         self.inner
     }
 
-    /// Ready once the user's rate lets this direction read more.
+    /// Ready once the user's rate lets this direction read more: at once while the user is within
+    /// their rate or this connection holds booked bytes, else after booking [`GRANT`] bytes and waiting
+    /// for their turn.
     fn poll_pace(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(bucket) = self.meter.bucket(self.direction) else { return Poll::Ready(()) };
-        // Another connection of the user may have charged the bucket while this one slept: look again.
-        while let Some(at) = bucket.wait_until(Instant::now()) {
+        if self.credit > 0 {
+            return Poll::Ready(());
+        }
+        if !self.booked {
+            let Some(at) = bucket.reserve(GRANT, Instant::now()) else { return Poll::Ready(()) };
             let wait = self.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             wait.as_mut().reset(at);
+            self.booked = true;
+        }
+        if let Some(wait) = self.wait.as_mut() {
             ready!(wait.as_mut().poll(cx));
         }
+        self.booked = false;
+        self.credit = GRANT;
         Poll::Ready(())
     }
 
-    fn charge(&self, bytes: usize) {
+    /// Charges `bytes` read to the user's rate, less what was booked for them.
+    fn charge(&mut self, bytes: usize) {
+        let prepaid = bytes.min(self.credit);
+        self.credit -= prepaid;
         if let Some(bucket) = self.meter.bucket(self.direction) {
-            bucket.charge(bytes, Instant::now());
+            bucket.charge(bytes - prepaid, Instant::now());
         }
     }
 }
@@ -184,10 +205,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
 }
 
 impl<S: AsyncBufRead + Unpin> AsyncBufRead for Metered<S> {
+    /// A connection reading on booked bytes is shown no more than it booked: a turn is the same size
+    /// whatever the size of the connection's buffer.
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         ready!(this.poll_pace(cx));
-        Pin::new(&mut this.inner).poll_fill_buf(cx)
+        let turn = if this.credit > 0 { this.credit } else { usize::MAX };
+        let available = ready!(Pin::new(&mut this.inner).poll_fill_buf(cx))?;
+        Poll::Ready(Ok(&available[..available.len().min(turn)]))
     }
 
     /// Bytes count (and are charged to the rate) when the relay consumes them, after writing them on.
@@ -294,7 +319,7 @@ mod tests {
     use ss_config::limits::Limits;
     use ss_config::quota::{Period, Quota};
     use ss_crypto::{Key, Method};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
     fn user(name: &str, limits: Limits) -> User {
         let key = Key::from_bytes(Method::Blake3Aes128Gcm, &[1; 16]).unwrap();
@@ -397,6 +422,38 @@ mod tests {
             "carol",
             Limits { quota: Some(Quota { bytes: 1 << 30, period: Period::Month }), ..Limits::default() },
         )
+    }
+
+    /// Reads `reader` into nothing until `until`; how many bytes it read.
+    async fn read_until<R: AsyncBufRead + Unpin>(mut reader: R, until: Instant) -> usize {
+        let mut total = 0;
+        while Instant::now() < until {
+            let chunk = tokio::time::timeout_at(until, reader.fill_buf()).await;
+            let Ok(Ok(chunk)) = chunk else { break };
+            let len = chunk.len();
+            reader.consume(len);
+            total += len;
+        }
+        total
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_of_one_user_share_its_rate_evenly() {
+        let user = user("erin", Limits { rate_down: Some(100_000), ..Limits::default() });
+        let data = vec![7u8; 10_000_000];
+        let paced = |capacity: usize| {
+            let meter = Arc::new(Meter::for_account(user.account().clone()));
+            let reader = tokio::io::BufReader::with_capacity(capacity, &data[..]);
+            Metered::new(reader, meter, Direction::TargetToProxy)
+        };
+        // One connection reads in 64 KiB gulps, the other in 4 KiB sips: the turns still even out.
+        let until = Instant::now() + Duration::from_secs(20);
+        let (big, small) =
+            tokio::join!(read_until(paced(64 * 1024), until), read_until(paced(4 * 1024), until));
+        let total = (big + small) as f64;
+        assert!((total - 2_000_000.0).abs() < 150_000.0, "together {total} bytes in 20 s at 100 kB/s");
+        let share = small as f64 / total;
+        assert!((0.45..=0.55).contains(&share), "shares {big} and {small}");
     }
 
     #[tokio::test(start_paused = true)]
