@@ -61,60 +61,15 @@ pub(crate) fn handle(
 }
 
 async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _slot: ss_net::Slot) {
-    let Some(in_handshake) = shared.admission.admit(peer) else {
-        debug!("source has four times its budget of connections in their handshake; closed at once");
-        shared.settings.stats.rejections.count(Reason::SourceBudget);
-        return;
-    };
     let accepted = Instant::now();
-    let deadline = accepted + in_handshake.deadline(shared.settings.handshake_timeout);
-    // `stream` is moved into the block and split there: an async fn keeps a parameter in its future for
-    // the whole call unless it is moved out (rust-lang/rust#62958), which would hold a dead TcpStream.
-    let (read_half, write_half) = {
-        let stream = stream;
-        shared.settings.socket.accepted(&stream);
-        stream.into_split()
-    };
-    if !shared.admits_client(peer.ip()) {
-        debug!("client refused by the ACL");
-        shared.settings.stats.rejections.count(Reason::Acl);
-        return tokio::select! {
-            () = reject(read_half, write_half, deadline) => {}
-            () = shared.shutdown.cancelled() => {}
-        };
-    }
-    let method = shared.settings.method;
-    let mut reader = DecryptReader::new(read_half, Decryptor::request(method, &shared.settings.key));
-
-    // At shutdown a connection that has not authenticated yet is not worth waiting for.
-    let handshake = tokio::select! {
-        handshake = timeout_at(deadline, read_request(&mut reader, &shared, peer)) => handshake,
-        () = shared.shutdown.cancelled() => return close(write_half).await,
-    };
-    let (request_salt, target, user) = match handshake {
-        Ok(Ok(Ok(request))) => request,
-        Ok(Ok(Err(Replayed))) => {
-            debug!("replayed request refused");
-            shared.settings.stats.rejections.count(Reason::Replay);
-            return reject(reader.into_inner(), write_half, deadline).await;
-        }
-        Ok(Err(error)) => {
-            log_probe(&error, &shared);
-            return tokio::select! {
-                () = reject(reader.into_inner(), write_half, deadline) => {}
-                () = shared.shutdown.cancelled() => {}
-            };
-        }
-        Err(_) => {
-            debug!("handshake timed out");
-            return close(write_half).await;
-        }
-    };
+    // Boxed: the handshake's state (the request being read, a refusal's discard loop) is freed once the
+    // request is in, so the relay's state alone sets the size of every connection's future.
+    let Some(request) = Box::pin(accept_request(stream, peer, &shared, accepted)).await else { return };
+    let Accepted { mut reader, write_half, salt: request_salt, target, user } = request;
     tracing::Span::current().record("target", tracing::field::display(&target));
 
-    drop(in_handshake);
-
     let settings = &shared.settings;
+    let method = settings.method;
     let connected = connect(&target, &shared.resolver, &shared.guard, settings).await;
     drop(target);
     let upstream = match connected {
@@ -143,23 +98,27 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let upstream = (&mut upstream_read, &mut upstream_write);
     let outcome = match &user {
         None => ss_net::relay(client, upstream, settings.idle_timeout).await,
-        Some(user) => match metered::relay_counted(user, client, upstream, settings.idle_timeout).await {
-            Ok(outcome) => outcome,
-            Err(Ended::Removed) => {
-                debug!("user removed by a reload; connection ended");
-                ss_net::abort(writer.into_inner());
-                ss_net::abort(upstream_write);
-                return;
+        // Boxed: the counted relay's state is larger than the plain one's, and an async fn's future is as
+        // large as its largest await point, so inline it would grow every connection of every server.
+        Some(user) => {
+            match Box::pin(metered::relay_counted(user, client, upstream, settings.idle_timeout)).await {
+                Ok(outcome) => outcome,
+                Err(Ended::Removed) => {
+                    debug!("user removed by a reload; connection ended");
+                    ss_net::abort(writer.into_inner());
+                    ss_net::abort(upstream_write);
+                    return;
+                }
+                Err(Ended::QuotaSpent) => {
+                    // What was written within the quota is delivered, then a FIN: the client sees the
+                    // transfer end rather than lose its last bytes to a reset.
+                    debug!("the user's quota is spent; connection ended");
+                    ss_net::abort(upstream_write);
+                    let _ = timeout(settings.handshake_timeout, writer.shutdown()).await;
+                    return;
+                }
             }
-            Err(Ended::QuotaSpent) => {
-                // What was written within the quota is delivered, then a FIN: the client sees the
-                // transfer end rather than lose its last bytes to a reset.
-                debug!("the user's quota is spent; connection ended");
-                ss_net::abort(upstream_write);
-                let _ = timeout(settings.handshake_timeout, writer.shutdown()).await;
-                return;
-            }
-        },
+        }
     };
     if outcome.end.is_failure() {
         ss_net::abort(writer.into_inner());
@@ -172,6 +131,83 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         end = %outcome.end,
         "connection closed"
     );
+}
+
+/// A connection whose request has been read and checked.
+struct Accepted {
+    reader: DecryptReader<OwnedReadHalf>,
+    write_half: OwnedWriteHalf,
+    /// The client's salt (the response is bound to it).
+    salt: Salt,
+    target: Address,
+    /// On a multi-user server, the user, admitted by their limits.
+    user: Option<Admitted>,
+}
+
+/// Admits the connection, reads its request and checks it. Every refusal (the source's handshake
+/// budget, the ACL, a probe, a replay, a timeout, shutdown) is handled here, silently as the protocol
+/// asks; `None` then.
+async fn accept_request(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    accepted: Instant,
+) -> Option<Accepted> {
+    let Some(in_handshake) = shared.admission.admit(peer) else {
+        debug!("source has four times its budget of connections in their handshake; closed at once");
+        shared.settings.stats.rejections.count(Reason::SourceBudget);
+        return None;
+    };
+    let deadline = accepted + in_handshake.deadline(shared.settings.handshake_timeout);
+    // `stream` is moved into the block and split there: an async fn keeps a parameter in its future for
+    // the whole call unless it is moved out (rust-lang/rust#62958), which would hold a dead TcpStream.
+    let (read_half, write_half) = {
+        let stream = stream;
+        shared.settings.socket.accepted(&stream);
+        stream.into_split()
+    };
+    if !shared.admits_client(peer.ip()) {
+        debug!("client refused by the ACL");
+        shared.settings.stats.rejections.count(Reason::Acl);
+        tokio::select! {
+            () = reject(read_half, write_half, deadline) => {}
+            () = shared.shutdown.cancelled() => {}
+        };
+        return None;
+    }
+    let method = shared.settings.method;
+    let mut reader = DecryptReader::new(read_half, Decryptor::request(method, &shared.settings.key));
+
+    // At shutdown a connection that has not authenticated yet is not worth waiting for.
+    let handshake = tokio::select! {
+        handshake = timeout_at(deadline, read_request(&mut reader, shared, peer)) => handshake,
+        () = shared.shutdown.cancelled() => {
+            close(write_half).await;
+            return None;
+        }
+    };
+    match handshake {
+        Ok(Ok(Ok((salt, target, user)))) => Some(Accepted { reader, write_half, salt, target, user }),
+        Ok(Ok(Err(Replayed))) => {
+            debug!("replayed request refused");
+            shared.settings.stats.rejections.count(Reason::Replay);
+            reject(reader.into_inner(), write_half, deadline).await;
+            None
+        }
+        Ok(Err(error)) => {
+            log_probe(&error, shared);
+            tokio::select! {
+                () = reject(reader.into_inner(), write_half, deadline) => {}
+                () = shared.shutdown.cancelled() => {}
+            };
+            None
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            close(write_half).await;
+            None
+        }
+    }
 }
 
 /// A request whose salt the replay filter already holds.
