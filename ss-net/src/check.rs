@@ -155,16 +155,4 @@ mod tests {
         report.note("open-file limit: 1024");
         assert_eq!(report.finish("ss-local"), ExitCode::SUCCESS);
     }
-
-    #[test]
-    fn the_limit_is_reported() {
-        let mut report = Report::default();
-        let limit = descriptor_limit(&mut report, None);
-        assert!(report.problems().is_empty());
-        assert!(
-            report.summary()[0].starts_with(&format!("open-file limit: {limit}")),
-            "{:?}",
-            report.summary()
-        );
-    }
 }
