@@ -53,7 +53,11 @@ async fn the_units_pass_systemd_analyze_verify() {
         let text = std::fs::read_to_string(repo().join("packaging/systemd").join(unit)).expect("read unit");
         // As shipped: the packaged binaries, the instance's config, the hardening asked for.
         let binary = if unit.starts_with("ss-server") { "/usr/bin/ss-server" } else { "/usr/bin/ss-local" };
-        assert!(text.contains(&format!("ExecStart={binary} -c /etc/ss-rs/%i.json\n")), "{unit}");
+        assert!(text.contains("\nLoadCredential=config.json:/etc/ss-rs/%i.json\n"), "{unit}");
+        assert!(
+            text.contains(&format!("\nExecStart={binary} -c ${{CREDENTIALS_DIRECTORY}}/config.json\n")),
+            "{unit}"
+        );
         for line in [
             "Type=notify",
             "ExecReload=/bin/kill -HUP $MAINPID",
