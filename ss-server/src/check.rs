@@ -3,9 +3,10 @@
 //! For each entry, as a start would: its [`Settings`] from the config, the public TCP and UDP
 //! addresses it listens on (a name resolves as the listener resolves it), and its plugin's
 //! executable. With a plugin the plugin listens on the public address, and that address is still bound
-//! here: the start would fail the same way if it were taken. Then the files a start loads (the ACL) and
-//! the target resolver's system configuration. Every socket is held until all entries are bound, so two
-//! entries on one address are reported, and released when the check ends.
+//! here: the start would fail the same way if it were taken. Then the files a start loads (the ACL),
+//! the target resolver's system configuration, and where a multi-user server keeps its usage store.
+//! Every socket is held until all entries are bound, so two entries on one address are reported, and
+//! released when the check ends.
 
 use ss_config::{Config, ServerEntry};
 use ss_net::check::Report;
@@ -18,8 +19,10 @@ use crate::Settings;
 /// `report`.
 pub async fn check(config: &Config, descriptors: u64, mut report: Report) -> Report {
     let mut held = Held::default();
+    let mut resolve = None;
     for entry in &config.servers {
         let settings = Settings::from_config(config, entry, descriptors);
+        resolve.get_or_insert_with(|| settings.resolve.clone());
         bind(config, entry, &settings.socket, &mut report, &mut held).await;
         if let Some(plugin) = &entry.plugin {
             let spec = Spec {
@@ -44,8 +47,17 @@ pub async fn check(config: &Config, descriptors: u64, mut report: Report) -> Rep
             report.note(format!("acl: {}", path.display()));
         }
     }
-    let resolve =
-        config.servers.first().map(|entry| Settings::from_config(config, entry, descriptors).resolve);
+    if config.servers.iter().any(|entry| entry.users.is_some()) {
+        // Where the usage store goes; not opened here: a running server holds its lock.
+        let dir = config
+            .state_dir
+            .clone()
+            .or_else(|| crate::usage_store::default_dir(|name| std::env::var_os(name)));
+        report.note(match dir {
+            Some(dir) => format!("usage store in {}", dir.display()),
+            None => "no state directory (set state_dir or HOME): usage kept in memory only".to_string(),
+        });
+    }
     if let Some(resolve) = resolve {
         if report.check("resolver", ss_net::Resolver::new(&resolve)).is_some() {
             report.note(match resolve.nameservers.is_empty() {
