@@ -1,10 +1,11 @@
 //! `ss-local --check`: the start-up of ss-local without serving (see [`ss_net::check`]).
 //!
-//! As a start would: the [`Settings`] from the config; the users file and the ACL loaded; each
-//! server's name resolved as a connection resolves it (the system resolver, in the order
-//! connections try the addresses), and its plugin's executable found; the online config's source set
-//! up (not fetched); and every local listener bound with [`Listener::bind`], the start's own code. The
-//! listeners are held until the check ends, so two listeners on one port are reported.
+//! As a start would: the [`Settings`] from the config; the users file and the ACL loaded (and the
+//! resolver for the names the ACL bypasses set up); each server's name resolved as a connection
+//! resolves it (the system resolver, in the order connections try the addresses), and its plugin's
+//! executable found; the online config's source set up (not fetched); and every local listener bound
+//! with [`Listener::bind`], the start's own code. The listeners are held until the check ends, so two
+//! listeners on one port are reported.
 
 use std::path::Path;
 
@@ -29,8 +30,11 @@ pub async fn check(
         }
     }
     if let Some(path) = &config.acl {
-        if report.check("acl", ss_net::SharedAcl::load(path)).is_some() {
+        if let Some(acl) = report.check("acl", ss_net::SharedAcl::load(path)) {
             report.note(format!("acl: {}", path.display()));
+            // Bypassed names are resolved here, by the router's resolver.
+            report
+                .check("acl: resolver for bypassed names", crate::route::Router::new(acl, &settings.resolve));
         }
     }
     for (entry, server) in config.servers.iter().zip(&settings.servers) {

@@ -1,6 +1,7 @@
 //! `ss-server --check` and `ss-local --check`, run as the real binaries: a good config (from a file or
-//! from libev's flags alone) exits 0 with "config OK"; a port the test holds, a missing plugin and a
-//! server name that cannot resolve each exit 1 with a line naming them, all of them in one run.
+//! from libev's flags alone) exits 0 with "config OK"; a port the test holds, a missing plugin, a
+//! server name that cannot resolve and a missing ACL file each exit 1 with a line naming them, and
+//! independent problems are all listed in one run.
 //!
 //! Every address is loopback. The one failing name is `bad..name`: glibc refuses a name with an empty
 //! label before it builds a query, so nothing is sent to any name server (`localhost` resolves
@@ -159,4 +160,25 @@ async fn a_server_name_that_cannot_resolve_is_named() {
     // The listener still binds: the one problem is the name.
     assert!(local.stderr.starts_with("ss-local: 1 problem:"), "{local:?}");
     assert!(local.stdout.contains("binds"), "{local:?}");
+}
+
+#[tokio::test]
+async fn a_file_the_start_loads_is_loaded_too() {
+    let built = binaries().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.acl");
+    let more = format!(r#","acl":"{}""#, missing.display());
+    let config = write_config(dir.path(), "acl.json", "127.0.0.1", free_port(), free_port(), &more);
+    for binary in [&built.server, &built.local] {
+        let outcome = check(binary, &["-c", &config]).await;
+        assert_eq!(outcome.code, Some(1), "{outcome:?}");
+        assert!(outcome.stderr.contains(&format!("acl: {}: ", missing.display())), "{outcome:?}");
+    }
+    // Present and valid: loaded and named in the summary.
+    std::fs::write(&missing, "[proxy_all]\n[bypass_list]\n10.0.0.0/8\n").expect("write acl");
+    for binary in [&built.server, &built.local] {
+        let outcome = check(binary, &["-c", &config]).await;
+        assert_eq!(outcome.code, Some(0), "{outcome:?}");
+        assert!(outcome.stdout.contains(&format!("acl: {}", missing.display())), "{outcome:?}");
+    }
 }
