@@ -160,6 +160,11 @@ pub struct CliArgs {
     /// With --print-url: also draw each link as a QR code in the terminal
     #[arg(long = "qr", requires = "print_url")]
     pub qr: bool,
+    /// Check the config and exit: load it as a start does, resolve server names, bind every listen
+    /// address (then release it), find plugins, report the open-file limit; exit 0 with "config OK",
+    /// else 1 listing every problem
+    #[arg(long = "check")]
+    pub check: bool,
 }
 
 /// The two programs sharing [`CliArgs`].

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod check;
 mod connection;
 mod from_config;
 pub mod inbound;
@@ -123,7 +124,7 @@ impl Server {
 
     /// The server's addresses in the order to try them: families alternating, IPv6 first with
     /// `ipv6_first`, else IPv4.
-    async fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
+    pub(crate) async fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
         let addresses: Vec<SocketAddr> =
             tokio::net::lookup_host((self.host.as_str(), self.port)).await?.collect();
         Ok(ss_net::happy_eyeballs::interleave(&addresses, self.ipv6_first))

@@ -56,6 +56,12 @@ fn main() -> ExitCode {
     }
     let (log_level, warnings, nofile) =
         (config.effective_log_level(), config.warnings.clone(), config.nofile);
+    if args.common.check {
+        let auth_path = args.socks5_auth_config_path;
+        return ss_net::check::run_check("ss-local", &warnings, nofile, |report, descriptors| async move {
+            ss_local::check::check(&config, auth_path.as_deref(), descriptors, report).await
+        });
+    }
     ss_net::process::run_main("ss-local", log_level.as_str(), &warnings, nofile, |descriptors| {
         serve(config, args.socks5_auth_config_path, descriptors)
     })
@@ -101,6 +107,8 @@ async fn serve(
             .with_context(|| format!("binding {}:{}", local.address, local.port))?;
         listeners.push(listener);
     }
+    // Every listener is bound and every plugin started.
+    ss_net::process::notify_ready();
     ss_local::run_listeners(settings, listeners, shutdown).await;
     if let Some(online) = online {
         plugins.extend(online.await.unwrap_or_default());

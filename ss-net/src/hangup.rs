@@ -1,6 +1,7 @@
 //! Reload on SIGHUP: one small loop that calls a reload function on every hangup signal until shutdown.
 //! The ACL ([`crate::acl`]) and ss-server's users reload through it; each keeps its state in force
-//! when its file turns out broken.
+//! when its file turns out broken. Under systemd (`Type=notify`) each reload is framed by `RELOADING=1`
+//! and `READY=1`, so `systemctl reload` shows the service reloading while it does.
 
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,9 @@ pub fn on_hangup(
                     if received.is_none() {
                         return;
                     }
+                    crate::process::notify(&[sd_notify::NotifyState::Reloading]);
                     reload();
+                    crate::process::notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
         }

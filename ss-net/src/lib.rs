@@ -12,7 +12,8 @@
 //! - [`socket_options`]: Fast Open, SO_REUSEPORT, MPTCP, no-delay and keep-alive, set in one place.
 //! - [`happy_eyeballs`]: RFC 8305 connection racing over a name's addresses.
 //! - [`clock`]: the wall clock in Unix seconds, for AEAD-2022 timestamps.
-//! - [`process`]: log setup, the descriptor limit, the shutdown signal.
+//! - [`process`]: log setup, the descriptor limit, the shutdown signal, readiness for systemd.
+//! - [`check`]: `--check`'s report: the open-file limit, then each binary's own checks.
 //! - `resolve` (feature `resolve`): the bounded asynchronous resolver.
 //! - [`plugin`]: SIP003 plugins for both binaries: start, readiness, restart with backoff, die with us.
 
@@ -22,6 +23,7 @@ pub mod accept;
 pub mod acl;
 pub mod addr;
 pub mod buffer;
+pub mod check;
 pub mod clock;
 pub mod hangup;
 pub mod happy_eyeballs;

@@ -1,4 +1,5 @@
-//! Process plumbing both binaries need: log setup, the descriptor limit and the shutdown signal.
+//! Process plumbing both binaries need: log setup, the descriptor limit, the shutdown and hangup
+//! signals, and readiness notification for systemd (`Type=notify` units in packaging/systemd).
 
 use tokio_util::sync::CancellationToken;
 
@@ -105,11 +106,29 @@ pub fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Tells systemd the service is ready: call once every listener is bound (and plugins started).
+pub fn notify_ready() {
+    #[cfg(unix)]
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Sends `state` to systemd's notification socket; nothing when `NOTIFY_SOCKET` is unset (not started
+/// by systemd), and a failure to send only costs the notification, so it is logged and ignored.
+#[cfg(unix)]
+pub(crate) fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::debug!("cannot notify systemd: {error}");
+    }
+}
+
 /// Cancels `token` at the first SIGINT or SIGTERM. The handlers are installed before this returns, so
 /// call it before binding: a signal that arrives once the port is open is always a graceful stop.
+/// SIGHUP (`systemctl reload`) is caught too, so that it never ends the process, whether or not
+/// anything is reloadable (the ACL and users files reload through [`crate::hangup`]).
 #[cfg(unix)]
 pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    crate::hangup::on_hangup(token.clone(), || tracing::info!("SIGHUP: reloading"))?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::spawn(async move {

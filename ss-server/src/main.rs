@@ -43,6 +43,11 @@ fn main() -> ExitCode {
     }
     let (log_level, warnings, nofile) =
         (config.effective_log_level(), config.warnings.clone(), config.nofile);
+    if args.common.check {
+        return ss_net::check::run_check("ss-server", &warnings, nofile, |report, descriptors| async move {
+            ss_server::check::check(&config, descriptors, report).await
+        });
+    }
     ss_net::process::run_main("ss-server", log_level.as_str(), &warnings, nofile, |descriptors| {
         serve(config, args.common, descriptors)
     })
@@ -96,6 +101,8 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         ss_net::hangup::on_hangup(shutdown.clone(), move || reload_users(&args, &with_users))
             .context("installing the SIGHUP handler")?;
     }
+    // Every listener is bound and every plugin started.
+    ss_net::process::notify_ready();
     while servers.join_next().await.is_some() {}
     // After the drain: open connections came in through the plugins.
     for plugin in plugins {

@@ -60,6 +60,13 @@ impl Spec {
             .file_name()
             .map_or_else(|| self.command.clone(), |name| name.to_string_lossy().into_owned())
     }
+
+    /// The executable a start would run: `command` if it names a path, else the first match on `PATH`
+    /// (`--check` reports what a start would meet, through this same lookup).
+    pub fn executable(&self) -> Result<std::path::PathBuf, PluginError> {
+        child::find_executable(&self.command)
+            .ok_or_else(|| PluginError::NotFound { command: self.command.clone() })
+    }
 }
 
 /// Time limits of the lifecycle; [`Timing::default`] is what the binaries use.
@@ -215,8 +222,7 @@ impl Plugin {
         timing: Timing,
     ) -> Result<Plugin, PluginError> {
         let name = spec.name();
-        let executable = child::find_executable(&spec.command)
-            .ok_or_else(|| PluginError::NotFound { command: spec.command.clone() })?;
+        let executable = spec.executable()?;
         let setpriv = child::setpriv();
         if setpriv.is_none() {
             tracing::warn!(
