@@ -202,7 +202,6 @@ async fn open<'a>(
     router: Option<&Router>,
     protocols: inbound::Protocols,
 ) -> io::Result<Option<Opened<'a>>> {
-    settings.socket.accepted(&client);
     let request = timeout(settings.handshake_timeout, inbound::accept(&mut client, settings, protocols))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client handshake timed out"))??;
@@ -285,7 +284,6 @@ async fn open_fixed<'a>(
     servers: &'a [Server],
     router: Option<&Router>,
 ) -> io::Result<Option<Opened<'a>>> {
-    settings.socket.accepted(&client);
     let direct = match router {
         Some(router) => Box::pin(bypass(router, &target, settings)).await,
         None => None,

@@ -170,6 +170,8 @@ pub async fn run_listeners(mut settings: Settings, listeners: Vec<Listener>, shu
         }
         let Some(tcp) = tcp else { continue };
         let Ok(listen_addr) = tcp.local_addr() else { continue };
+        // No-delay and keep-alive once here: accepted connections inherit them.
+        settings.socket.tune_listener(&tcp);
         tracing::info!(addr = %listen_addr, inbound = ?inbound, "listening (TCP)");
         if matches!(inbound, Inbound::Socks | Inbound::Http)
             && !listen_addr.ip().is_loopback()

@@ -163,7 +163,6 @@ async fn accept_request(
     // the whole call unless it is moved out (rust-lang/rust#62958), which would hold a dead TcpStream.
     let (read_half, write_half) = {
         let stream = stream;
-        shared.settings.socket.accepted(&stream);
         stream.into_split()
     };
     if !shared.admits_client(peer.ip()) {

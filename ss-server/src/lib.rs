@@ -229,6 +229,8 @@ pub async fn run_on(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (TCP)");
         }
+        // No-delay and keep-alive once here: accepted connections inherit them.
+        shared.settings.socket.tune_listener(&listener);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let workers = workers.clone();

@@ -43,10 +43,28 @@ async fn outbound_sockets_carry_fast_open_no_delay_and_keep_alive() {
     assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
     assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
 
-    options.accepted(&accepted);
+    // Inherited from the listener: accepting sets nothing.
     let socket = SockRef::from(&accepted);
     assert!(socket.tcp_nodelay().unwrap() && socket.keepalive().unwrap());
     assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(9));
+    assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+    assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_listener_made_elsewhere_is_tuned_for_the_connections_it_accepts() {
+    let options = SocketOptions { keep_alive: Some(Duration::from_secs(12)), ..SocketOptions::default() };
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    options.tune_listener(&listener);
+    let addr = listener.local_addr().unwrap();
+    let (_client, accepted) =
+        tokio::time::timeout(STEP, async { tokio::join!(TcpStream::connect(addr), listener.accept()) })
+            .await
+            .unwrap();
+    let (accepted, _) = accepted.unwrap();
+    let socket = SockRef::from(&accepted);
+    assert!(socket.tcp_nodelay().unwrap() && socket.keepalive().unwrap());
+    assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(12));
 }
 
 #[tokio::test]
@@ -64,7 +82,6 @@ async fn defaults_have_no_fast_open_and_the_documented_keep_alive() {
 async fn no_delay_off_and_keep_alive_off_are_honoured() {
     let options = SocketOptions { no_delay: false, keep_alive: None, ..SocketOptions::default() };
     let (outbound, accepted) = pair(&options).await;
-    options.accepted(&accepted);
     for stream in [&outbound, &accepted] {
         let socket = SockRef::from(stream);
         assert!(!socket.tcp_nodelay().unwrap());
