@@ -119,6 +119,24 @@ mod tests {
         assert_eq!(RawSize::Text("500KiB".into()).bytes(), Ok(512_000));
     }
 
+    proptest::proptest! {
+        /// Any text is a size or a one-line refusal; a number with a unit is that many units.
+        #[test]
+        fn any_size_text_parses_or_is_refused(text in "[0-9. ]{0,12}[kKmMgGtTiIbB ]{0,4}|\\PC{0,40}") {
+            if let Err(message) = RawSize::Text(text.clone()).bytes() {
+                let quoted = format!("{text:?}");
+                let names_it = message.contains(&quoted) && !message.contains('\n');
+                proptest::prop_assert!(names_it, "{}", message);
+            }
+        }
+
+        #[test]
+        fn whole_numbers_with_units_multiply(n in 0u64..1_000_000, unit in 0usize..6) {
+            let (suffix, factor) = [("", 1), (" kB", 1_000), ("MB", 1_000_000), (" KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)][unit];
+            proptest::prop_assert_eq!(RawSize::Text(format!("{n}{suffix}")).bytes(), Ok(n * factor));
+        }
+    }
+
     #[test]
     fn bad_limits_name_their_field() {
         for (json, field) in [

@@ -167,6 +167,25 @@ mod tests {
         assert_eq!(sized.bytes, 10 << 20);
     }
 
+    proptest::proptest! {
+        /// Every instant up to the year 9999 lies in one day and one month that start at midnight UTC
+        /// (a month on its 1st) and end where the next begins.
+        #[test]
+        fn every_instant_lies_in_its_day_and_month(now in 0u64..253_402_300_799) {
+            for period in [Period::Day, Period::Month] {
+                let (start, end) = period.bounds(now).unwrap();
+                proptest::prop_assert!(start <= now && now < end);
+                proptest::prop_assert_eq!(start % DAY, 0);
+                proptest::prop_assert_eq!(end % DAY, 0);
+                if end < 253_402_300_799 {
+                    proptest::prop_assert_eq!(period.bounds(end).unwrap().0, end, "the next period starts at the end");
+                }
+            }
+            let (month_start, month_end) = Period::Month.bounds(now).unwrap();
+            proptest::prop_assert!((28 * DAY..=31 * DAY).contains(&(month_end - month_start)));
+        }
+    }
+
     #[test]
     fn bad_quotas_name_their_field() {
         for (text, field) in [
