@@ -135,6 +135,16 @@ pub async fn source_server(bind: &str) -> SocketAddr {
     addr
 }
 
+/// One "ping" round trip on `stream` through an echoing target; false when it was closed instead.
+pub async fn echo_round_trip(stream: &mut TcpStream) -> bool {
+    if stream.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(STEP, stream.read_exact(&mut echoed)).await.expect("no answer, no close").is_ok()
+        && &echoed == b"ping"
+}
+
 /// Opens a SOCKS5 CONNECT through `proxy` to `target`; returns the stream after a successful reply.
 pub async fn socks5_connect(proxy: SocketAddr, target: &Address) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(proxy).await?;

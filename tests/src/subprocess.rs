@@ -278,6 +278,16 @@ impl Subprocess {
         true
     }
 
+    /// Sends SIGHUP and waits (up to [`STEP`]) for the `count`-th line of output containing `needle`.
+    pub async fn hang_up(&self, needle: &str, count: usize) {
+        self.signal(Signal::SIGHUP);
+        let deadline = Instant::now() + STEP;
+        while self.lines_containing(needle) < count {
+            assert!(Instant::now() < deadline, "no {needle:?} after SIGHUP:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits up to `within` for it to exit; its status, or `None` if it still runs.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let status = timeout(within, self.child.wait()).await.ok()?.ok()?;

@@ -2,41 +2,16 @@
 //! connections already open are not dropped, and a file that cannot be read keeps the rules in force.
 //! (ss-local reloads through the same `ss_net::SharedAcl`.)
 
-use std::time::Duration;
-
-use nix::sys::signal::Signal;
 use ss_crypto::{Address, Method};
 use ss_tests::subprocess::{binaries, Launch, Subprocess};
-use ss_tests::{echo_server, local_settings, socks5_connect, start_local, test_password, STEP};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use ss_tests::{
+    echo_round_trip, echo_server, local_settings, socks5_connect, start_local, test_password, STEP,
+};
 use tokio::time::timeout;
 
 const METHOD: Method = Method::Aes256Gcm;
 const OPEN: &str = "[outbound_block_list]\n||nothing.test\n";
 const BLOCKING: &str = "[outbound_block_list]\n127.0.0.1\n";
-
-/// One echo round trip on `stream`; false when the server closed it instead.
-async fn round_trip(stream: &mut TcpStream) -> bool {
-    if stream.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut echoed = [0u8; 4];
-    timeout(STEP, stream.read_exact(&mut echoed)).await.expect("no answer, no close").is_ok()
-        && &echoed == b"ping"
-}
-
-/// Sends SIGHUP and waits for the `count`-th log line with `needle`.
-async fn hang_up(server: &Subprocess, needle: &str, count: usize) {
-    server.signal(Signal::SIGHUP);
-    for _ in 0..(STEP.as_millis() / 10) {
-        if server.lines_containing(needle) >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no {needle:?} after SIGHUP:\n{}", server.log());
-}
 
 #[tokio::test]
 async fn sighup_reloads_the_acl_without_dropping_connections() {
@@ -67,24 +42,24 @@ async fn sighup_reloads_the_acl_without_dropping_connections() {
     let connect = || async { timeout(STEP, socks5_connect(local.addr, &echo)).await.expect("timed out") };
 
     let mut before = connect().await.expect("SOCKS5 connect");
-    assert!(round_trip(&mut before).await, "open rules: echo works\n{}", server.log());
+    assert!(echo_round_trip(&mut before).await, "open rules: echo works\n{}", server.log());
 
     std::fs::write(&path, BLOCKING).expect("rewrite ACL");
-    hang_up(&server, "ACL reloaded", 1).await;
+    server.hang_up("ACL reloaded", 1).await;
     let mut blocked = connect().await.expect("SOCKS5 connect");
-    assert!(!round_trip(&mut blocked).await, "new rules: 127.0.0.1 blocked\n{}", server.log());
-    assert!(round_trip(&mut before).await, "the connection opened before the reload was dropped");
+    assert!(!echo_round_trip(&mut blocked).await, "new rules: 127.0.0.1 blocked\n{}", server.log());
+    assert!(echo_round_trip(&mut before).await, "the connection opened before the reload was dropped");
 
     std::fs::remove_file(&path).expect("remove ACL");
-    hang_up(&server, "ACL reload failed", 1).await;
+    server.hang_up("ACL reload failed", 1).await;
     let mut still_blocked = connect().await.expect("SOCKS5 connect");
-    assert!(!round_trip(&mut still_blocked).await, "a missing file must keep the blocking rules");
+    assert!(!echo_round_trip(&mut still_blocked).await, "a missing file must keep the blocking rules");
 
     std::fs::write(&path, OPEN).expect("restore ACL");
-    hang_up(&server, "ACL reloaded", 2).await;
+    server.hang_up("ACL reloaded", 2).await;
     let mut after = connect().await.expect("SOCKS5 connect");
-    assert!(round_trip(&mut after).await, "open again after the next reload\n{}", server.log());
-    assert!(round_trip(&mut before).await);
+    assert!(echo_round_trip(&mut after).await, "open again after the next reload\n{}", server.log());
+    assert!(echo_round_trip(&mut before).await);
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status}\n{log}");
 }

@@ -2,16 +2,13 @@
 //! open connections, a removed user's connections end, a new user gets in, and a broken file keeps the
 //! users in force and logs one line why.
 
-use std::time::Duration;
-
-use nix::sys::signal::Signal;
 use ss_crypto::{Address, Key, Method};
 use ss_tests::subprocess::{binaries, Launch, Subprocess};
 use ss_tests::{
-    echo_server, local_settings, socks5_connect, source_server, start_local, test_key, RunningServer, STEP,
+    echo_round_trip, echo_server, local_settings, socks5_connect, source_server, start_local, test_key,
+    RunningServer, STEP,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 const METHOD: Method = Method::Blake3Aes128Gcm;
@@ -27,28 +24,6 @@ fn users_json(numbers: &[u8]) -> String {
         .map(|&n| format!(r#"{{"name":"user{n}","password":"{}"}}"#, user_key(n).to_base64()))
         .collect();
     format!("[{}]", users.join(","))
-}
-
-/// One echo round trip on `stream`; false when the server closed it instead.
-async fn round_trip(stream: &mut TcpStream) -> bool {
-    if stream.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut echoed = [0u8; 4];
-    timeout(STEP, stream.read_exact(&mut echoed)).await.expect("no answer, no close").is_ok()
-        && &echoed == b"ping"
-}
-
-/// Sends SIGHUP and waits for the `count`-th log line with `needle`.
-async fn hang_up(server: &Subprocess, needle: &str, count: usize) {
-    server.signal(Signal::SIGHUP);
-    for _ in 0..(STEP.as_millis() / 10) {
-        if server.lines_containing(needle) >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no {needle:?} after SIGHUP:\n{}", server.log());
 }
 
 async fn local_for(server: &Subprocess, n: u8) -> RunningServer {
@@ -86,21 +61,21 @@ async fn sighup_rereads_the_users_file() {
     };
     let mut stays = connect(&alice).await;
     let mut goes = connect(&bob).await;
-    assert!(round_trip(&mut stays).await && round_trip(&mut goes).await, "{}", server.log());
+    assert!(echo_round_trip(&mut stays).await && echo_round_trip(&mut goes).await, "{}", server.log());
 
     std::fs::write(&users_path, users_json(&[1, 3])).expect("rewrite users");
-    hang_up(&server, "users reloaded", 1).await;
+    server.hang_up("users reloaded", 1).await;
     let mut rest = Vec::new();
     let ended = timeout(STEP, goes.read_to_end(&mut rest)).await;
     assert!(ended.is_ok(), "the removed user's connection stayed open\n{}", server.log());
-    assert!(round_trip(&mut stays).await, "the remaining user's connection was dropped");
+    assert!(echo_round_trip(&mut stays).await, "the remaining user's connection was dropped");
     let carol = local_for(&server, 3).await;
-    assert!(round_trip(&mut connect(&carol).await).await, "the new user gets in\n{}", server.log());
+    assert!(echo_round_trip(&mut connect(&carol).await).await, "the new user gets in\n{}", server.log());
 
     std::fs::write(&users_path, "[{\"name\": ").expect("break users");
-    hang_up(&server, "users reload failed", 1).await;
-    assert!(round_trip(&mut connect(&carol).await).await, "a broken file keeps the users in force");
-    assert!(round_trip(&mut stays).await);
+    server.hang_up("users reload failed", 1).await;
+    assert!(echo_round_trip(&mut connect(&carol).await).await, "a broken file keeps the users in force");
+    assert!(echo_round_trip(&mut stays).await);
     assert_eq!(server.lines_containing("users reload failed"), 1, "one line says why\n{}", server.log());
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status}\n{log}");
@@ -169,7 +144,7 @@ async fn limits_come_from_the_users_file_a_spent_quota_survives_a_restart_and_si
 
     // A larger quota for user1, a connection limit for user2.
     std::fs::write(&users_path, users_with_limits(&[&quota(2), r#""max_connections":1"#])).expect("rewrite");
-    hang_up(&server, "users reloaded", 1).await;
+    server.hang_up("users reloaded", 1).await;
     let more = download(&one, &source).await;
     assert_eq!(more, MIB, "the second MiB\n{}", server.log());
     let echo = Address::Ip(echo_server("127.0.0.1:0").await);
@@ -177,15 +152,15 @@ async fn limits_come_from_the_users_file_a_spent_quota_survives_a_restart_and_si
         timeout(STEP, socks5_connect(two.addr, &echo)).await.expect("timed out").expect("SOCKS5")
     };
     let mut held = connect().await;
-    assert!(round_trip(&mut held).await);
-    assert!(!round_trip(&mut connect().await).await, "a second connection over max_connections");
+    assert!(echo_round_trip(&mut held).await);
+    assert!(!echo_round_trip(&mut connect().await).await, "a second connection over max_connections");
 
     // A broken limit keeps the limits in force and says why in one line.
     std::fs::write(&users_path, users_with_limits(&["", r#""rate_limit":{"up":"fast"}"#])).expect("break");
-    hang_up(&server, "users reload failed", 1).await;
+    server.hang_up("users reload failed", 1).await;
     assert!(server.log().contains("rate_limit.up"), "the line names the key\n{}", server.log());
-    assert!(!round_trip(&mut connect().await).await, "the old limit stays in force");
-    assert!(round_trip(&mut held).await, "and the held connection goes on");
+    assert!(!echo_round_trip(&mut connect().await).await, "the old limit stays in force");
+    assert!(echo_round_trip(&mut held).await, "and the held connection goes on");
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status}\n{log}");
 }
