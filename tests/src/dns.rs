@@ -185,3 +185,31 @@ impl Server {
         Some((delay, reply.to_vec().ok()?))
     }
 }
+
+/// ss-server (in-process) whose resolver is a [`TestDns`] that answers `names` with 127.0.0.1 and knows
+/// nothing else, with ss-local in front of it: a name only the test knows is reached only through
+/// ss-server, so a page fetched by that name proves the path (and [`TestDns::queries`] that ss-server
+/// resolved it).
+pub struct ResolvingChain {
+    /// The DNS server ss-server asks.
+    pub dns: TestDns,
+    /// ss-server.
+    pub server: crate::RunningServer,
+    /// ss-local, pointed at `server`.
+    pub local: crate::RunningServer,
+}
+
+impl ResolvingChain {
+    /// Starts the three for `method`.
+    pub async fn start(method: ss_crypto::Method, names: &[&str]) -> ResolvingChain {
+        let loopback = || Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 };
+        let answers: Vec<(&str, Behaviour)> = names.iter().map(|name| (*name, loopback())).collect();
+        let dns = TestDns::start(&answers).await;
+        let mut settings = crate::server_settings(method);
+        settings.resolve =
+            ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
+        let server = crate::start_server(settings).await;
+        let local = crate::start_local(crate::local_settings(method, server.addr)).await;
+        ResolvingChain { dns, server, local }
+    }
+}

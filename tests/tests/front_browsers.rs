@@ -20,7 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Method;
-use ss_tests::dns::{Behaviour, TestDns};
+use ss_tests::dns::ResolvingChain;
 use ss_tests::web::WebTarget;
 use ss_tests::*;
 use tokio::process::Command;
@@ -33,13 +33,8 @@ const BROWSER_RUN: Duration = Duration::from_secs(90);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_through_the_http_proxy_and_through_the_pac_file() {
     let Some(chromium) = chromium() else { return };
-    let dns =
-        TestDns::start(&[(NAME, Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 })]).await;
-    let mut settings = server_settings(METHOD);
-    settings.resolve =
-        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
-    let server = start_server(settings).await;
-    let local = start_local(local_settings(METHOD, server.addr)).await;
+    let chain = ResolvingChain::start(METHOD, &[NAME]).await;
+    let (dns, local) = (&chain.dns, &chain.local);
     let target = WebTarget::start(None).await;
 
     let http_proxy = [
@@ -61,13 +56,10 @@ async fn chromium_through_the_http_proxy_and_through_the_pac_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_follows_the_acl_written_into_the_pac_file() {
     let Some(chromium) = chromium() else { return };
-    let loopback = || Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 };
+    // Its ss-local is not used: each round below starts its own, with or without the ACL.
     let names = [NAME, "bypassed.test", "www.bypassed.test", "rx7.test"];
-    let dns = TestDns::start(&names.map(|name| (name, loopback()))).await;
-    let mut settings = server_settings(METHOD);
-    settings.resolve =
-        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
-    let server = start_server(settings).await;
+    let chain = ResolvingChain::start(METHOD, &names).await;
+    let (dns, server) = (&chain.dns, &chain.server);
     let dir = tempfile::tempdir().unwrap();
     let acl_path = dir.path().join("local.acl");
     // A domain with its subdomains, a regex, and a net (which makes the PAC resolve unlisted names).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Method;
-use ss_tests::dns::{Behaviour, TestDns};
+use ss_tests::dns::ResolvingChain;
 use ss_tests::peers::program;
 use ss_tests::web::WebTarget;
 use ss_tests::*;
@@ -27,22 +27,9 @@ const METHOD: Method = Method::Blake3Aes128Gcm;
 /// Upper bound for one client run.
 const CLIENT_RUN: Duration = Duration::from_secs(60);
 
-/// ss-server resolving with the test DNS, ss-local in front of it.
-struct Chain {
-    dns: TestDns,
-    _server: RunningServer,
-    local: RunningServer,
-}
-
-async fn chain() -> Chain {
-    let dns =
-        TestDns::start(&[(NAME, Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 })]).await;
-    let mut settings = server_settings(METHOD);
-    settings.resolve =
-        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
-    let server = start_server(settings).await;
-    let local = start_local(local_settings(METHOD, server.addr)).await;
-    Chain { dns, _server: server, local }
+/// ss-server resolving [`NAME`] with the test DNS, ss-local in front of it.
+async fn chain() -> ResolvingChain {
+    ResolvingChain::start(METHOD, &[NAME]).await
 }
 
 fn token() -> String {
@@ -91,7 +78,7 @@ fn curl() -> Option<Command> {
 }
 
 /// Asserts the target saw exactly one request for `token`, in origin form, and ss-server asked for the name.
-fn assert_through_chain(chain: &Chain, target: &WebTarget, token: &str, output: &str) {
+fn assert_through_chain(chain: &ResolvingChain, target: &WebTarget, token: &str, output: &str) {
     assert!(output.contains(&format!("path=/{token}")), "client output: {output}");
     let seen = target.seen_with(token);
     assert_eq!(seen.len(), 1, "{seen:?}");

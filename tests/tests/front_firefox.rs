@@ -21,9 +21,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Method;
-use ss_tests::dns::{Behaviour, TestDns};
+use ss_tests::dns::ResolvingChain;
 use ss_tests::web::WebTarget;
-use ss_tests::*;
 use tokio::process::Command;
 use tokio::time::{sleep, Instant};
 
@@ -69,13 +68,8 @@ async fn firefox_through_socks5_with_remote_dns_as_http_proxy_and_from_the_pac_u
     let Some(firefox) = ss_tests::peers::program("firefox-esr", "apt-get install firefox-esr") else {
         return;
     };
-    let dns =
-        TestDns::start(&[(NAME, Behaviour::Answer { addrs: vec![[127, 0, 0, 1].into()], ttl: 60 })]).await;
-    let mut settings = server_settings(METHOD);
-    settings.resolve =
-        ss_net::ResolveSettings { nameservers: vec![dns.addr], ..ss_net::ResolveSettings::default() };
-    let server = start_server(settings).await;
-    let local = start_local(local_settings(METHOD, server.addr)).await;
+    let chain = ResolvingChain::start(METHOD, &[NAME]).await;
+    let (dns, local) = (&chain.dns, &chain.local);
     let target = WebTarget::start(None).await;
     let (host, port) = (local.addr.ip().to_string(), local.addr.port());
 
