@@ -1,6 +1,7 @@
 //! Test support: start our server and local in-process on 127.0.0.1 port 0, local target servers, and a
 //! minimal SOCKS5 client. Every address used here is loopback.
 
+pub mod chromium;
 pub mod dns;
 pub mod plugins;
 pub mod skip;

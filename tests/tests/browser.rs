@@ -17,21 +17,17 @@
 //! (CI must install it) and is reported as skipped otherwise (`ss_tests::skip`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Method;
+use ss_tests::chromium::{chromium, BrowserRun};
 use ss_tests::*;
 use tokio::net::TcpStream;
-use tokio::process::Command;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 /// Upper bound for one browser run (a page load takes about a second).
-const BROWSER_RUN: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_loads_a_page_through_ss_local_and_ss_server() {
@@ -100,74 +96,20 @@ async fn headless_chromium_loads_a_page_through_sip003_plugins() {
     assert_eq!(page.page_requests(), 1, "the page server was reached without ss-server\n{without_server}");
 }
 
-/// What one `chromium --dump-dom` run printed.
-#[derive(Debug)]
-struct BrowserRun {
-    dom: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for BrowserRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Chromium's stderr is mostly D-Bus noise on a headless machine; the page load lines matter.
-        let relevant: Vec<&str> =
-            self.stderr.lines().filter(|line| !line.contains("dbus") && !line.contains("DBus")).collect();
-        write!(
-            f,
-            "--- DOM ---\n{}\n--- chromium stderr (D-Bus lines left out) ---\n{}",
-            self.dom,
-            relevant.join("\n")
-        )
-    }
-}
-
 /// Runs headless Chromium with `proxy` as its SOCKS5 proxy for every URL, loopback included, and returns
-/// the DOM it dumps for `url`. A fresh profile each time, so nothing is cached between runs.
+/// the DOM it dumps for `url`.
 async fn dump_dom(chromium: &Path, proxy: SocketAddr, url: &str) -> BrowserRun {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let mut command = Command::new(chromium);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--proxy-server=socks5://{proxy}"))
+    let flags = [
+        format!("--proxy-server=socks5://{proxy}"),
         // Chromium bypasses the proxy for loopback hosts by default; "<-loopback>" removes that rule.
         // Whatever the flags above, Chromium still calls Google hosts in the background (update and
         // account checks); "*.*" sends every dotted host name direct, where the resolver rule fails it
         // inside the browser, so only the test's dotless `localhost` URL reaches the proxy and no test
         // traffic leaves the machine. The proxy's own address is exempt from the rule.
-        .arg("--proxy-bypass-list=<-loopback>;*.*")
-        .arg("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1")
-        .arg("--dump-dom")
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so the browser's helper processes can be killed with it.
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = command.spawn().unwrap_or_else(|error| panic!("spawn {}: {error}", chromium.display()));
-    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
-    let output = timeout(BROWSER_RUN, child.wait_with_output()).await;
-    // The helpers (zygote, GPU, network service) exit with the browser; make sure none outlives the test.
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let output = output
-        .unwrap_or_else(|_| panic!("chromium did not finish within {BROWSER_RUN:?}"))
-        .expect("wait for chromium");
-    BrowserRun {
-        dom: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        "--proxy-bypass-list=<-loopback>;*.*".to_owned(),
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1".to_owned(),
+    ];
+    ss_tests::chromium::dump_dom(chromium, &flags, url).await
 }
 
 /// Polls `addr` until a connection is refused (a stopped in-process server closes its listener).
@@ -177,20 +119,4 @@ async fn wait_until_refused(addr: SocketAddr) {
         assert!(Instant::now() < deadline, "{addr} still accepts connections {STEP:?} after the stop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Finds `chromium` on `PATH`. Missing: a skip, or a failure when `CI` is set (`ss_tests::skip`).
-fn chromium() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("chromium"))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        ss_tests::skip::skip(
-            "chromium is not installed (searched PATH)",
-            "`apt-get install chromium` to run the browser test",
-        );
-    }
-    found
 }

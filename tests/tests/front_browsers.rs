@@ -12,23 +12,17 @@
 //!
 //! Chromium comes from the Debian package `chromium`: with `CI` set a missing browser fails the test.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Method;
+use ss_tests::chromium::{chromium, BrowserRun};
 use ss_tests::dns::ResolvingChain;
 use ss_tests::web::WebTarget;
 use ss_tests::*;
-use tokio::process::Command;
-use tokio::time::timeout;
 
 const NAME: &str = "sspage";
 const METHOD: Method = Method::Blake3Aes256Gcm;
-const BROWSER_RUN: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_through_the_http_proxy_and_through_the_pac_file() {
@@ -88,63 +82,10 @@ async fn chromium_follows_the_acl_written_into_the_pac_file() {
     }
 }
 
-/// What one `chromium --dump-dom` run printed.
-#[derive(Debug)]
-struct BrowserRun {
-    dom: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for BrowserRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let relevant: Vec<&str> = self.stderr.lines().filter(|line| !line.contains("bus")).collect();
-        write!(
-            f,
-            "--- DOM ---\n{}\n--- chromium stderr (D-Bus lines left out) ---\n{}",
-            self.dom,
-            relevant.join("\n")
-        )
-    }
-}
-
-/// Runs headless Chromium with `proxy_flags` and a fresh profile, and returns the DOM it dumps for `url`.
+/// Runs headless Chromium with `proxy_flags` and returns the DOM it dumps for `url`; every name but
+/// 127.0.0.1 fails in the browser's own resolver.
 async fn dump_dom(chromium: &Path, proxy_flags: &[String], url: &str) -> BrowserRun {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let mut command = Command::new(chromium);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(proxy_flags)
-        .arg("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
-        .arg("--dump-dom")
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = command.spawn().unwrap_or_else(|error| panic!("spawn {}: {error}", chromium.display()));
-    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
-    let output = timeout(BROWSER_RUN, child.wait_with_output()).await;
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let output = output.expect("chromium did not finish in time").expect("wait for chromium");
-    BrowserRun {
-        dom: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn chromium() -> Option<PathBuf> {
-    ss_tests::peers::program("chromium", "apt-get install chromium")
+    let mut flags = proxy_flags.to_vec();
+    flags.push("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1".to_owned());
+    ss_tests::chromium::dump_dom(chromium, &flags, url).await
 }
