@@ -227,9 +227,14 @@ async fn read_request<R>(
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    let user = match &shared.settings.users {
-        None => None,
-        Some(users) => Some(identify(reader, users, &shared.settings.key, peer).await?),
+    let user = match (&shared.settings.users, &shared.settings.owner) {
+        (Some(users), _) => Some(identify(reader, users, &shared.settings.key, peer).await?),
+        // A counted single-key server: its one key, counted as its owner.
+        (None, Some(owner)) => {
+            let refused = |refusal| io::Error::new(io::ErrorKind::InvalidData, refusal);
+            Some(owner.admit(peer.ip(), true).map_err(refused)?)
+        }
+        (None, None) => None,
     };
     let salt = reader.read_salt().await?;
     if !shared.replay.insert(&salt) {
