@@ -91,6 +91,10 @@ pub struct Settings {
     pub users: Option<Arc<users::Users>>,
     /// Where [`Settings::users`]' usage is saved ([`usage_store`]); `None` keeps it in memory only.
     pub usage_store: Option<usage_store::Saving>,
+    /// A single-key server whose traffic is counted as one user's ([`Settings::count_as`]): metrics and
+    /// the manager's per-port statistics read its [`users::User::usage`]. `None` counts nothing (the
+    /// relay then runs without meters). Unused when [`Settings::users`] is set.
+    pub owner: Option<Arc<users::User>>,
 }
 
 /// Live counters of a running server.
@@ -143,7 +147,16 @@ impl Settings {
             acl: None,
             users: None,
             usage_store: None,
+            owner: None,
         }
+    }
+
+    /// Counts a single-key server's traffic as a user named `name` with the server's key, and returns
+    /// that user ([`Settings::owner`]).
+    pub fn count_as(&mut self, name: impl Into<String>) -> Arc<users::User> {
+        let owner = Arc::new(users::User::new(name, self.key.clone()));
+        self.owner = Some(owner.clone());
+        owner
     }
 }
 

@@ -301,7 +301,9 @@ impl Relay {
                 }
             }
         }
-        let user = match flow.user().map(|user| user.admit(from.ip(), false)).transpose() {
+        // A single-key server's datagrams carry no user; a counted one's belong to its owner.
+        let user = flow.user().or(self.shared.settings.owner.as_ref());
+        let user = match user.map(|user| user.admit(from.ip(), false)).transpose() {
             Ok(user) => user,
             Err(refusal) => return Ok(Opened::Refused(refusal)),
         };
