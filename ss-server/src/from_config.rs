@@ -36,6 +36,10 @@ impl Settings {
             .users
             .as_ref()
             .map(|list| std::sync::Arc::new(crate::users::Users::new(entry.method, &list.users)));
+        if config.metrics.is_some() && settings.users.is_none() {
+            // Metrics count a single-key server's bytes as one user's, named after the entry.
+            settings.count_as(format!("{}:{}", entry.host, entry.port));
+        }
         if config.mode.tcp() && entry.plugin.as_ref().is_some_and(|plugin| plugin.mode.tcp()) {
             // Every connection comes from the plugin on loopback: the clients' addresses are unknown.
             settings.max_handshakes_per_source = admission::NO_PER_SOURCE_RULE;
