@@ -174,4 +174,17 @@ mod tests {
         assert_eq!((counts.client_to_proxy, counts.tcp_opened, counts.udp_packets_in), (15, 2, 1));
         assert!(counts.last_seen > 1);
     }
+
+    #[test]
+    fn the_udp_share_of_the_bytes_is_kept_apart() {
+        let usage = Usage::default();
+        usage.add_bytes([100, 100, 40, 40]);
+        usage.udp_in(10, 9);
+        usage.udp_out(7, 6);
+        assert_eq!(usage.udp_bytes(), [10, 9, 7, 6]);
+        let counts = usage.counts();
+        let all =
+            [counts.client_to_proxy, counts.proxy_to_target, counts.target_to_proxy, counts.proxy_to_client];
+        assert_eq!(all, [110, 109, 47, 46], "TCP and UDP together");
+    }
 }
