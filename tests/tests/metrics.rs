@@ -1,6 +1,7 @@
 //! The metrics endpoints end to end: ss-server and ss-local in-process on 127.0.0.1:0 with metrics on,
 //! known traffic through them, garbage at the server, and `/metrics` scraped over HTTP and read back
-//! with a real Prometheus text parser (prometheus-parse).
+//! with a real Prometheus text parser (prometheus-parse); then the built binaries with `--metrics` on
+//! unix sockets, scraped the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +39,13 @@ async fn serve_metrics(
 
 /// GET /metrics over a plain TCP connection, parsed.
 async fn scrape(addr: SocketAddr) -> Vec<Sample> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    scrape_stream(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// GET /metrics on `stream`, parsed.
+async fn scrape_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+) -> Vec<Sample> {
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\n\r\n").await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
@@ -215,4 +222,77 @@ async fn a_multi_user_server_reports_each_user_and_its_key_search() {
     assert_eq!(value(&samples, "shadowsocks_tcp_connections", &connections), Some(0.0));
 
     shutdown.cancel();
+}
+
+/// Scrapes the unix socket at `path` until `done` holds; waits for the socket to appear first.
+async fn scrape_unix_until(path: &std::path::Path, done: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let waited = timeout(STEP * 2, async {
+        loop {
+            if let Ok(stream) = tokio::net::UnixStream::connect(path).await {
+                let samples = scrape_stream(stream).await;
+                if done(&samples) {
+                    return samples;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("{} never reported what was expected", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binaries_serve_their_metrics_on_the_flags_address() {
+    use ss_tests::subprocess::{binaries, Launch, Subprocess};
+    let binaries = binaries().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_socket, local_socket) = (dir.path().join("server.sock"), dir.path().join("local.sock"));
+    let common = |port: u16| -> Vec<String> {
+        let args =
+            ["-s", "127.0.0.1", "-p", &port.to_string(), "-k", "a long password 1234", "-m", "aes-256-gcm"];
+        args.iter().map(|arg| arg.to_string()).collect()
+    };
+    let server = Subprocess::start_on_free_port(|port| {
+        let mut args = common(port);
+        args.extend([
+            "--allow-private-targets".into(),
+            "--metrics".into(),
+            server_socket.display().to_string(),
+        ]);
+        Launch::new(&binaries.server).args(args)
+    })
+    .await;
+    let server_port = server.addr.port();
+    let local = Subprocess::start_on_free_port(|port| {
+        let mut args = common(server_port);
+        args.extend(["-l".into(), port.to_string(), "--metrics".into(), local_socket.display().to_string()]);
+        Launch::new(&binaries.local).args(args)
+    })
+    .await;
+    let echo = echo_server("127.0.0.1:0").await;
+    echo_through(local.addr, echo, UP).await;
+
+    let entry = format!("127.0.0.1:{server_port}");
+    let samples = scrape_unix_until(&server_socket, |samples| {
+        ["c>p", "p>t", "p<t", "c<p"].iter().all(|dir| {
+            let labels = [("dir", *dir), ("proto", "tcp"), ("access_key", entry.as_str())];
+            value(samples, "shadowsocks_data_bytes", &labels) == Some(UP as f64)
+        })
+    })
+    .await;
+    assert_eq!(value(&samples, "shadowsocks_build_info", &[("program", "ss-server")]), Some(1.0));
+    assert_eq!(value(&samples, "shadowsocks_keys", &[]), Some(1.0));
+    let samples = scrape_unix_until(&local_socket, |samples| {
+        value(samples, "shadowsocks_local_bytes_total", &[("server", entry.as_str()), ("dir", "down")])
+            == Some(UP as f64)
+    })
+    .await;
+    let up = value(&samples, "shadowsocks_local_bytes_total", &[("server", entry.as_str()), ("dir", "up")]);
+    assert_eq!(up, Some(UP as f64));
+
+    for process in [server, local] {
+        let (status, log) = process.terminate().await;
+        assert!(status.success(), "{status}\n{log}");
+        assert!(log.contains("serving metrics on GET /metrics"), "{log}");
+    }
+    assert!(!server_socket.exists() && !local_socket.exists(), "the sockets are removed at exit");
 }
