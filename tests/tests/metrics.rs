@@ -24,6 +24,7 @@ const METHOD: Method = Method::Aes256Gcm;
 const UP: usize = 7000;
 const PROBES: usize = 3;
 const PROBE_BYTES: usize = 60;
+const UDP_BYTES: usize = 300;
 
 /// Serves `registry` on a fresh loopback port; its address.
 async fn serve_metrics(
@@ -114,7 +115,7 @@ async fn counters_match_the_traffic_sent_and_the_probes() {
     let server_scrape = serve_metrics(server_metrics.registry(), &shutdown).await;
 
     let local_metrics = ss_local::metrics::LocalMetrics::new();
-    let mut local_settings = local_settings(METHOD, server.addr);
+    let mut local_settings = ss_tests::udp::local_settings_udp(METHOD, server.addr);
     local_settings.metrics = Some(local_metrics.clone());
     let local = start_local(local_settings).await;
     let local_scrape = serve_metrics(local_metrics.registry(), &shutdown).await;
@@ -124,24 +125,46 @@ async fn counters_match_the_traffic_sent_and_the_probes() {
     for _ in 0..PROBES {
         probe(server.addr).await;
     }
+    // Two datagrams of UDP_BYTES out and back through one association.
+    let udp_echo = ss_tests::udp::udp_echo_server("127.0.0.1:0").await;
+    let association = timeout(STEP, ss_tests::udp::socks5_udp_associate(local.addr)).await.unwrap().unwrap();
+    for _ in 0..2 {
+        association.send(&Address::Ip(udp_echo), &[9; UDP_BYTES]).await;
+        let (_, payload) = timeout(STEP, association.recv()).await.unwrap();
+        assert_eq!(payload.len(), UDP_BYTES);
+    }
 
     let bytes = |samples: &[Sample], dir: &str| {
         value(samples, "shadowsocks_data_bytes", &[("dir", dir), ("proto", "tcp"), ("access_key", "main")])
     };
+    let udp_bytes = |samples: &[Sample], dir: &str| {
+        value(samples, "shadowsocks_data_bytes", &[("dir", dir), ("proto", "udp"), ("access_key", "main")])
+    };
     let samples = scrape_until(server_scrape, |samples| {
-        ["c>p", "p>t", "p<t", "c<p"].iter().all(|dir| bytes(samples, dir) == Some(2.0 * UP as f64))
+        ["c>p", "p>t", "p<t", "c<p"].iter().all(|dir| {
+            bytes(samples, dir) == Some(2.0 * UP as f64)
+                && udp_bytes(samples, dir) == Some(2.0 * UDP_BYTES as f64)
+        })
     })
     .await;
     for dir in ["c>p", "p>t", "p<t", "c<p"] {
-        assert_eq!(bytes(&samples, dir), Some(2.0 * UP as f64), "{dir}");
-        let udp = value(&samples, "shadowsocks_data_bytes", &[("dir", dir), ("proto", "udp")]);
-        assert_eq!(udp, Some(0.0), "{dir}: no UDP was sent");
+        assert_eq!(bytes(&samples, dir), Some(2.0 * UP as f64), "{dir}: TCP");
+        assert_eq!(udp_bytes(&samples, dir), Some(2.0 * UDP_BYTES as f64), "{dir}: UDP");
     }
+    assert_eq!(value(&samples, "shadowsocks_udp_nat_entries_added", &[]), Some(1.0));
+    assert_eq!(value(&samples, "shadowsocks_udp_nat_entries_removed", &[]), Some(0.0));
+    assert_eq!(value(&samples, "shadowsocks_udp_associations", &[]), Some(1.0));
     assert_eq!(value(&samples, "shadowsocks_keys", &[]), Some(1.0));
     let auth = [("server", "127.0.0.1:8388"), ("reason", "authentication")];
     assert_eq!(value(&samples, "shadowsocks_refusals_total", &auth), Some(PROBES as f64));
     let relaying = [("server", "127.0.0.1:8388"), ("state", "relaying")];
-    assert!(value(&samples, "shadowsocks_tcp_connections", &relaying).is_some());
+    let now_relaying = |samples: &[Sample]| value(samples, "shadowsocks_tcp_connections", &relaying);
+    let samples = scrape_until(server_scrape, |samples| now_relaying(samples) == Some(0.0)).await;
+    // A connection held open is one relaying.
+    let mut open = timeout(STEP, socks5_connect(local.addr, &Address::Ip(echo))).await.unwrap().unwrap();
+    assert!(echo_round_trip(&mut open).await);
+    assert_eq!(now_relaying(&scrape(server_scrape).await), Some(1.0), "the open one");
+    drop(open);
     assert!(value(&samples, "shadowsocks_replay_filter_salts", &[]).unwrap() >= 2.0, "two requests");
     assert!(value(&samples, "process_open_fds", &[]).unwrap() > 0.0);
     assert!(value(&samples, "process_max_fds", &[]).unwrap() > 0.0);
@@ -149,7 +172,6 @@ async fn counters_match_the_traffic_sent_and_the_probes() {
         value(&samples, "shadowsocks_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
     );
-    assert_eq!(value(&samples, "shadowsocks_udp_nat_entries_added", &[]), Some(0.0));
 
     // Every probe sent PROBE_BYTES (60): above the 51 bucket, within the 73 one.
     let probes = samples.iter().find(|s| s.metric == "shadowsocks_tcp_probes").expect("probe histogram");
@@ -169,18 +191,20 @@ async fn counters_match_the_traffic_sent_and_the_probes() {
         labels.extend(dir.map(|dir| ("dir", dir)));
         value(samples, metric, &labels)
     };
+    // The open connection's round trip (4 bytes each way) counts once it ends.
+    let (up, down) = (2.0 * UP as f64 + 4.0, 2.0 * UP as f64 + 4.0);
     let samples = scrape_until(local_scrape, |samples| {
-        at_server(samples, "shadowsocks_local_bytes_total", Some("down")) == Some(2.0 * UP as f64)
+        at_server(samples, "shadowsocks_local_bytes_total", Some("down")) == Some(down)
     })
     .await;
-    assert_eq!(at_server(&samples, "shadowsocks_local_bytes_total", Some("up")), Some(2.0 * UP as f64));
-    assert_eq!(at_server(&samples, "shadowsocks_local_connections_total", None), Some(2.0));
-    assert_eq!(at_server(&samples, "shadowsocks_local_server_chosen_total", None), Some(2.0));
+    assert_eq!(at_server(&samples, "shadowsocks_local_bytes_total", Some("up")), Some(up));
+    assert_eq!(at_server(&samples, "shadowsocks_local_connections_total", None), Some(3.0));
+    assert_eq!(at_server(&samples, "shadowsocks_local_server_chosen_total", None), Some(3.0));
     assert_eq!(at_server(&samples, "shadowsocks_local_connect_failures_total", None), Some(0.0));
     let connect =
         samples.iter().find(|s| s.metric == "shadowsocks_local_connect_time_ms").expect("histogram");
     let Value::Histogram(buckets) = &connect.value else { panic!("{connect:?}") };
-    assert_eq!(buckets.last().map(|b| (b.less_than, b.count)), Some((f64::INFINITY, 2.0)));
+    assert_eq!(buckets.last().map(|b| (b.less_than, b.count)), Some((f64::INFINITY, 3.0)));
     assert_eq!(value(&samples, "shadowsocks_build_info", &[("program", "ss-local")]), Some(1.0));
 
     shutdown.cancel();
