@@ -8,6 +8,8 @@
 //! | `shadowsocks_local_connect_failures_total{server}` | counter | connects to the server that failed or timed out |
 //! | `shadowsocks_local_connect_time_ms{server}` | histogram | time to open a TCP connection to the server |
 //! | `shadowsocks_local_server_chosen_total{server}` | counter | times the balancer tried the server first |
+//! | `shadowsocks_local_server_down{server}` | gauge | 1 while the balancer has the server marked down |
+//! | `shadowsocks_local_server_score_ms{server}` | gauge | the balancer's latency score of the server, once it has one |
 //! | `shadowsocks_plugin_restarts_total{plugin}` | counter | SIP003 plugin restarts |
 //!
 //! plus [`ss_net::metrics_process`]'s descriptors and build info. A connection's bytes are added once,
@@ -17,7 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -28,7 +30,7 @@ use prometheus_client::registry::Registry;
 use ss_net::metrics_process::{samples, Kind, ProcessCollector};
 
 use crate::balance::ServerId;
-use crate::Server;
+use crate::{Server, Settings};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -38,6 +40,8 @@ pub struct LocalMetrics {
     servers: Mutex<HashMap<String, Arc<Counters>>>,
     connect_time: Family<Labels, Histogram, fn() -> Histogram>,
     plugins: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+    /// The running ss-local's settings: its server list and balancer, read at scrape time.
+    settings: Mutex<Weak<Settings>>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +60,7 @@ impl LocalMetrics {
             servers: Mutex::default(),
             connect_time: Family::new_with_constructor(connect_histogram),
             plugins: Mutex::default(),
+            settings: Mutex::new(Weak::new()),
         })
     }
 
@@ -75,6 +80,11 @@ impl LocalMetrics {
         registry.register_collector(Box::new(Scrape(self.clone())));
         registry.register_collector(Box::new(ProcessCollector::new("ss-local")));
         registry
+    }
+
+    /// Reports the balancer's view of the servers of the running `settings`.
+    pub(crate) fn watch(&self, settings: &Arc<Settings>) {
+        *lock(&self.settings) = Arc::downgrade(settings);
     }
 
     /// The balancer put `server` first for a new connection.
@@ -146,6 +156,20 @@ impl Collector for Scrape {
         let text = "Times the balancer tried the server first";
         let chosen = each(|c| c.chosen.load(Ordering::Relaxed));
         samples(&mut encoder, "shadowsocks_local_server_chosen", text, Kind::Counter, chosen)?;
+        if let Some(settings) = lock(&self.0.settings).upgrade() {
+            let servers: Vec<ServerId> = settings.current_servers().iter().map(ServerId::of).collect();
+            let balancer = &settings.balancer;
+            let down =
+                servers.iter().map(|id| (vec![("server", id.to_string())], u64::from(balancer.is_down(id))));
+            let text = "1 while the balancer has the server marked down";
+            samples(&mut encoder, "shadowsocks_local_server_down", text, Kind::Gauge, down)?;
+            let scores = servers.iter().filter_map(|id| {
+                let score = balancer.score(id)?;
+                Some((vec![("server", id.to_string())], score.round() as u64))
+            });
+            let text = "The balancer's latency score of the server (connect plus first byte, averaged)";
+            samples(&mut encoder, "shadowsocks_local_server_score_ms", text, Kind::Gauge, scores)?;
+        }
         let plugins: Vec<(Labels, u64)> = lock(&self.0.plugins)
             .iter()
             .map(|(name, restarts)| (vec![("plugin", name.clone())], restarts.load(Ordering::Relaxed)))

@@ -201,6 +201,8 @@ async fn counters_match_the_traffic_sent_and_the_probes() {
     assert_eq!(at_server(&samples, "shadowsocks_local_connections_total", None), Some(3.0));
     assert_eq!(at_server(&samples, "shadowsocks_local_server_chosen_total", None), Some(3.0));
     assert_eq!(at_server(&samples, "shadowsocks_local_connect_failures_total", None), Some(0.0));
+    assert_eq!(at_server(&samples, "shadowsocks_local_server_down", None), Some(0.0));
+    assert!(at_server(&samples, "shadowsocks_local_server_score_ms", None).is_some(), "answered, so scored");
     let connect =
         samples.iter().find(|s| s.metric == "shadowsocks_local_connect_time_ms").expect("histogram");
     let Value::Histogram(buckets) = &connect.value else { panic!("{connect:?}") };
