@@ -83,7 +83,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             return close(write_half).await;
         }
     };
-    let _relaying = Relaying::new(&settings.stats);
+    let _relaying = crate::metrics::Relaying::new(&settings.stats);
     // Moved into the block and split there, as `stream` above, so the future holds only the halves.
     let (mut writer, upstream_read, mut upstream_write) = {
         let upstream = upstream;
@@ -170,7 +170,7 @@ async fn accept_request(
         debug!("client refused by the ACL");
         shared.settings.stats.rejections.count(Reason::Acl);
         tokio::select! {
-            discarded = reject(read_half, write_half, deadline) => observe_probe(shared, Some(Reason::Acl), discarded),
+            discarded = reject(read_half, write_half, deadline) => crate::metrics::observe_probe(shared, Some(Reason::Acl), discarded),
             () = shared.shutdown.cancelled() => {}
         };
         return None;
@@ -193,7 +193,7 @@ async fn accept_request(
             shared.settings.stats.rejections.count(Reason::Replay);
             let received = reader.received();
             let discarded = reject(reader.into_inner(), write_half, deadline).await;
-            observe_probe(shared, Some(Reason::Replay), received + discarded);
+            crate::metrics::observe_probe(shared, Some(Reason::Replay), received + discarded);
             None
         }
         Ok(Err(error)) => {
@@ -201,7 +201,7 @@ async fn accept_request(
             let received = reader.received();
             tokio::select! {
                 discarded = reject(reader.into_inner(), write_half, deadline) => {
-                    observe_probe(shared, reason, received + discarded);
+                    crate::metrics::observe_probe(shared, reason, received + discarded);
                 }
                 () = shared.shutdown.cancelled() => {}
             };
@@ -415,28 +415,5 @@ fn log_probe(error: &io::Error, shared: &Shared, skew: Option<i64>) -> Option<Re
             debug!(%error, "handshake read failed");
             None
         }
-    }
-}
-
-/// A refused client sent `bytes` in all (the metrics' probe sizes).
-fn observe_probe(shared: &Shared, reason: Option<Reason>, bytes: u64) {
-    if let (Some(metrics), Some(reason)) = (&shared.settings.metrics, reason) {
-        metrics.probe(reason, bytes);
-    }
-}
-
-/// Counts a TCP connection among those relaying for as long as it lives.
-struct Relaying<'a>(&'a crate::Stats);
-
-impl<'a> Relaying<'a> {
-    fn new(stats: &'a crate::Stats) -> Relaying<'a> {
-        stats.tcp_relaying.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Relaying(stats)
-    }
-}
-
-impl Drop for Relaying<'_> {
-    fn drop(&mut self) {
-        self.0.tcp_relaying.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

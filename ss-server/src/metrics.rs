@@ -275,5 +275,28 @@ impl Collector for Scrape {
     }
 }
 
+/// A refused client sent `bytes` in all (the metrics' probe sizes).
+pub(crate) fn observe_probe(shared: &Shared, reason: Option<Reason>, bytes: u64) {
+    if let (Some(metrics), Some(reason)) = (&shared.settings.metrics, reason) {
+        metrics.probe(reason, bytes);
+    }
+}
+
+/// Counts a TCP connection among those relaying for as long as it lives.
+pub(crate) struct Relaying<'a>(&'a crate::Stats);
+
+impl<'a> Relaying<'a> {
+    pub(crate) fn new(stats: &'a crate::Stats) -> Relaying<'a> {
+        stats.tcp_relaying.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Relaying(stats)
+    }
+}
+
+impl Drop for Relaying<'_> {
+    fn drop(&mut self) {
+        self.0.tcp_relaying.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests;
