@@ -9,8 +9,9 @@
 //! one request (no keep-alive). Everything it reports is read at scrape time, on this task: the relay
 //! path never waits for it.
 //!
-//! On a unix socket path a stale socket file left by an earlier run is replaced, and the file is
-//! removed at shutdown; any other kind of file at that path is an error.
+//! On a unix socket path a stale socket file left by an earlier run is replaced (one that a process
+//! still listens on is an error), and the file is removed at shutdown; any other kind of file at that
+//! path is an error.
 
 use std::convert::Infallible;
 use std::io;
@@ -200,12 +201,21 @@ fn status(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
-/// Removes a socket file left at `path` by an earlier run; leaves anything else for bind to refuse.
+/// Removes a socket file left at `path` by an earlier run; leaves anything else for bind to refuse. A
+/// socket someone still listens on (another instance) is an error: taking it over would hide that one.
 #[cfg(unix)]
 fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process serves on this socket",
+                ));
+            }
+            std::fs::remove_file(path)
+        }
         _ => Ok(()),
     }
 }

@@ -17,7 +17,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `shadowsocks_refusals_total` | counter | `server`, `reason` | refused connections and datagrams ([`crate::rejections`]) |
-//! | `shadowsocks_tcp_connections` | gauge | `server`, `state` (`handshake`, `relaying`) | TCP connections now |
+//! | `shadowsocks_tcp_connections` | gauge | `server`, `state` (`handshake`, `relaying`) | TCP connections now (a refused one is in its handshake until closed) |
 //! | `shadowsocks_udp_associations` | gauge | `server` | UDP associations now |
 //! | `shadowsocks_replay_filter_salts` | gauge | `server` | salts the replay filter remembers |
 //! | `shadowsocks_resolver_lookups_total` / `_failures_total` | counter | `server` | name lookups sent, failed |

@@ -98,6 +98,13 @@ async fn a_unix_socket_replaces_a_stale_one_and_is_removed_at_shutdown() {
     };
     let answer = tokio::time::timeout(Duration::from_secs(20), scrape).await.unwrap();
     assert!(answer.contains("probe_things_total 7"), "{answer}");
+    // A second instance does not take over a socket that is being served.
+    let second = MetricsListener::bind(&MetricsAddress::Unix(path.clone())).await;
+    assert_eq!(second.map(|_| ()).map_err(|error| error.kind()), Err(io::ErrorKind::AddrInUse));
+    let again = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(20), exchange(again, &get("/metrics"))).await.unwrap();
+    assert!(answer.contains("probe_things_total 7"), "still served: {answer}");
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), server).await.unwrap().unwrap();
     assert!(!path.exists(), "removed at shutdown");
