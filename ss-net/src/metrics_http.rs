@@ -94,6 +94,29 @@ impl MetricsListener {
     }
 }
 
+/// `--check`: whether `addr` could be served, touching nothing a running server uses. A TCP address is
+/// bound and returned (hold it until the check ends, so a clash with another listener shows); for a
+/// unix socket the directory must exist and no process may be serving on the path.
+pub async fn check_address(addr: &MetricsAddress) -> io::Result<Option<TcpListener>> {
+    match addr {
+        MetricsAddress::Tcp(addr) => Ok(Some(TcpListener::bind(addr).await?)),
+        MetricsAddress::Unix(path) => {
+            let parent = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+            if parent.is_some_and(|dir| !dir.is_dir()) {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "its directory does not exist"));
+            }
+            #[cfg(unix)]
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process serves on this socket",
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// Serves `registry` on `listener` with the default [`Bounds`] until `shutdown`.
 pub async fn serve(listener: MetricsListener, registry: Arc<Registry>, shutdown: CancellationToken) {
     serve_with(listener, registry, Bounds::default(), shutdown).await;

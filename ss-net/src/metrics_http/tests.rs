@@ -114,3 +114,19 @@ async fn a_unix_socket_replaces_a_stale_one_and_is_removed_at_shutdown() {
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[tokio::test]
+async fn check_binds_a_tcp_address_and_leaves_a_unix_path_alone() {
+    let held = check_address(&MetricsAddress::Tcp("127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let taken = held.as_ref().and_then(|listener| listener.local_addr().ok()).unwrap();
+    let clash = check_address(&MetricsAddress::Tcp(taken)).await.map(|_| ()).map_err(|error| error.kind());
+    assert_eq!(clash, Err(io::ErrorKind::AddrInUse));
+    let path = std::env::temp_dir().join(format!("ss-metrics-check-{}.sock", std::process::id()));
+    assert!(check_address(&MetricsAddress::Unix(path.clone())).await.unwrap().is_none());
+    assert!(!path.exists(), "nothing created");
+    let missing = MetricsAddress::Unix("/nonexistent-ss-dir/metrics.sock".into());
+    assert_eq!(
+        check_address(&missing).await.map(|_| ()).map_err(|error| error.kind()),
+        Err(io::ErrorKind::NotFound)
+    );
+}
