@@ -337,6 +337,8 @@ mod tests {
             [Some(first), None, Some(first)],
             "up, down during the backoff, up on the same port"
         );
+        let restarts = plugin.restarts();
+        assert!(restarts.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the restart is counted");
         plugin.stop().await;
         assert_eq!(endpoint.current(), None);
     }
