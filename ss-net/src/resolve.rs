@@ -445,5 +445,20 @@ mod tests {
         let cached = resolver.try_resolve("CACHED.test").unwrap();
         assert_eq!(cached.ready(), Some(&found(9)));
         assert_eq!(resolver.in_flight(), 0);
+        assert_eq!(resolver.lookups(), (0, 0), "a cache hit sends no lookup");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_sent_and_its_failure_are_counted() {
+        // A loopback port nobody serves DNS on: the lookup fails (refused, or at the timeout).
+        let settings = ResolveSettings {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: Duration::from_secs(2),
+            ..ResolveSettings::default()
+        };
+        let resolver = Arc::new(Resolver::new(&settings).unwrap());
+        let outcome = tokio::time::timeout(Duration::from_secs(20), resolver.resolve("nowhere.test")).await;
+        assert!(outcome.unwrap().is_err());
+        assert_eq!(resolver.lookups(), (1, 1));
     }
 }
