@@ -151,6 +151,10 @@ pub struct CliArgs {
     /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/ss-rs or ~/.local/state/ss-rs]
     #[arg(long = "state-dir", value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics on GET /metrics at ADDR:PORT (e.g. 127.0.0.1:9100) or a unix socket
+    /// path [default: off]
+    #[arg(long = "metrics", value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Print a fresh random key for the method given with -m (base64) and exit
     #[arg(long = "generate-key")]
     pub generate_key: bool,

@@ -90,6 +90,8 @@ pub struct Config {
     pub balance: crate::Balance,
     /// `state_dir` / `--state-dir`: where ss-server keeps per-user usage (`None`: its default place).
     pub state_dir: Option<PathBuf>,
+    /// `metrics` / `--metrics`: where the Prometheus endpoint listens (`None`: off).
+    pub metrics: Option<crate::MetricsAddress>,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -217,6 +219,12 @@ impl Config {
             ),
             balance: crate::Balance::from_raw(raw.balancer.as_ref())?,
             state_dir: args.state_dir.clone().or(raw.state_dir),
+            metrics: args
+                .metrics
+                .as_deref()
+                .or(raw.metrics.as_deref())
+                .map(crate::MetricsAddress::parse)
+                .transpose()?,
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings,
@@ -651,6 +659,19 @@ mod tests {
             let message = error(&format!(r#"{{{BASE},"nameserver":"{bad}"}}"#));
             assert!(message.starts_with("nameserver: "), "{bad}: {message}");
         }
+    }
+
+    #[test]
+    fn metrics_is_off_by_default_and_the_flag_wins_over_the_key() {
+        assert_eq!(check(&format!("{{{BASE}}}")).unwrap().metrics, None);
+        let json = format!(r#"{{{BASE},"metrics":"127.0.0.1:9100"}}"#);
+        let from_file = check(&json).unwrap().metrics;
+        assert_eq!(from_file, Some(crate::MetricsAddress::Tcp("127.0.0.1:9100".parse().unwrap())));
+        let raw = RawConfig::from_json(&json, Path::new("config.json")).unwrap();
+        let args = CliArgs { metrics: Some("/run/m.sock".into()), ..CliArgs::default() };
+        let flag = Config::from_raw(raw, &args).unwrap().metrics;
+        assert_eq!(flag, Some(crate::MetricsAddress::Unix("/run/m.sock".into())));
+        assert!(error(&format!(r#"{{{BASE},"metrics":"9100"}}"#)).starts_with("metrics: "));
     }
 
     #[test]

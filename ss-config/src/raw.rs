@@ -115,6 +115,8 @@ pub struct RawConfig {
     pub users_file: Option<PathBuf>,
     /// `balancer`: how ss-local picks among several servers (`balance.rs`).
     pub balancer: Option<crate::balance::RawBalancer>,
+    /// `metrics` (ours): where the Prometheus endpoint listens, `ADDR:PORT` or a unix socket path.
+    pub metrics: Option<String>,
     /// Keys of the file no field takes (`servers.0.foo` for nested ones), in file order: warned about,
     /// since a typo or a key we do not implement would otherwise be silently without effect.
     #[serde(skip)]

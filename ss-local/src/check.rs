@@ -73,7 +73,15 @@ pub async fn check(
             held.push(listener);
         }
     }
-    drop(held);
+    let metrics = match &config.metrics {
+        None => None,
+        Some(addr) => {
+            let checked =
+                report.check(&format!("metrics {addr}"), ss_net::metrics_http::check_address(addr).await);
+            checked.inspect(|_| report.note(format!("metrics: GET /metrics on {addr}")))
+        }
+    };
+    drop((held, metrics));
     report
 }
 

@@ -123,6 +123,9 @@ async fn run_connection(
         settings.idle_timeout,
     )
     .await;
+    if let Some(metrics) = &settings.metrics {
+        metrics.relayed(server, outcome.a_to_b + first_len, outcome.b_to_a);
+    }
     let failed = outcome.end.is_failure();
     // Nothing back from the server at all, though we sent a request with data or the relay failed:
     // the server (or the path to it) is not answering. A byte back was reported as it came.
@@ -365,10 +368,21 @@ pub(crate) async fn connect_any<'a>(
     settings: &Settings,
 ) -> io::Result<(TcpStream, &'a Server, Connected)> {
     let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no server configured");
-    for server in settings.balancer.order(Kind::Tcp, servers) {
+    for (index, server) in settings.balancer.order(Kind::Tcp, servers).into_iter().enumerate() {
+        let metrics = settings.metrics.as_deref();
+        if let (0, Some(metrics)) = (index, metrics) {
+            metrics.chosen(server);
+        }
         let started = Instant::now();
         let attempt = timeout(settings.connect_timeout, server.connect_tcp(&settings.socket));
-        match attempt.await {
+        let attempt = attempt.await;
+        if let Some(metrics) = metrics {
+            match &attempt {
+                Ok(Ok(_)) => metrics.connected(server, started.elapsed()),
+                _ => metrics.connect_failed(server),
+            }
+        }
+        match attempt {
             Ok(Ok(stream)) => {
                 let watch = (settings.balancer.clone(), started.elapsed(), settings.connect_timeout);
                 return Ok((stream, server, watch));

@@ -21,6 +21,7 @@ mod connection;
 mod from_config;
 pub mod inbound;
 mod listen;
+pub mod metrics;
 mod nat;
 mod online;
 #[cfg(target_os = "linux")]
@@ -187,6 +188,8 @@ pub struct Settings {
     /// connections take their servers from it as they start, and `servers` is not read.
     /// [`run_listeners`] sets it from `servers` when it is not set.
     pub server_list: Option<ServerList>,
+    /// The process's Prometheus metrics ([`metrics`]); `None`: metrics are off.
+    pub metrics: Option<Arc<metrics::LocalMetrics>>,
 }
 
 impl Settings {
@@ -210,6 +213,7 @@ impl Settings {
             resolve: ss_net::ResolveSettings::default(),
             users: None,
             server_list: None,
+            metrics: None,
         }
     }
 

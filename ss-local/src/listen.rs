@@ -141,6 +141,9 @@ pub async fn run_listeners(mut settings: Settings, listeners: Vec<Listener>, shu
         },
     };
     let shared = Arc::new(settings);
+    if let Some(metrics) = &shared.metrics {
+        metrics.watch(&shared);
+    }
     let mut servers = tokio::task::JoinSet::new();
     crate::balance::start(&shared, &mut servers, &shutdown);
     for listener in listeners {

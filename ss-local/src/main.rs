@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use ss_config::{Binary, CliArgs, Config};
 use ss_local::{Listener, OnlineSource, PluginRoute, ServerList, Settings};
+use ss_net::metrics_http::{self, MetricsListener};
 use ss_net::plugin::{Plugin, Timing};
 use tokio_util::sync::CancellationToken;
 
@@ -87,12 +88,17 @@ async fn serve(
         acl.reload_on_hangup(shutdown.clone()).context("installing the SIGHUP handler")?;
         settings.acl = Some(acl);
     }
+    settings.metrics = config.metrics.as_ref().map(|_| ss_local::metrics::LocalMetrics::new());
     // One plugin per server, each dialling its own server; started (and ready) before we listen.
     let mut plugins = Vec::new();
     for (entry, server) in config.servers.iter().zip(&mut settings.servers) {
         if let Some((spec, route_tcp, route_udp)) = ss_local::plugin_spec(config.mode, entry) {
             let plugin = Plugin::start_local(spec, &entry.host, entry.port, Timing::default()).await?;
             server.plugin = Some(PluginRoute { endpoint: plugin.endpoint(), tcp: route_tcp, udp: route_udp });
+            if let Some(metrics) = &settings.metrics {
+                metrics
+                    .plugin(format!("{} ({}:{})", plugin.name(), entry.host, entry.port), plugin.restarts());
+            }
             plugins.push(plugin);
         }
     }
@@ -110,9 +116,21 @@ async fn serve(
             .with_context(|| format!("binding {}:{}", local.address, local.port))?;
         listeners.push(listener);
     }
+    let mut metrics_server = None;
+    if let (Some(addr), Some(metrics)) = (&config.metrics, &settings.metrics) {
+        let listener =
+            MetricsListener::bind(addr).await.with_context(|| format!("binding metrics {addr}"))?;
+        let shown = listener.local_addr().map_or_else(|| addr.to_string(), |bound| bound.to_string());
+        tracing::info!(addr = %shown, "serving metrics on GET /metrics");
+        let registry = std::sync::Arc::new(metrics.registry());
+        metrics_server = Some(tokio::spawn(metrics_http::serve(listener, registry, shutdown.clone())));
+    }
     // Every listener is bound and every plugin started.
     ss_net::process::notify_ready();
     ss_local::run_listeners(settings, listeners, shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     if let Some(online) = online {
         plugins.extend(online.await.unwrap_or_default());
     }

@@ -15,6 +15,8 @@
 //! - [`process`]: log setup, the descriptor limit, the shutdown signal, readiness for systemd.
 //! - [`check`]: `--check`'s report: the open-file limit, then each binary's own checks.
 //! - `resolve` (feature `resolve`): the bounded asynchronous resolver.
+//! - [`metrics_http`] and [`metrics_process`]: the Prometheus endpoint and the process's own metrics
+//!   (descriptors, build).
 //! - [`plugin`]: SIP003 plugins for both binaries: start, readiness, restart with backoff, die with us.
 
 #![warn(missing_docs)]
@@ -27,6 +29,8 @@ pub mod check;
 pub mod clock;
 pub mod hangup;
 pub mod happy_eyeballs;
+pub mod metrics_http;
+pub mod metrics_process;
 pub mod plugin;
 pub mod pooled;
 pub mod process;

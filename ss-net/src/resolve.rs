@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -103,6 +104,10 @@ pub struct Resolver {
     max_in_flight: usize,
     cache_capacity: usize,
     state: Mutex<State>,
+    /// Lookups sent to the name servers (cache hits and joined lookups not counted), and of those the
+    /// ones that failed (not found, timed out, server failure): for the metrics.
+    lookups: AtomicU64,
+    failures: AtomicU64,
 }
 
 #[derive(Default)]
@@ -170,6 +175,8 @@ impl Resolver {
             max_in_flight,
             cache_capacity: settings.cache_capacity,
             state: Mutex::new(State::default()),
+            lookups: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -197,6 +204,11 @@ impl Resolver {
         }
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| ResolveError::Busy)?;
         Ok(self.start(key, slot))
+    }
+
+    /// Lookups sent to the name servers since start, and how many of them failed.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.lookups.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
     }
 
     /// Names being looked up right now.
@@ -319,6 +331,10 @@ impl Pending {
                 }
                 Ok(Err(error)) => failure(&error),
             };
+        resolver.lookups.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_err() {
+            resolver.failures.fetch_add(1, Ordering::Relaxed);
+        }
         // Cached and no longer pending in one step: a caller sees one or the other, never neither.
         {
             let mut state = resolver.lock();
@@ -429,5 +445,20 @@ mod tests {
         let cached = resolver.try_resolve("CACHED.test").unwrap();
         assert_eq!(cached.ready(), Some(&found(9)));
         assert_eq!(resolver.in_flight(), 0);
+        assert_eq!(resolver.lookups(), (0, 0), "a cache hit sends no lookup");
+    }
+
+    #[tokio::test]
+    async fn a_lookup_sent_and_its_failure_are_counted() {
+        // A loopback port nobody serves DNS on: the lookup fails (refused, or at the timeout).
+        let settings = ResolveSettings {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: Duration::from_secs(2),
+            ..ResolveSettings::default()
+        };
+        let resolver = Arc::new(Resolver::new(&settings).unwrap());
+        let outcome = tokio::time::timeout(Duration::from_secs(20), resolver.resolve("nowhere.test")).await;
+        assert!(outcome.unwrap().is_err());
+        assert_eq!(resolver.lookups(), (1, 1));
     }
 }

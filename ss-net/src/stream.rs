@@ -43,6 +43,8 @@ pub struct DecryptReader<R> {
     target: Option<Address>,
     eof: bool,
     clock: fn() -> u64,
+    /// Ciphertext bytes read from `inner` so far (a probe's size, for the metrics).
+    received: u64,
 }
 
 impl<R: AsyncRead + Unpin> DecryptReader<R> {
@@ -58,6 +60,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             target: None,
             eof: false,
             clock: unix_now,
+            received: 0,
         }
     }
 
@@ -101,6 +104,11 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
     /// The peer's salt once authenticated; see [`Decryptor::authenticated_salt`].
     pub fn authenticated_salt(&self) -> Option<Salt> {
         self.decryptor.authenticated_salt()
+    }
+
+    /// Bytes read from the wrapped reader so far, opened or not.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// AEAD-2022: the peer's clock minus ours, in seconds; see [`Decryptor::peer_clock_skew`].
@@ -228,6 +236,7 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
             }
         }
         self.pending.end += read;
+        self.received += read as u64;
         Poll::Ready(Ok(()))
     }
 }

@@ -62,6 +62,8 @@ pub struct Usage {
     udp_packets_in: AtomicU64,
     udp_packets_out: AtomicU64,
     last_seen: AtomicU64,
+    /// The UDP share of the four byte counts (the metrics tell TCP and UDP apart); not saved.
+    udp_bytes: [AtomicU64; 4],
 }
 
 impl Usage {
@@ -121,6 +123,8 @@ impl Usage {
         self.udp_packets_in.fetch_add(1, Ordering::Relaxed);
         self.client_to_proxy.fetch_add(payload as u64, Ordering::Relaxed);
         self.proxy_to_target.fetch_add(sent as u64, Ordering::Relaxed);
+        self.udp_bytes[0].fetch_add(payload as u64, Ordering::Relaxed);
+        self.udp_bytes[1].fetch_add(sent as u64, Ordering::Relaxed);
         self.seen();
     }
 
@@ -129,6 +133,14 @@ impl Usage {
         self.udp_packets_out.fetch_add(1, Ordering::Relaxed);
         self.target_to_proxy.fetch_add(payload as u64, Ordering::Relaxed);
         self.proxy_to_client.fetch_add(sent as u64, Ordering::Relaxed);
+        self.udp_bytes[2].fetch_add(payload as u64, Ordering::Relaxed);
+        self.udp_bytes[3].fetch_add(sent as u64, Ordering::Relaxed);
+    }
+
+    /// The UDP part of the byte counts since start (c->p, p->t, t->p, p->c); the rest of
+    /// [`Usage::counts`]' bytes is TCP (and what a usage store restored).
+    pub fn udp_bytes(&self) -> [u64; 4] {
+        self.udp_bytes.each_ref().map(|counter| counter.load(Ordering::Relaxed))
     }
 
     /// Adds what a connection moved since its last fold: c->p, p->t, t->p, p->c.
@@ -161,5 +173,18 @@ mod tests {
         let counts = usage.counts();
         assert_eq!((counts.client_to_proxy, counts.tcp_opened, counts.udp_packets_in), (15, 2, 1));
         assert!(counts.last_seen > 1);
+    }
+
+    #[test]
+    fn the_udp_share_of_the_bytes_is_kept_apart() {
+        let usage = Usage::default();
+        usage.add_bytes([100, 100, 40, 40]);
+        usage.udp_in(10, 9);
+        usage.udp_out(7, 6);
+        assert_eq!(usage.udp_bytes(), [10, 9, 7, 6]);
+        let counts = usage.counts();
+        let all =
+            [counts.client_to_proxy, counts.proxy_to_target, counts.target_to_proxy, counts.proxy_to_client];
+        assert_eq!(all, [110, 109, 47, 46], "TCP and UDP together");
     }
 }

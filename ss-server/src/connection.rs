@@ -83,6 +83,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             return close(write_half).await;
         }
     };
+    let _relaying = crate::metrics::Relaying::new(&settings.stats);
     // Moved into the block and split there, as `stream` above, so the future holds only the halves.
     let (mut writer, upstream_read, mut upstream_write) = {
         let upstream = upstream;
@@ -169,7 +170,7 @@ async fn accept_request(
         debug!("client refused by the ACL");
         shared.settings.stats.rejections.count(Reason::Acl);
         tokio::select! {
-            () = reject(read_half, write_half, deadline) => {}
+            discarded = reject(read_half, write_half, deadline) => crate::metrics::observe_probe(shared, Some(Reason::Acl), discarded),
             () = shared.shutdown.cancelled() => {}
         };
         return None;
@@ -190,13 +191,18 @@ async fn accept_request(
         Ok(Ok(Err(Replayed))) => {
             debug!("replayed request refused");
             shared.settings.stats.rejections.count(Reason::Replay);
-            reject(reader.into_inner(), write_half, deadline).await;
+            let received = reader.received();
+            let discarded = reject(reader.into_inner(), write_half, deadline).await;
+            crate::metrics::observe_probe(shared, Some(Reason::Replay), received + discarded);
             None
         }
         Ok(Err(error)) => {
-            log_probe(&error, shared, reader.peer_clock_skew());
+            let reason = log_probe(&error, shared, reader.peer_clock_skew());
+            let received = reader.received();
             tokio::select! {
-                () = reject(reader.into_inner(), write_half, deadline) => {}
+                discarded = reject(reader.into_inner(), write_half, deadline) => {
+                    crate::metrics::observe_probe(shared, reason, received + discarded);
+                }
                 () = shared.shutdown.cancelled() => {}
             };
             None
@@ -228,7 +234,9 @@ where
     R: tokio::io::AsyncRead + Unpin,
 {
     let user = match (&shared.settings.users, &shared.settings.owner) {
-        (Some(users), _) => Some(identify(reader, users, &shared.settings.key, peer).await?),
+        (Some(users), _) => Some(
+            identify(reader, users, &shared.settings.key, peer, shared.settings.metrics.as_deref()).await?,
+        ),
         // A counted single-key server: its one key, counted as its owner.
         (None, Some(owner)) => {
             let refused = |refusal| io::Error::new(io::ErrorKind::InvalidData, refusal);
@@ -252,6 +260,7 @@ async fn identify<R>(
     users: &Users,
     ipsk: &Key,
     peer: SocketAddr,
+    metrics: Option<&crate::metrics::EntryMetrics>,
 ) -> io::Result<Admitted>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -259,7 +268,12 @@ where
     let method = users.method();
     let head = reader.peek_ciphertext(search::head_len(method)).await?;
     let table = users.current();
-    let Some(user) = search::find_user(&table, method, ipsk, peer.ip(), head) else {
+    let searching = std::time::Instant::now();
+    let found = search::find_user(&table, method, ipsk, peer.ip(), head);
+    if let Some(metrics) = metrics {
+        metrics.cipher_search(found.is_some(), searching.elapsed());
+    }
+    let Some(user) = found else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, DecryptError::AuthFailure));
     };
     tracing::Span::current().record("user", user.name());
@@ -334,10 +348,13 @@ fn lookup_error(error: ResolveError) -> io::Error {
     io::Error::new(kind, error)
 }
 
-/// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN.
-async fn reject(read_half: OwnedReadHalf, write_half: OwnedWriteHalf, deadline: Instant) {
-    let _ = timeout_at(deadline, discard(&read_half)).await;
+/// The silent treatment: discard whatever arrives until `deadline`, then close with a FIN. Returns how
+/// many bytes were discarded.
+async fn reject(read_half: OwnedReadHalf, write_half: OwnedWriteHalf, deadline: Instant) -> u64 {
+    let mut discarded = 0;
+    let _ = timeout_at(deadline, discard(&read_half, &mut discarded)).await;
     close(write_half).await;
+    discarded
 }
 
 thread_local! {
@@ -348,7 +365,7 @@ thread_local! {
 
 /// Reads and drops everything `read_half` receives; once the peer has closed, waits forever (the caller's
 /// deadline decides when the connection ends).
-async fn discard(read_half: &OwnedReadHalf) {
+async fn discard(read_half: &OwnedReadHalf, discarded: &mut u64) {
     loop {
         if read_half.readable().await.is_err() {
             break;
@@ -356,7 +373,7 @@ async fn discard(read_half: &OwnedReadHalf) {
         // No await while the thread's buffer is borrowed.
         match SCRATCH.with_borrow_mut(|scratch| read_half.try_read(scratch)) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(read) => *discarded += read as u64,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => break,
         }
@@ -369,10 +386,12 @@ async fn close(mut write_half: OwnedWriteHalf) {
 }
 
 /// Logs and counts a failed handshake; `skew` is the request's clock skew if its header authenticated.
-fn log_probe(error: &io::Error, shared: &Shared, skew: Option<i64>) {
+/// Returns the reason it was counted under, if any.
+fn log_probe(error: &io::Error, shared: &Shared, skew: Option<i64>) -> Option<Reason> {
     if let Some(refusal) = error.get_ref().and_then(|inner| inner.downcast_ref::<Refusal>()) {
         debug!(%refusal, "refused like a probe");
-        return shared.settings.stats.rejections.count(Reason::UserLimit);
+        shared.settings.stats.rejections.count(Reason::UserLimit);
+        return Some(Reason::UserLimit);
     }
     match error.get_ref().and_then(|inner| inner.downcast_ref::<DecryptError>()) {
         Some(DecryptError::BadTimestamp) => {
@@ -381,12 +400,20 @@ fn log_probe(error: &io::Error, shared: &Shared, skew: Option<i64>) {
                 Some(skew) => shared.settings.stats.rejections.timestamp_refused(skew),
                 None => shared.settings.stats.rejections.count(Reason::Timestamp),
             }
+            Some(Reason::Timestamp)
         }
         Some(reason) => {
             debug!(%reason, "rejected a connection that failed the handshake");
             shared.settings.stats.rejections.count(Reason::of(reason));
+            Some(Reason::of(reason))
         }
-        None if error.kind() == io::ErrorKind::UnexpectedEof => debug!("closed before sending a request"),
-        None => debug!(%error, "handshake read failed"),
+        None if error.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!("closed before sending a request");
+            None
+        }
+        None => {
+            debug!(%error, "handshake read failed");
+            None
+        }
     }
 }

@@ -36,6 +36,14 @@ impl Settings {
             .users
             .as_ref()
             .map(|list| std::sync::Arc::new(crate::users::Users::new(entry.method, &list.users)));
+        if config.metrics.is_some() && settings.users.is_none() {
+            // Metrics count a single-key server's bytes as one user's, named after the entry.
+            let name = match entry.host.contains(':') {
+                true => format!("[{}]:{}", entry.host, entry.port),
+                false => format!("{}:{}", entry.host, entry.port),
+            };
+            settings.count_as(name);
+        }
         if config.mode.tcp() && entry.plugin.as_ref().is_some_and(|plugin| plugin.mode.tcp()) {
             // Every connection comes from the plugin on loopback: the clients' addresses are unknown.
             settings.max_handshakes_per_source = admission::NO_PER_SOURCE_RULE;
@@ -145,6 +153,29 @@ mod tests {
         assert_eq!(settings.resolve.nameservers, ["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]);
         assert_eq!(settings.replay_snapshot, Some(PathBuf::from("/var/lib/ss/replay")));
         assert_eq!(settings.max_handshakes_per_source, admission::NO_PER_SOURCE_RULE, "behind a TCP plugin");
+    }
+
+    #[test]
+    fn with_metrics_a_single_key_entry_counts_as_a_user_named_after_it() {
+        let base = format!(
+            r#""server":["::1","127.0.0.1"],"server_port":8388,"password":"{PASSWORD}","method":"aes-256-gcm""#
+        );
+        let off = config(&format!("{{{base}}}"));
+        assert!(
+            Settings::from_config_in(&off, &off.servers[0], 1024, no_env).owner.is_none(),
+            "nothing counted"
+        );
+        let on = config(&format!(r#"{{{base},"metrics":"127.0.0.1:9100"}}"#));
+        let owner = Settings::from_config_in(&on, &on.servers[1], 1024, no_env).owner;
+        assert_eq!(owner.as_ref().map(|owner| owner.name()), Some("127.0.0.1:8388"));
+        let owner = Settings::from_config_in(&on, &on.servers[0], 1024, no_env).owner;
+        assert_eq!(owner.as_ref().map(|owner| owner.name()), Some("[::1]:8388"));
+        let users = config(&format!(
+            r#"{{"server":"::1","server_port":8388,"method":"aes-256-gcm","metrics":"127.0.0.1:9100",
+                "users":[{{"name":"ann","password":"{PASSWORD} ann"}}]}}"#
+        ));
+        let settings = Settings::from_config_in(&users, &users.servers[0], 1024, no_env);
+        assert!(settings.owner.is_none() && settings.users.is_some(), "users count themselves");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod connection;
 mod from_config;
 pub mod limits;
 pub mod metered;
+pub mod metrics;
 mod own_addresses;
 pub mod policy;
 pub mod quota;
@@ -95,6 +96,8 @@ pub struct Settings {
     /// the manager's per-port statistics read its [`users::User::usage`]. `None` counts nothing (the
     /// relay then runs without meters). Unused when [`Settings::users`] is set.
     pub owner: Option<Arc<users::User>>,
+    /// This entry's part of the process's Prometheus metrics ([`metrics`]); `None`: metrics are off.
+    pub metrics: Option<Arc<metrics::EntryMetrics>>,
 }
 
 /// Live counters of a running server.
@@ -112,6 +115,10 @@ pub struct Stats {
     /// Client request salts entered into the replay filter (each at the moment its first record
     /// authenticated).
     pub salts_recorded: AtomicU64,
+    /// UDP associations opened since start (those removed: this less [`Stats::udp_associations`]).
+    pub udp_associations_added: AtomicU64,
+    /// TCP connections past their handshake, relaying now.
+    pub tcp_relaying: AtomicUsize,
 }
 
 /// The sockets a server serves on: TCP listeners and UDP sockets.
@@ -148,6 +155,7 @@ impl Settings {
             users: None,
             usage_store: None,
             owner: None,
+            metrics: None,
         }
     }
 
@@ -232,6 +240,9 @@ pub async fn run_on(
     servers.spawn(settings.stats.rejections.clone().report(shutdown.clone()));
     let shared =
         Arc::new(Shared { settings, replay, resolver, guard, admission, shutdown: shutdown.clone() });
+    if let Some(metrics) = &shared.settings.metrics {
+        metrics.attach(&shared);
+    }
     for socket in listeners.udp {
         if let Ok(addr) = socket.local_addr() {
             tracing::info!(%addr, method = %shared.settings.method, "listening (UDP)");

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use ss_config::{Binary, CliArgs, Config, ServerEntry};
 use ss_crypto::{Key, Method};
+use ss_net::metrics_http::{self, MetricsListener};
 use ss_net::plugin::{Plugin, Spec, Timing};
 use ss_server::usage_store::{self, UsageStore};
 use ss_server::{Listeners, Settings};
@@ -84,6 +85,7 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         }
     };
     let store = open_usage_store(&config)?;
+    let metrics = config.metrics.as_ref().map(|_| ss_server::metrics::ServerMetrics::new());
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
     let mut with_users = Vec::new();
@@ -95,7 +97,11 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             usage_store::restore(store, &server, users)?;
             settings.usage_store = Some(usage_store::Saving { store: store.clone(), server });
         }
+        settings.metrics = metrics.as_ref().map(|metrics| metrics.entry(&entry.host, entry.port));
         let (listeners, plugin) = listen(&config, entry, &settings.socket).await?;
+        if let (Some(metrics), Some(plugin)) = (&metrics, &plugin) {
+            metrics.plugin(format!("{} ({}:{})", plugin.name(), entry.host, entry.port), plugin.restarts());
+        }
         plugins.extend(plugin);
         with_users.extend(settings.users.clone().map(|users| (index, users)));
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
@@ -103,6 +109,17 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
     if !with_users.is_empty() {
         ss_net::hangup::on_hangup(shutdown.clone(), move || reload_users(&args, &with_users))
             .context("installing the SIGHUP handler")?;
+    }
+    if let (Some(addr), Some(metrics)) = (&config.metrics, &metrics) {
+        let listener =
+            MetricsListener::bind(addr).await.with_context(|| format!("binding metrics {addr}"))?;
+        let shown = listener.local_addr().map_or_else(|| addr.to_string(), |bound| bound.to_string());
+        tracing::info!(addr = %shown, "serving metrics on GET /metrics");
+        servers.spawn(metrics_http::serve(
+            listener,
+            std::sync::Arc::new(metrics.registry()),
+            shutdown.clone(),
+        ));
     }
     // Every listener is bound and every plugin started.
     ss_net::process::notify_ready();

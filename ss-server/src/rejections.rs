@@ -42,7 +42,8 @@ pub enum Reason {
     UserLimit,
 }
 
-const REASONS: [Reason; 8] = [
+/// Every reason, in the order summaries and metrics list them.
+pub const REASONS: [Reason; 8] = [
     Reason::Authentication,
     Reason::Malformed,
     Reason::Timestamp,
@@ -64,7 +65,8 @@ impl Reason {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The reason's name in logs and metrics (`authentication`, `source_budget`, ...).
+    pub fn name(self) -> &'static str {
         match self {
             Reason::Authentication => "authentication",
             Reason::Malformed => "malformed",

@@ -99,6 +99,19 @@ impl ReplayFilter {
         }
     }
 
+    /// Salts (or fingerprints) remembered now, both generations together.
+    pub fn len(&self) -> usize {
+        match &*self.lock() {
+            Filter::Classic(history) => history.current.len() + history.previous.len(),
+            Filter::Aead2022(window) => window.current.len() + window.previous.len(),
+        }
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether a salt was recorded since the last call.
     pub fn take_changed(&self) -> bool {
         self.changed.swap(false, Ordering::Relaxed)

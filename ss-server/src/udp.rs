@@ -335,6 +335,7 @@ impl Relay {
             }
             table.live.insert(key, association.clone());
             self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
+            self.shared.settings.stats.udp_associations_added.fetch_add(1, Ordering::Relaxed);
             association
         };
         tokio::spawn(self.clone().replies(key, association.clone()));

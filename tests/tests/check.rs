@@ -135,6 +135,27 @@ async fn a_taken_port_and_a_missing_plugin_are_both_listed() {
 }
 
 #[tokio::test]
+async fn the_metrics_address_is_bound_as_a_start_binds_it() {
+    let built = binaries().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let free = format!(r#","metrics":"127.0.0.1:{}""#, free_port());
+    let good = write_config(dir.path(), "metrics.json", "127.0.0.1", free_port(), free_port(), &free);
+    let held = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+    let taken = held.local_addr().expect("addr");
+    let more = format!(r#","metrics":"{taken}""#);
+    let clash = write_config(dir.path(), "clash.json", "127.0.0.1", free_port(), free_port(), &more);
+    for binary in [&built.server, &built.local] {
+        let outcome = check(binary, &["-c", &good]).await;
+        assert_eq!(outcome.code, Some(0), "{binary:?}: {outcome:?}");
+        assert!(outcome.stdout.contains("metrics: GET /metrics on 127.0.0.1:"), "{outcome:?}");
+        let outcome = check(binary, &["-c", &clash]).await;
+        assert_eq!(outcome.code, Some(1), "{binary:?}: {outcome:?}");
+        assert!(outcome.stderr.contains(&format!("metrics {taken}: ")), "{outcome:?}");
+    }
+    drop(held);
+}
+
+#[tokio::test]
 async fn a_plugin_on_path_is_found_as_a_start_finds_it() {
     let built = binaries().await;
     let dir = tempfile::tempdir().expect("temp dir");

@@ -29,6 +29,8 @@ mod supervise;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -177,6 +179,8 @@ pub struct Plugin {
     endpoint: Endpoint,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// Times the plugin was restarted after exiting (for the metrics).
+    restarts: Arc<AtomicU64>,
 }
 
 impl Plugin {
@@ -235,13 +239,20 @@ impl Plugin {
         tracing::info!(plugin = %name, %addr, "plugin started");
         let (publish, endpoint) = watch::channel(Some(addr));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(supervise::supervise(launcher, running, publish, stop.clone()));
-        Ok(Plugin { name, endpoint: Endpoint(endpoint), stop, task })
+        let restarts = Arc::new(AtomicU64::new(0));
+        let task =
+            tokio::spawn(supervise::supervise(launcher, running, publish, stop.clone(), restarts.clone()));
+        Ok(Plugin { name, endpoint: Endpoint(endpoint), stop, task, restarts })
     }
 
     /// Where to connect to reach the plugin (ss-local side; on the server side the public address).
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint.clone()
+    }
+
+    /// How many times it has been restarted so far; the count keeps going after this call.
+    pub fn restarts(&self) -> Arc<AtomicU64> {
+        self.restarts.clone()
     }
 
     /// Its name in the log.
@@ -326,6 +337,8 @@ mod tests {
             [Some(first), None, Some(first)],
             "up, down during the backoff, up on the same port"
         );
+        let restarts = plugin.restarts();
+        assert!(restarts.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the restart is counted");
         plugin.stop().await;
         assert_eq!(endpoint.current(), None);
     }

@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -153,6 +155,7 @@ pub(super) async fn supervise(
     mut running: Running,
     publish: watch::Sender<Option<SocketAddr>>,
     stop: CancellationToken,
+    restarts: Arc<AtomicU64>,
 ) {
     let name = launcher.spec.name();
     let timing = launcher.timing;
@@ -183,6 +186,7 @@ pub(super) async fn supervise(
             match launcher.launch().await {
                 Ok((restarted, addr)) => {
                     tracing::info!(plugin = %name, %addr, "plugin restarted");
+                    restarts.fetch_add(1, Ordering::Relaxed);
                     running = restarted;
                     started = Instant::now();
                     publish.send_replace(Some(addr));
