@@ -14,6 +14,8 @@ pub mod check;
 mod connection;
 mod from_config;
 pub mod limits;
+pub mod listen;
+pub mod manage;
 pub mod metered;
 mod own_addresses;
 pub mod policy;

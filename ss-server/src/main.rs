@@ -1,15 +1,12 @@
 //! `ss-server`: command line and config file in, one [`ss_server::run_on`] per server entry out.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ss_config::{Binary, CliArgs, Config, ServerEntry};
+use ss_config::{Binary, CliArgs, Config};
 use ss_crypto::{Key, Method};
-use ss_net::plugin::{Plugin, Spec, Timing};
 use ss_server::usage_store::{self, UsageStore};
-use ss_server::{Listeners, Settings};
-use tokio::net::{TcpListener, UdpSocket};
+use ss_server::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
@@ -33,7 +30,7 @@ fn main() -> ExitCode {
         }
     };
     // An online config (ss-local's) lets the config's own list be empty; a server needs one to listen on.
-    if config.servers.is_empty() {
+    if config.servers.is_empty() && config.manager_address.is_none() {
         eprintln!("ss-server: server: missing (set \"server\" in the config or -s)");
         return ExitCode::from(2);
     }
@@ -92,10 +89,20 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             usage_store::restore(store, &server, users)?;
             settings.usage_store = Some(usage_store::Saving { store: store.clone(), server });
         }
-        let (listeners, plugin) = listen(&config, entry, &settings.socket).await?;
+        let (listeners, plugin) = ss_server::listen::listen(&config, entry, &settings.socket).await?;
         plugins.extend(plugin);
         with_users.extend(settings.users.clone().map(|users| (index, users)));
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
+    }
+    if let Some(address) = &config.manager_address {
+        let launcher = ss_server::manage::Launcher {
+            args: args.clone(),
+            descriptors,
+            workers: workers.clone(),
+            acl: acl.clone(),
+            shutdown: shutdown.clone(),
+        };
+        servers.spawn(start_manager(address, launcher).await?);
     }
     if !with_users.is_empty() {
         ss_net::hangup::on_hangup(shutdown.clone(), move || reload_users(&args, &with_users))
@@ -109,6 +116,17 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         plugin.stop().await;
     }
     Ok(())
+}
+
+/// Binds the ss-manager socket; the future answers it until shutdown.
+async fn start_manager(
+    address: &str,
+    launcher: ss_server::manage::Launcher,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use ss_server::manage;
+    let socket = manage::Socket::bind(&manage::Address::parse(address)).await?;
+    let shutdown = launcher.shutdown.clone();
+    Ok(manage::serve(socket, std::sync::Arc::new(manage::Ports::new(launcher)), shutdown))
 }
 
 /// Opens the usage store when some entry has users: in `state_dir`, else the default state directory.
@@ -145,90 +163,4 @@ fn reload_users(args: &CliArgs, servers: &[(usize, std::sync::Arc<ss_server::use
     for (index, users) in servers {
         let _ = users.reload_from(config.servers.get(*index));
     }
-}
-
-/// Binds what `entry` serves on. Without a plugin: TCP and UDP on the public address. With one, what
-/// it carries (`plugin_mode`) is bound on a loopback port of ours instead, the plugin listens on the
-/// public address and forwards to it, and it is started (and ready) before this returns.
-async fn listen(
-    config: &Config,
-    entry: &ServerEntry,
-    options: &ss_net::SocketOptions,
-) -> anyhow::Result<(Listeners, Option<Plugin>)> {
-    let (host, port) = (entry.host.as_str(), entry.port);
-    let plugin = entry.plugin.as_ref();
-    let plugin_tcp = config.mode.tcp() && plugin.is_some_and(|plugin| plugin.mode.tcp());
-    let plugin_udp = config.mode.udp() && plugin.is_some_and(|plugin| plugin.mode.udp());
-    let mut listeners = Listeners::default();
-    let mut loopback = None;
-    if plugin_tcp || plugin_udp {
-        let (tcp, udp, addr) = bind_loopback(host, plugin_tcp, plugin_udp).await?;
-        listeners.tcp.extend(tcp);
-        listeners.udp.extend(udp);
-        loopback = Some(addr);
-    }
-    if config.mode.tcp() && !plugin_tcp {
-        let listener = options.listen_tcp_host(host, port).await.with_context(|| {
-            let hint =
-                if options.reuse_port { "" } else { " (reuse_port lets several servers share a port)" };
-            format!("binding TCP {host}:{port}{hint}")
-        })?;
-        listeners.tcp.push(listener);
-    }
-    if config.mode.udp() && !plugin_udp {
-        let socket =
-            options.bind_udp_host(host, port).await.with_context(|| format!("binding UDP {host}:{port}"))?;
-        listeners.udp.push(socket);
-    }
-    let (Some(plugin), Some(ours)) = (plugin, loopback) else {
-        return Ok((listeners, None));
-    };
-    let spec = Spec {
-        command: plugin.command.clone(),
-        options: plugin.options.clone(),
-        args: plugin.args.clone(),
-        tcp: plugin_tcp,
-        udp: plugin_udp,
-    };
-    let plugin = Plugin::start_server(spec, host, port, ours, Timing::default()).await?;
-    Ok((listeners, Some(plugin)))
-}
-
-/// Our side of a plugin: TCP and/or UDP on one loopback port (SIP003u gives the plugin one SS_LOCAL
-/// port for both); `::1` when the public host is an IPv6 address, else `127.0.0.1`.
-async fn bind_loopback(
-    host: &str,
-    tcp: bool,
-    udp: bool,
-) -> anyhow::Result<(Option<TcpListener>, Option<UdpSocket>, SocketAddr)> {
-    let ip = match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
-    };
-    let mut last_error = None;
-    for _ in 0..16 {
-        let listener = match tcp {
-            true => {
-                Some(TcpListener::bind((ip, 0)).await.context("binding the loopback port for the plugin")?)
-            }
-            false => None,
-        };
-        let port = match &listener {
-            Some(listener) => listener.local_addr()?.port(),
-            None => 0,
-        };
-        if !udp {
-            return Ok((listener, None, SocketAddr::new(ip, port)));
-        }
-        // The UDP port of the same number may be taken; then take another pair.
-        match UdpSocket::bind((ip, port)).await {
-            Ok(socket) => {
-                let addr = socket.local_addr()?;
-                return Ok((listener, Some(socket), addr));
-            }
-            Err(error) => last_error = Some(error),
-        }
-    }
-    let error = last_error.unwrap_or_else(|| std::io::Error::other("no free port"));
-    Err(error).context("binding the loopback port pair for the plugin")
 }
