@@ -10,6 +10,7 @@
 
 pub mod accounting;
 pub mod admission;
+pub mod api;
 pub mod check;
 mod connection;
 mod from_config;

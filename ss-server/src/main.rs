@@ -77,6 +77,13 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             Some(acl)
         }
     };
+    // Bound first: a refused API address stops the start before anything listens.
+    let api = match &config.api {
+        Some(address) => {
+            Some(ss_server::api::serve::Listener::bind(address, config.api_token.is_some()).await?)
+        }
+        None => None,
+    };
     let store = open_usage_store(&config)?;
     let mut servers = tokio::task::JoinSet::new();
     let mut plugins = Vec::new();
@@ -104,6 +111,9 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         };
         servers.spawn(start_manager(address, launcher).await?);
     }
+    if let Some(listener) = api {
+        servers.spawn(serve_api(listener, &config, &args, &with_users, shutdown.clone()));
+    }
     if !with_users.is_empty() {
         ss_net::hangup::on_hangup(shutdown.clone(), move || reload_users(&args, &with_users))
             .context("installing the SIGHUP handler")?;
@@ -127,6 +137,38 @@ async fn start_manager(
     let socket = manage::Socket::bind(&manage::Address::parse(address)).await?;
     let shutdown = launcher.shutdown.clone();
     Ok(manage::serve(socket, std::sync::Arc::new(manage::Ports::new(launcher)), shutdown))
+}
+
+/// The management API over the multi-user entries (a server per port), served on `listener` until
+/// shutdown.
+fn serve_api(
+    listener: ss_server::api::serve::Listener,
+    config: &Config,
+    args: &CliArgs,
+    with_users: &[(usize, std::sync::Arc<ss_server::users::Users>)],
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
+    use ss_server::api;
+    let mut by_port: Vec<(u16, Vec<_>, Option<std::path::PathBuf>)> = Vec::new();
+    for (index, users) in with_users {
+        let Some(entry) = config.servers.get(*index) else { continue };
+        match by_port.iter_mut().find(|(port, _, _)| *port == entry.port) {
+            Some((_, entries, _)) => entries.push((*index, users.clone())),
+            None => {
+                let file = entry.users.as_ref().and_then(|list| list.file.clone());
+                by_port.push((entry.port, vec![(*index, users.clone())], file));
+            }
+        }
+    }
+    if by_port.is_empty() {
+        tracing::warn!("management API: no server entry has users, so there are none to manage");
+    }
+    let groups = by_port
+        .into_iter()
+        .map(|(port, entries, file)| api::Group::new(port.to_string(), entries, file, args.clone()))
+        .collect();
+    let api = api::Api::new(groups, config.api_token.as_deref());
+    api::serve::serve(listener, std::sync::Arc::new(api), shutdown)
 }
 
 /// Opens the usage store when some entry has users: in `state_dir`, else the default state directory.

@@ -1,0 +1,1 @@
+//! The router and the edits, on users in memory and a users file in a temporary directory.
