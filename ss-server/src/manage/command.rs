@@ -172,7 +172,32 @@ fn string(map: &Map<String, Value>, key: &str) -> Result<Option<String>, Command
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any datagram is a command or an error, never a panic (the fuzz crate leaves ss-server out:
+        /// it would build SQLite and hyper under the sanitizer).
+        #[test]
+        fn any_bytes_parse_or_fail(datagram in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&datagram);
+        }
+
+        /// Any port and password, the port written as a number or as a string, with or without spaces
+        /// and a trailing NUL, reads back as written.
+        #[test]
+        fn add_and_remove_read_back(port in 1u16.., password in "[ -~]{1,40}", quoted: bool, nul: bool) {
+            let written = if quoted { format!("\"{port}\"") } else { port.to_string() };
+            let password_json = Value::from(password.clone()).to_string();
+            let end = if nul { "\0" } else { "" };
+            let add = format!("add: {{\"server_port\": {written}, \"password\": {password_json}}}{end}");
+            let expected = PortSpec { port, password, ..PortSpec::default() };
+            prop_assert_eq!(parse(add.as_bytes()), Ok(Command::Add(expected)));
+            let remove = format!("remove:{{\"server_port\":{written}}}{end}");
+            prop_assert_eq!(parse(remove.as_bytes()), Ok(Command::Remove(port)));
+        }
+    }
 
     fn spec(port: u16) -> PortSpec {
         PortSpec { port, password: "secret".into(), ..PortSpec::default() }
