@@ -10,9 +10,8 @@ use std::path::Path;
 use serde_json::Value;
 use ss_crypto::{Address, Method};
 use ss_tests::subprocess::{binaries, free_port, Launch, Subprocess};
-use ss_tests::{
-    echo_round_trip, echo_server, local_settings, socks5_connect, start_local, test_password, STEP,
-};
+use ss_tests::udp::{local_settings_udp, socks5_udp_associate, udp_echo_server};
+use ss_tests::{echo_round_trip, echo_server, socks5_connect, start_local, test_password, STEP};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket, UnixDatagram};
 use tokio::time::timeout;
@@ -65,18 +64,24 @@ async fn server_with_manager(dir: &Path, manager: &str) -> Subprocess {
     .await
 }
 
-/// Adds `port` with `command`, checks a round trip through it, `ping` and `list`, then removes it: the
-/// open connection ends and the port refuses connections.
+/// Adds `port` with `add`, checks a round trip through it (and a UDP one if `udp`), `ping` and `list`,
+/// then `remove`s it: the open connection ends and the port refuses connections (and frees its UDP port).
 async fn add_use_and_remove(
     panel: &Panel,
     server: &Subprocess,
-    port: u16,
-    method: Method,
+    (port, method, udp): (u16, Method, bool),
     [add, remove]: [&str; 2],
 ) {
     assert_eq!(panel.ask(add).await, "ok", "{}", server.log());
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let local = start_local(local_settings(method, addr)).await;
+    let local = start_local(local_settings_udp(method, addr)).await;
+    if udp {
+        let association = socks5_udp_associate(local.addr).await.expect("UDP ASSOCIATE");
+        let echo = Address::Ip(udp_echo_server("127.0.0.1:0").await);
+        association.send(&echo, b"datagram").await;
+        let (_, reply) = timeout(STEP, association.recv()).await.expect("no UDP reply");
+        assert_eq!(reply, b"datagram", "{}", server.log());
+    }
     let echo = Address::Ip(echo_server("127.0.0.1:0").await);
     let mut stream =
         timeout(STEP, socks5_connect(local.addr, &echo)).await.expect("timed out").expect("SOCKS5");
@@ -101,6 +106,7 @@ async fn add_use_and_remove(
     let refused = TcpStream::connect(addr).await;
     assert!(refused.is_err(), "the removed port still accepts connections");
     assert_eq!(panel.traffic(port).await, None, "a removed port leaves ping's answer");
+    assert!(UdpSocket::bind(addr).await.is_ok(), "the removed port's UDP socket is closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +123,7 @@ async fn a_panel_on_udp_with_ports_as_strings() {
     let method = Method::Aes256Gcm;
     let add = format!(r#"add: {{"server_port": "{port}", "password": "{}"}}"#, test_password(method));
     let remove = format!(r#"remove: {{"server_port": "{port}"}}"#);
-    add_use_and_remove(&panel, &server, port, method, [&add, &remove]).await;
+    add_use_and_remove(&panel, &server, (port, method, false), [&add, &remove]).await;
 
     // Malformed commands and an unknown method are refused; a port in use is not available.
     assert_eq!(panel.ask("add: {\"server_port\": \"x\"}").await, "err");
@@ -149,7 +155,7 @@ async fn a_panel_on_a_unix_socket_with_ports_as_numbers() {
         test_password(method)
     );
     let remove = format!(r#"remove: {{"server_port": {port}}}"#);
-    add_use_and_remove(&panel, &server, port, method, [&add, &remove]).await;
+    add_use_and_remove(&panel, &server, (port, method, true), [&add, &remove]).await;
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status}\n{log}");
     assert!(!manager.exists(), "the socket file is removed at exit");
