@@ -97,7 +97,7 @@ impl Socket {
     }
 }
 
-/// Answers commands on `socket` until `shutdown`, then stops every port.
+/// Answers commands on `socket` until `shutdown`, then waits for the ports to drain.
 pub async fn serve(socket: Socket, ports: Arc<Ports>, shutdown: CancellationToken) {
     tracing::info!(address = %socket.describe(), "manager listening (ss-manager protocol)");
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -118,7 +118,7 @@ pub async fn serve(socket: Socket, ports: Arc<Ports>, shutdown: CancellationToke
             tracing::debug!(%error, "manager: reply not sent");
         }
     }
-    ports.stop_all().await;
+    ports.drain_all().await;
     if let Socket::Unix(_, path) = &socket {
         let _ = std::fs::remove_file(path);
     }

@@ -116,11 +116,14 @@ impl Ports {
         ports.iter().map(|(&number, port)| (number, bytes(port))).collect()
     }
 
-    /// Stops every port (at shutdown).
-    pub async fn stop_all(&self) {
+    /// Waits for every port to finish at shutdown: their sockets close and their connections get the
+    /// drain time, as the configured ports' do (`remove` ends them at once instead).
+    pub async fn drain_all(&self) {
         let ports = std::mem::take(&mut *self.ports.lock().await);
         for port in ports.into_values() {
-            port.stop().await;
+            port.stop.cancel();
+            let bound = port.drain + Duration::from_secs(5);
+            let _ = tokio::time::timeout(bound, port.task).await;
         }
     }
 
