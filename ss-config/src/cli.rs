@@ -176,6 +176,9 @@ pub struct CliArgs {
     /// else 1 listing every problem
     #[arg(long = "check")]
     pub check: bool,
+    /// Print the manual page (roff) and exit; the package's pages are made with it ([`crate::man`])
+    #[arg(long = "man-page", hide = true)]
+    pub man_page: bool,
 }
 
 /// The two programs sharing [`CliArgs`].

@@ -53,6 +53,7 @@ mod config;
 mod entry;
 pub mod limits;
 mod locals;
+pub mod man;
 mod online;
 pub mod quota;
 mod raw;

@@ -33,6 +33,7 @@ use tracing::{debug, Instrument};
 
 use crate::balance::passive::{FirstByte, Watch};
 use crate::balance::{Kind, Outcome, ServerId};
+use crate::clock_skew;
 use crate::inbound::{self, Answer};
 use crate::route::{Decision, Router};
 use crate::socks5::{self, Command, Reply};
@@ -125,9 +126,17 @@ async fn run_connection(
     let failed = outcome.end.is_failure();
     // Nothing back from the server at all, though we sent a request with data or the relay failed:
     // the server (or the path to it) is not answering. A byte back was reported as it came.
-    if let Some(watch) = reader.get_ref().silent() {
-        if failed || outcome.a_to_b + first_len > 0 {
-            watch.report_failure();
+    let silent = reader.get_ref().silent().filter(|_| failed || outcome.a_to_b + first_len > 0);
+    if let Some(watch) = silent {
+        watch.report_failure();
+    }
+    if server.method.is_2022() {
+        let ending = match reader.peer_clock_skew() {
+            Some(skew) => Some(clock_skew::Ending::Answered(skew)),
+            None => silent.map(|_| clock_skew::Ending::Silent),
+        };
+        if let Some(ending) = ending {
+            clock_skew::watch().ended(&server.host, server.port, ending);
         }
     }
     debug!(

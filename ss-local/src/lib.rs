@@ -16,6 +16,7 @@
 
 pub mod balance;
 pub mod check;
+pub mod clock_skew;
 mod connection;
 mod from_config;
 pub mod inbound;

@@ -103,6 +103,11 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
         self.decryptor.authenticated_salt()
     }
 
+    /// AEAD-2022: the peer's clock minus ours, in seconds; see [`Decryptor::peer_clock_skew`].
+    pub fn peer_clock_skew(&self) -> Option<i64> {
+        self.decryptor.peer_clock_skew()
+    }
+
     /// The wrapped reader.
     pub fn get_ref(&self) -> &R {
         &self.inner

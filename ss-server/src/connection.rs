@@ -194,7 +194,7 @@ async fn accept_request(
             None
         }
         Ok(Err(error)) => {
-            log_probe(&error, shared);
+            log_probe(&error, shared, reader.peer_clock_skew());
             tokio::select! {
                 () = reject(reader.into_inner(), write_half, deadline) => {}
                 () = shared.shutdown.cancelled() => {}
@@ -368,12 +368,20 @@ async fn close(mut write_half: OwnedWriteHalf) {
     let _ = write_half.shutdown().await;
 }
 
-fn log_probe(error: &io::Error, shared: &Shared) {
+/// Logs and counts a failed handshake; `skew` is the request's clock skew if its header authenticated.
+fn log_probe(error: &io::Error, shared: &Shared, skew: Option<i64>) {
     if let Some(refusal) = error.get_ref().and_then(|inner| inner.downcast_ref::<Refusal>()) {
         debug!(%refusal, "refused like a probe");
         return shared.settings.stats.rejections.count(Reason::UserLimit);
     }
     match error.get_ref().and_then(|inner| inner.downcast_ref::<DecryptError>()) {
+        Some(DecryptError::BadTimestamp) => {
+            debug!(skew_s = skew, "rejected a request with a timestamp outside the window");
+            match skew {
+                Some(skew) => shared.settings.stats.rejections.timestamp_refused(skew),
+                None => shared.settings.stats.rejections.count(Reason::Timestamp),
+            }
+        }
         Some(reason) => {
             debug!(%reason, "rejected a connection that failed the handshake");
             shared.settings.stats.rejections.count(Reason::of(reason));

@@ -3,9 +3,16 @@
 //! A line per probe at WARN would let a prober decide how much the server logs. Each refusal is logged at
 //! debug (with its connection's span) and counted here by reason; every [`SUMMARY_INTERVAL`] one info line
 //! sums up the interval, and nothing is printed for an interval without refusals.
+//!
+//! AEAD-2022 requests refused for their timestamp are the one refusal an operator must act on (a client's
+//! clock, or the server's, is more than 30 s off), so they also keep the skew they showed (the request's
+//! timestamp minus our clock: only a holder of the key can make a header authenticate, so it is a real
+//! client's clock, or a replay of an old request). The first of an interval is logged at once at warn with
+//! its skew, at most one such line per [`SUMMARY_INTERVAL`]; the summary gives the interval's range.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use ss_crypto::DecryptError;
@@ -76,11 +83,24 @@ impl Reason {
 pub struct Rejections {
     total: [AtomicU64; REASONS.len()],
     pending: [AtomicU64; REASONS.len()],
+    skew: Mutex<Skews>,
 }
 
-/// One interval's counts, printed as `authentication=3 replay=1`.
+/// The clock skews of refused AEAD-2022 timestamps.
+#[derive(Debug, Default)]
+struct Skews {
+    /// Least and greatest skew (seconds) of this interval.
+    range: Option<(i64, i64)>,
+    /// The most recent skew since start (for diagnostics and metrics).
+    last: Option<i64>,
+    /// When a skew was last logged at once.
+    logged: Option<tokio::time::Instant>,
+}
+
+/// One interval's counts, printed as `authentication=3 replay=1`, and the skew range of its timestamp
+/// refusals (`timestamp=2 (skew -41..-38 s)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary(Vec<(Reason, u64)>);
+pub struct Summary(Vec<(Reason, u64)>, Option<(i64, i64)>);
 
 impl Rejections {
     /// Counts one refusal.
@@ -88,6 +108,38 @@ impl Rejections {
         let index = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
         self.total[index].fetch_add(1, Ordering::Relaxed);
         self.pending[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an AEAD-2022 request refused for its timestamp, `skew` seconds from our clock (its
+    /// timestamp minus our time), and logs it at once unless another was logged within the interval.
+    pub fn timestamp_refused(&self, skew: i64) {
+        self.count(Reason::Timestamp);
+        let now = tokio::time::Instant::now();
+        let mut skews = self.lock_skews();
+        skews.last = Some(skew);
+        skews.range = Some(skews.range.map_or((skew, skew), |(low, high)| (low.min(skew), high.max(skew))));
+        if skews.logged.is_some_and(|logged| now.duration_since(logged) < SUMMARY_INTERVAL) {
+            return;
+        }
+        skews.logged = Some(now);
+        drop(skews);
+        let ahead = if skew < 0 { "behind" } else { "ahead of" };
+        tracing::warn!(
+            skew_s = skew,
+            "refused an AEAD-2022 request whose timestamp is {} s {ahead} this server's clock (at most 30 s \
+             is allowed): the client's clock or this server's is wrong (is NTP running on both?); a skew of \
+             hours or more may instead be a replay of an old request (at most one such line a minute)",
+            skew.unsigned_abs()
+        );
+    }
+
+    /// The skew of the last request refused for its timestamp (seconds, its clock minus ours).
+    pub fn last_timestamp_skew(&self) -> Option<i64> {
+        self.lock_skews().last
+    }
+
+    fn lock_skews(&self) -> std::sync::MutexGuard<'_, Skews> {
+        self.skew.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Refusals for `reason` since the server started.
@@ -104,7 +156,8 @@ impl Rejections {
             .map(|(reason, pending)| (*reason, pending.swap(0, Ordering::Relaxed)))
             .filter(|(_, count)| *count > 0)
             .collect();
-        (!counts.is_empty()).then_some(Summary(counts))
+        let skews = self.lock_skews().range.take();
+        (!counts.is_empty()).then_some(Summary(counts, skews))
     }
 
     /// Writes a summary line every [`SUMMARY_INTERVAL`] until `shutdown`.
@@ -128,6 +181,9 @@ impl fmt::Display for Summary {
         for (n, (reason, count)) in self.0.iter().enumerate() {
             let space = if n == 0 { "" } else { " " };
             write!(f, "{space}{}={count}", reason.name())?;
+            if let (Reason::Timestamp, Some((low, high))) = (reason, self.1) {
+                write!(f, " (skew {low:+}..{high:+} s)")?;
+            }
         }
         Ok(())
     }
@@ -152,5 +208,33 @@ mod tests {
         assert_eq!(rejections.take_summary().unwrap().to_string(), "source_budget=1");
         assert_eq!(rejections.total(Reason::Authentication), 2);
         assert_eq!(rejections.total(Reason::SourceBudget), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timestamp_refusals_keep_their_skew_range_per_interval() {
+        let rejections = Rejections::default();
+        rejections.timestamp_refused(-38);
+        rejections.timestamp_refused(-41);
+        rejections.count(Reason::Replay);
+        let summary = rejections.take_summary().unwrap();
+        assert_eq!(summary.to_string(), "timestamp=2 (skew -41..-38 s) replay=1");
+        assert_eq!(rejections.last_timestamp_skew(), Some(-41));
+        rejections.timestamp_refused(3600);
+        assert_eq!(rejections.take_summary().unwrap().to_string(), "timestamp=1 (skew +3600..+3600 s)");
+        assert_eq!(rejections.total(Reason::Timestamp), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_skew_is_logged_at_once_at_most_once_an_interval() {
+        let rejections = Rejections::default();
+        let logged = |rejections: &Rejections| rejections.lock_skews().logged;
+        rejections.timestamp_refused(40);
+        let first = logged(&rejections).expect("the first is logged at once");
+        tokio::time::advance(SUMMARY_INTERVAL / 2).await;
+        rejections.timestamp_refused(41);
+        assert_eq!(logged(&rejections), Some(first), "not again within the interval");
+        tokio::time::advance(SUMMARY_INTERVAL).await;
+        rejections.timestamp_refused(42);
+        assert!(logged(&rejections) > Some(first), "again after it");
     }
 }

@@ -88,18 +88,33 @@ pub struct Launch {
     binary: PathBuf,
     args: Vec<String>,
     nofile: Option<u64>,
+    env: Vec<(String, String)>,
 }
 
 impl Launch {
     /// `binary` with no arguments yet.
     pub fn new(binary: &Path) -> Launch {
-        Launch { binary: binary.to_owned(), args: Vec::new(), nofile: None }
+        Launch { binary: binary.to_owned(), args: Vec::new(), nofile: None, env: Vec::new() }
     }
 
     /// Appends arguments.
     pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Launch {
         self.args.extend(args.into_iter().map(|arg| arg.as_ref().to_owned()));
         self
+    }
+
+    /// Sets an environment variable of the child.
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs the binary with its wall clock `offset` (libfaketime's syntax: "+40s", "-1h") from the
+    /// real one, through libfaketime preloaded (`library`: [`faketime_library`]); the monotonic clock
+    /// stays true.
+    pub fn clock_offset(self, library: &Path, offset: &str) -> Launch {
+        let library = library.to_string_lossy().into_owned();
+        self.env("LD_PRELOAD", &library).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
     }
 
     /// Runs the binary with RLIMIT_NOFILE set to `limit` (soft and hard), through `prlimit`, which
@@ -120,8 +135,18 @@ impl Launch {
         };
         // Peers (shadowsocks-libev, shadowsocks-rust) log to stdout: kept with stderr.
         command.args(&self.args).stdout(Stdio::piped());
+        command.envs(self.env.iter().map(|(key, value)| (key, value)));
         command
     }
+}
+
+/// libfaketime's preload library (Debian's `faketime` package), if installed.
+pub fn faketime_library() -> Option<PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib").ok()?;
+    lib.filter_map(Result::ok)
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .chain(std::iter::once(PathBuf::from("/usr/lib/faketime/libfaketime.so.1")))
+        .find(|path| path.is_file())
 }
 
 /// A command for a binary under test: no stdin, stderr captured, logs at the binary's default level

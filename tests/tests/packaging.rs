@@ -1,7 +1,8 @@
 //! What the repository ships for installing: the systemd units pass `systemd-analyze verify`; the
 //! binaries tell systemd they are ready (READY=1, for `Type=notify`) once listening and frame a SIGHUP
 //! reload with RELOADING=1 / READY=1 without dying of it; and the Debian package builds with cargo-deb,
-//! installs with dpkg, lists its units, and its installed binaries proxy a page.
+//! installs with dpkg, lists its units and manual pages, and its installed binaries proxy a page; the
+//! manual pages it ships are what the binaries print now (`--man-page`) and render without warnings.
 //!
 //! The package is installed into a dpkg root of the test's own (`dpkg --root`), not the machine's:
 //! the machine has shadowsocks-libev (the interop tests' peer), which owns /usr/bin/ss-server and
@@ -91,6 +92,31 @@ async fn the_units_pass_systemd_analyze_verify() {
 }
 
 #[tokio::test]
+async fn the_shipped_manual_pages_are_current_and_render_cleanly() {
+    let built = binaries().await;
+    for (binary, name) in [(&built.server, "ss-server"), (&built.local, "ss-local")] {
+        let printed = run(Command::new(binary).arg("--man-page")).await;
+        let path = repo().join("packaging/man").join(format!("{name}.1"));
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            printed == shipped,
+            "{} differs from `{name} --man-page`: run scripts/update-man-pages.sh",
+            path.display()
+        );
+    }
+    let Some(groff) = program("groff") else {
+        return skip("groff not found", "apt-get install groff-base");
+    };
+    for name in ["ss-server", "ss-local"] {
+        let page = repo().join("packaging/man").join(format!("{name}.1"));
+        let output = Command::new(&groff).args(["-man", "-Tutf8", "-ww", "-z"]).arg(&page).output().await;
+        let output = output.expect("run groff");
+        let warnings = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && warnings.is_empty(), "groff on {name}.1:\n{warnings}");
+    }
+}
+
+#[tokio::test]
 async fn readiness_and_reload_are_notified_and_sighup_does_not_stop() {
     let built = binaries().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -176,6 +202,8 @@ async fn the_debian_package_installs_and_its_binaries_proxy_a_page() {
         "/lib/systemd/system/ss-local@.service",
         "/lib/systemd/system/ss-local-redir@.service",
         "/usr/share/doc/ss-rs/examples/config.example.json",
+        "/usr/share/man/man1/ss-server.1.gz",
+        "/usr/share/man/man1/ss-local.1.gz",
     ] {
         assert!(listed.lines().any(|line| line == path), "dpkg -L ss-rs has no {path}:\n{listed}");
     }

@@ -117,7 +117,7 @@ fn set_up(args: &Args) -> Result<(Suite, RunInfo)> {
     if let Some(mib) = args.bulk_mib {
         sizes.bulk_bytes = mib.max(1) << 20;
     }
-    raise_open_file_limit(sizes.idle_connections)?;
+    raise_open_file_limit(sizes.most_connections())?;
 
     let mut implementations = Vec::new();
     let mut missing = Vec::new();
@@ -162,18 +162,21 @@ fn ours_dir(args: &Args) -> Result<PathBuf> {
     exe.parent().map(Path::to_path_buf).context("proxy-bench has no parent directory")
 }
 
-/// Each idle connection holds two descriptors here (client and target side) and two in each proxy, which
-/// inherit this limit: raise the soft limit to the hard one (at most 65,536) if it is lower than needed.
-fn raise_open_file_limit(idle_connections: usize) -> Result<()> {
-    let needed = 2 * idle_connections as u64 + 512;
+/// Each open connection holds two descriptors here (client and target side) and two in each proxy, which
+/// inherit this limit: raise the soft limit to the hard one (at most 65,536) if it is lower than needed,
+/// and the hard limit too where we may (root).
+fn raise_open_file_limit(connections: usize) -> Result<()> {
+    let needed = 2 * connections as u64 + 512;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading the open-file limit")?;
     if soft >= needed {
         return Ok(());
     }
     if hard < needed {
-        bail!(
-            "the open-file hard limit is {hard}, {needed} are needed: raise it (ulimit -Hn) or use --quick"
-        );
+        return setrlimit(Resource::RLIMIT_NOFILE, needed, needed).map_err(|_| {
+            anyhow::anyhow!(
+                "the open-file hard limit is {hard}, {needed} are needed: raise it (ulimit -Hn) or use --quick"
+            )
+        });
     }
     setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536).max(needed), hard)
         .context("raising the open-file limit")

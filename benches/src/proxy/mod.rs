@@ -5,7 +5,8 @@
 //! - [`process`]: finding the binaries, starting a pair, CPU time and RSS from `/proc`.
 //! - [`targets`]: the in-process loopback servers the tunnel leads to (bulk source/sink, echo, UDP echo).
 //! - [`socks5`]: the load generator's SOCKS5 client; [`http_connect`]: its HTTP CONNECT client.
-//! - [`workloads`]: the measurements.
+//! - [`workloads`]: the measurements; [`volume`]: those at volume (UDP at rising rates, many busy
+//!   connections, busy ones in an idle crowd).
 //! - [`suite`]: the order of the run and the workload sizes.
 //! - [`report`]: medians, ratios and the markdown report.
 
@@ -15,4 +16,5 @@ pub mod report;
 pub mod socks5;
 pub mod suite;
 pub mod targets;
+pub mod volume;
 pub mod workloads;

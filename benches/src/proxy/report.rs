@@ -46,11 +46,23 @@ pub enum Metric {
     IdleRss,
     /// RSS (server + local) right after start, MiB.
     FreshRss,
+    /// The highest offered UDP rate echoed with under 1% lost, datagrams/s.
+    UdpSustained,
+    /// CPU time (user + sys, server + local) per datagram at that rate, µs.
+    UdpCpuPerDatagram,
+    /// Many connections downloading at once: MB/s in all.
+    BusyAggregate,
+    /// Of those, the slowest connection's bytes over the mean.
+    BusySlowestShare,
+    /// RSS (server + local) while they transfer, MiB.
+    BusyRss,
+    /// A few busy connections' aggregate beside an idle crowd over their aggregate alone.
+    CrowdRatio,
 }
 
 impl Metric {
     /// Every metric, in table row order.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 21] = [
         Metric::BulkDown,
         Metric::BulkUp,
         Metric::BulkDownParallel,
@@ -64,6 +76,12 @@ impl Metric {
         Metric::ConnectP50,
         Metric::ConnectP99,
         Metric::UdpRate,
+        Metric::UdpSustained,
+        Metric::UdpCpuPerDatagram,
+        Metric::BusyAggregate,
+        Metric::BusySlowestShare,
+        Metric::BusyRss,
+        Metric::CrowdRatio,
         Metric::IdleRss,
         Metric::FreshRss,
     ];
@@ -80,6 +98,10 @@ impl Metric {
                 | Metric::RequestRate
                 | Metric::ConnectRate
                 | Metric::UdpRate
+                | Metric::UdpSustained
+                | Metric::BusyAggregate
+                | Metric::BusySlowestShare
+                | Metric::CrowdRatio
         )
     }
 
@@ -108,6 +130,28 @@ impl Metric {
                 format!("RSS per idle connection, {} open, server+local (KiB)", sizes.idle_connections)
             }
             Metric::FreshRss => "fresh RSS, server+local (MiB)".to_owned(),
+            Metric::UdpSustained => {
+                format!(
+                    "UDP sustained at < 1% loss, {} B offered at rising rates (datagrams/s)",
+                    sizes.udp_payload
+                )
+            }
+            Metric::UdpCpuPerDatagram => {
+                "CPU user+sys, server+local, per datagram at that rate (µs)".to_owned()
+            }
+            Metric::BusyAggregate => {
+                format!("{} connections downloading at once, in all (MB/s)", sizes.busy_connections)
+            }
+            Metric::BusySlowestShare => {
+                format!("{} connections: slowest one's bytes / mean", sizes.busy_connections)
+            }
+            Metric::BusyRss => {
+                format!("RSS during the {} busy connections, server+local (MiB)", sizes.busy_connections)
+            }
+            Metric::CrowdRatio => format!(
+                "{} busy beside {} idle / alone (aggregate ratio)",
+                sizes.crowd_busy, sizes.crowd_idle
+            ),
         };
         let arrow = if self.higher_is_better() { "↑" } else { "↓" };
         format!("{label} {arrow}")
@@ -115,8 +159,8 @@ impl Metric {
 
     fn decimals(self) -> usize {
         match self {
-            Metric::CpuPerMb => 2,
-            Metric::IdleRss | Metric::FreshRss => 1,
+            Metric::CpuPerMb | Metric::BusySlowestShare | Metric::CrowdRatio => 2,
+            Metric::IdleRss | Metric::FreshRss | Metric::UdpCpuPerDatagram | Metric::BusyRss => 1,
             _ => 0,
         }
     }

@@ -9,7 +9,8 @@
 //! Per pair: fresh RSS, then RSS per idle connection (while the processes are still fresh, so memory freed
 //! by earlier workloads cannot hide the cost), then bulk 1 stream down and up (with CPU time), the same
 //! through an HTTP CONNECT tunnel on the same port (ours only), bulk over several streams,
-//! request/response, connection rate, UDP. A failed step is recorded and the pair moves on to its next
+//! request/response, connection rate, UDP, then the workloads at volume ([`volume`]: UDP at rising rates,
+//! many busy connections, busy connections beside an idle crowd). A failed step is recorded and the pair moves on to its next
 //! step; a dead process ends the pair's round.
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use tokio::time::timeout;
 use super::process::{clock_ticks_per_second, Flavour, Implementation, Pair};
 use super::report::{Metric, Results};
 use super::targets::Targets;
+use super::volume;
 use super::workloads::{self, Direction, Front};
 
 /// How much each workload does.
@@ -49,6 +51,18 @@ pub struct Sizes {
     pub udp_duration: Duration,
     /// Idle connections held open for the memory measurement.
     pub idle_connections: usize,
+    /// Offered UDP rates, datagrams/s, ascending ([`volume::udp_offered`]).
+    pub udp_rates: Vec<u64>,
+    /// Time each offered rate is held.
+    pub udp_step: Duration,
+    /// Connections downloading at once ([`volume::busy`]).
+    pub busy_connections: usize,
+    /// Their measured window (after a warm-up of a quarter of it).
+    pub busy_window: Duration,
+    /// Busy connections measured alone and beside the idle crowd.
+    pub crowd_busy: usize,
+    /// The idle crowd.
+    pub crowd_idle: usize,
 }
 
 impl Sizes {
@@ -66,7 +80,18 @@ impl Sizes {
             udp_payload: 1200,
             udp_duration: Duration::from_secs(3),
             idle_connections: 2000,
+            udp_rates: vec![5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 320_000],
+            udp_step: Duration::from_secs(2),
+            busy_connections: 1000,
+            busy_window: Duration::from_secs(8),
+            crowd_busy: 100,
+            crowd_idle: 10_000,
         }
+    }
+
+    /// Most connections open at once in any workload (the open-file limit is fitted to it).
+    pub fn most_connections(&self) -> usize {
+        self.idle_connections.max(self.busy_connections).max(self.crowd_idle + self.crowd_busy)
     }
 
     /// A smoke run: every workload, small, a few seconds per implementation and method.
@@ -77,6 +102,12 @@ impl Sizes {
             connect_duration: Duration::from_millis(300),
             udp_duration: Duration::from_millis(300),
             idle_connections: 200,
+            udp_rates: vec![2_000, 8_000],
+            udp_step: Duration::from_millis(300),
+            busy_connections: 100,
+            busy_window: Duration::from_secs(1),
+            crowd_busy: 20,
+            crowd_idle: 500,
             ..Sizes::full()
         }
     }
@@ -273,7 +304,55 @@ impl PairRun<'_> {
             .await?;
             Ok(vec![(Metric::UdpRate, rate)])
         };
-        self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await;
+        if !self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await {
+            return;
+        }
+
+        let udp_step = sizes.udp_step + Duration::from_secs(1);
+        let offered = async {
+            let found = volume::udp_offered(
+                &pair,
+                socks,
+                targets.udp_echo,
+                sizes.udp_payload,
+                &sizes.udp_rates,
+                sizes.udp_step,
+                ticks_per_second,
+            )
+            .await?;
+            Ok(vec![
+                (Metric::UdpSustained, found.sustained),
+                (Metric::UdpCpuPerDatagram, found.cpu_us_per_datagram),
+            ])
+        };
+        let limit = udp_step * sizes.udp_rates.len() as u32 + Duration::from_secs(30);
+        if !self.step(&pair, "UDP at rising rates", limit, offered).await {
+            return;
+        }
+
+        let busy = async {
+            let figures =
+                volume::busy(&pair, socks, targets.bulk, sizes.busy_connections, sizes.busy_window).await?;
+            Ok(vec![
+                (Metric::BusyAggregate, figures.aggregate),
+                (Metric::BusySlowestShare, figures.slowest_share),
+                (Metric::BusyRss, figures.rss_mib),
+            ])
+        };
+        if !self.step(&pair, "busy connections", sizes.busy_window * 2 + Duration::from_secs(60), busy).await
+        {
+            return;
+        }
+
+        let crowd = async {
+            let alone = volume::busy(&pair, socks, targets.bulk, sizes.crowd_busy, sizes.busy_window).await?;
+            let idle = workloads::idle_connections(socks, targets.echo, sizes.crowd_idle, 100).await?;
+            let beside =
+                volume::busy(&pair, socks, targets.bulk, sizes.crowd_busy, sizes.busy_window).await?;
+            drop(idle);
+            Ok(vec![(Metric::CrowdRatio, beside.aggregate / alone.aggregate.max(f64::MIN_POSITIVE))])
+        };
+        self.step(&pair, "idle crowd", sizes.busy_window * 4 + Duration::from_secs(300), crowd).await;
     }
 
     /// Runs one workload under a time limit; records its figures or its failure (with the proxies' logs

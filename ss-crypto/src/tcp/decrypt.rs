@@ -76,7 +76,10 @@ pub struct Decryptor {
     state: State,
     /// Bytes of SIP023 identity header between the salt and the first record (0 or 16); the server
     /// has already read it to choose `key`.
-    identity_len: usize,
+    identity_len: u8,
+    /// AEAD-2022: the peer's header timestamp minus our clock, in seconds (saturated), once its fixed
+    /// header authenticated, whether or not it was within the window ([`Decryptor::peer_clock_skew`]).
+    peer_skew: Option<i32>,
 }
 
 /// Which direction this decryptor reads, and what that direction must carry.
@@ -125,7 +128,7 @@ impl Decryptor {
     /// user's uPSK, opens everything else.
     pub fn request_identified(method: Method, user_key: &Key) -> Decryptor {
         let mut decryptor = Decryptor::request(method, user_key);
-        decryptor.identity_len = crate::identity::IDENTITY_HEADER_LEN;
+        decryptor.identity_len = crate::identity::IDENTITY_HEADER_LEN as u8;
         decryptor
     }
 
@@ -135,7 +138,7 @@ impl Decryptor {
     }
 
     fn new(method: Method, key: &Key, role: Role) -> Decryptor {
-        Decryptor { method, key: key.clone(), role, state: State::Salt, identity_len: 0 }
+        Decryptor { method, key: key.clone(), role, state: State::Salt, identity_len: 0, peer_skew: None }
     }
 
     /// The peer's salt, once the first record after it has authenticated (the moment it may go into a
@@ -147,11 +150,19 @@ impl Decryptor {
         }
     }
 
+    /// AEAD-2022: how far the peer's clock is from ours (its header timestamp minus the `now` given, in
+    /// seconds), known once the first header authenticated; also after it was refused as
+    /// [`DecryptError::BadTimestamp`], which is when it matters (clock-skew diagnostics). `None` for
+    /// classic methods and before the header.
+    pub fn peer_clock_skew(&self) -> Option<i64> {
+        self.peer_skew.map(i64::from)
+    }
+
     /// The least number of bytes the next call needs to make progress, counted from the first
     /// unconsumed byte. A buffer of [`super::max_record_len`] plus the salt length always suffices.
     pub fn wanted(&self) -> usize {
         match &self.state {
-            State::Salt => self.method.salt_len() + self.identity_len,
+            State::Salt => self.method.salt_len() + usize::from(self.identity_len),
             State::FirstRecord { .. } => match self.method.generation() {
                 Generation::Classic => LENGTH_RECORD_LEN,
                 Generation::Aead2022 => self.fixed_header_len() + TAG_LEN,
@@ -234,7 +245,11 @@ impl Decryptor {
                 open(&mut cipher, record)?;
                 let (len, kind) = match self.method.generation() {
                     // Authentic means fresh too: a stale header must not reach a replay filter.
-                    Generation::Aead2022 => self.check_fixed_header(&record[..wanted - TAG_LEN], now)?,
+                    Generation::Aead2022 => {
+                        let header = &record[..wanted - TAG_LEN];
+                        self.peer_skew = Some(timestamp_skew(header, now));
+                        self.check_fixed_header(header, now)?
+                    }
                     Generation::Classic => self.check_length(record)?,
                 };
                 self.state = State::Payload { cipher, salt, len, kind };
@@ -285,7 +300,8 @@ impl Decryptor {
         Ok((len, kind))
     }
 
-    /// Validates a 2022 fixed header; returns the length and kind of the record that follows.
+    /// Validates a 2022 fixed header (authenticated); returns the length and kind of the record that
+    /// follows.
     fn check_fixed_header(&self, header: &[u8], now: u64) -> Result<(usize, PayloadKind), DecryptError> {
         let (expected_type, kind) = match self.role {
             Role::Request { .. } => (TYPE_REQUEST, PayloadKind::VariableHeader),
@@ -294,9 +310,7 @@ impl Decryptor {
         if header[0] != expected_type {
             return Err(DecryptError::BadType);
         }
-        let mut timestamp = [0u8; 8];
-        timestamp.copy_from_slice(&header[1..9]);
-        if u64::from_be_bytes(timestamp).abs_diff(now) > MAX_TIME_SKEW {
+        if header_timestamp(header).abs_diff(now) > MAX_TIME_SKEW {
             return Err(DecryptError::BadTimestamp);
         }
         if let Role::Response { request_salt } = self.role {
@@ -339,6 +353,19 @@ fn open(cipher: &mut SessionCipher, record: &mut [u8]) -> Result<(), DecryptErro
         OpenError::Auth => DecryptError::AuthFailure,
         OpenError::Exhausted => DecryptError::NonceExhausted,
     })
+}
+
+/// The Unix timestamp of a 2022 fixed header (`type u8 | timestamp u64 | ...`).
+fn header_timestamp(header: &[u8]) -> u64 {
+    let mut timestamp = [0u8; 8];
+    timestamp.copy_from_slice(&header[1..9]);
+    u64::from_be_bytes(timestamp)
+}
+
+/// A fixed header's timestamp minus `now`, saturated to what an `i32` holds (68 years either way).
+fn timestamp_skew(header: &[u8], now: u64) -> i32 {
+    let skew = i128::from(header_timestamp(header)) - i128::from(now);
+    skew.clamp(i128::from(i32::MIN), i128::from(i32::MAX)) as i32
 }
 
 /// `address | padding_len u16 | padding | payload`, all inside one chunk; returns the target and where

@@ -206,6 +206,19 @@ fn stale_2022_headers_are_refused() {
         let (mut up, _) = streams(method, &[b"x".to_vec()], &[]);
         let mut decryptor = request_decryptor(method);
         assert_eq!(decryptor.decrypt(&mut up, NOW + 31), Err(DecryptError::BadTimestamp));
+        assert_eq!(decryptor.peer_clock_skew(), Some(-31), "{method}: the refused header's skew");
+    }
+}
+
+#[test]
+fn the_peer_clock_skew_is_known_once_the_2022_header_authenticated() {
+    for method in Method::ALL {
+        let (mut up, _) = streams(method, &[b"x".to_vec()], &[]);
+        let mut decryptor = request_decryptor(method);
+        assert_eq!(decryptor.peer_clock_skew(), None, "{method}: before the header");
+        assert!(decryptor.decrypt(&mut up, NOW - 12).is_ok(), "{method}");
+        let expected = method.is_2022().then_some(12);
+        assert_eq!(decryptor.peer_clock_skew(), expected, "{method}: the header was written at NOW");
     }
 }
 
