@@ -159,7 +159,8 @@ pub struct CliArgs {
     /// --api-token) or unix socket path
     #[arg(long = "api", value_name = "ADDR|PATH")]
     pub api: Option<String>,
-    /// ss-server: the bearer token the management API requires
+    /// ss-server: the bearer token the management API requires (other users can read a command line:
+    /// prefer api_token in the config file)
     #[arg(long = "api-token", value_name = "TOKEN")]
     pub api_token: Option<String>,
     /// Print a fresh random key for the method given with -m (base64) and exit
