@@ -160,3 +160,25 @@ async fn a_panel_on_a_unix_socket_with_ports_as_numbers() {
     assert!(status.success(), "{status}\n{log}");
     assert!(!manager.exists(), "the socket file is removed at exit");
 }
+
+#[tokio::test]
+async fn check_refuses_a_manager_off_loopback_and_an_api_on_tcp_without_a_token() {
+    let server = &binaries().await.server;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.json");
+    let check = |json: String| {
+        std::fs::write(&config, json).expect("write config");
+        let run = tokio::process::Command::new(server).arg("-c").arg(&config).arg("--check").output();
+        async move { timeout(STEP, run).await.expect("--check hung").expect("run ss-server") }
+    };
+    let base = r#""server":"127.0.0.1","method":"aes-256-gcm""#;
+    let bad = check(format!(r#"{{{base},"manager_address":"0.0.0.0:6001","api":"127.0.0.1:9000"}}"#)).await;
+    let output = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "{output}");
+    assert!(output.contains("not a loopback address") && output.contains("needs api_token"), "{output}");
+    let socket = dir.path().join("api.sock");
+    let good = format!(r#"{{{base},"manager_address":"127.0.0.1:6001","api":{socket:?}}}"#);
+    let good = check(good).await;
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(!socket.exists(), "--check binds neither (a running server may hold them)");
+}

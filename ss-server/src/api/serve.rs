@@ -37,7 +37,8 @@ pub enum Listener {
 impl Listener {
     /// Binds `address`. TCP needs a token (`has_token`); a stale socket file is replaced.
     pub async fn bind(address: &str, has_token: bool) -> anyhow::Result<Listener> {
-        if address.contains('/') || !address.contains(':') {
+        check(address, has_token)?;
+        if is_path(address) {
             let path = PathBuf::from(address);
             use std::os::unix::fs::FileTypeExt as _;
             if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_socket()) {
@@ -46,12 +47,6 @@ impl Listener {
             let listener = UnixListener::bind(&path)
                 .with_context(|| format!("binding the management API on {}", path.display()))?;
             return Ok(Listener::Unix(listener, path));
-        }
-        if !has_token {
-            anyhow::bail!(
-                "api {address}: a TCP address needs api_token (--api-token); without one, use a unix \
-                 socket path"
-            );
         }
         let listener = TcpListener::bind(address)
             .await
@@ -69,6 +64,21 @@ impl Listener {
             Listener::Unix(_, path) => path.display().to_string(),
         }
     }
+}
+
+/// Whether `address` is a unix socket path: it has a `/` or no `:`.
+fn is_path(address: &str) -> bool {
+    address.contains('/') || !address.contains(':')
+}
+
+/// The rule a start and `--check` apply: a TCP address needs a token.
+pub fn check(address: &str, has_token: bool) -> anyhow::Result<()> {
+    if !is_path(address) && !has_token {
+        anyhow::bail!(
+            "api {address}: a TCP address needs api_token (--api-token); without one, use a unix socket path"
+        );
+    }
+    Ok(())
 }
 
 /// Serves `api` on `listener` until `shutdown`; open connections are then dropped.

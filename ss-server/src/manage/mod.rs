@@ -61,16 +61,7 @@ impl Socket {
     pub async fn bind(address: &Address) -> anyhow::Result<Socket> {
         match address {
             Address::Udp(text) => {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(text.as_str())
-                    .await
-                    .with_context(|| format!("manager_address {text}"))?
-                    .collect();
-                if addrs.is_empty() || addrs.iter().any(|addr| !addr.ip().is_loopback()) {
-                    anyhow::bail!(
-                        "manager_address {text}: not a loopback address (the protocol has no \
-                         authentication; use 127.0.0.1, ::1 or a unix socket path)"
-                    );
-                }
+                let addrs = loopback(text).await?;
                 let socket = UdpSocket::bind(addrs.as_slice())
                     .await
                     .with_context(|| format!("binding the manager on UDP {text}"))?;
@@ -95,6 +86,19 @@ impl Socket {
             Socket::Unix(_, path) => path.display().to_string(),
         }
     }
+}
+
+/// The addresses of a UDP `manager_address`, which must all be loopback (`--check` calls this too).
+pub async fn loopback(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(text).await.with_context(|| format!("manager_address {text}"))?.collect();
+    if addrs.is_empty() || addrs.iter().any(|addr| !addr.ip().is_loopback()) {
+        anyhow::bail!(
+            "manager_address {text}: not a loopback address (the protocol has no authentication; use \
+             127.0.0.1, ::1 or a unix socket path)"
+        );
+    }
+    Ok(addrs)
 }
 
 /// Answers commands on `socket` until `shutdown`, then waits for the ports to drain.
