@@ -86,7 +86,14 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             Some(acl)
         }
     };
-    // Bound first: a refused API address stops the start before anything listens.
+    // Bound first: a refused address stops the start before anything listens, and a client that sees a
+    // port listening finds these ready too.
+    let manager = match &config.manager_address {
+        Some(address) => {
+            Some(ss_server::manage::Socket::bind(&ss_server::manage::Address::parse(address)).await?)
+        }
+        None => None,
+    };
     let api = match &config.api {
         Some(address) => {
             Some(ss_server::api::serve::Listener::bind(address, config.api_token.is_some()).await?)
@@ -110,7 +117,7 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         with_users.extend(settings.users.clone().map(|users| (index, users)));
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
     }
-    if let Some(address) = &config.manager_address {
+    if let Some(socket) = manager {
         let launcher = ss_server::manage::Launcher {
             args: args.clone(),
             descriptors,
@@ -118,7 +125,8 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             acl: acl.clone(),
             shutdown: shutdown.clone(),
         };
-        servers.spawn(start_manager(address, launcher).await?);
+        let ports = std::sync::Arc::new(ss_server::manage::Ports::new(launcher));
+        servers.spawn(ss_server::manage::serve(socket, ports, shutdown.clone()));
     }
     if let Some(listener) = api {
         servers.spawn(serve_api(listener, &config, &args, &with_users, shutdown.clone()));
@@ -135,17 +143,6 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         plugin.stop().await;
     }
     Ok(())
-}
-
-/// Binds the ss-manager socket; the future answers it until shutdown.
-async fn start_manager(
-    address: &str,
-    launcher: ss_server::manage::Launcher,
-) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use ss_server::manage;
-    let socket = manage::Socket::bind(&manage::Address::parse(address)).await?;
-    let shutdown = launcher.shutdown.clone();
-    Ok(manage::serve(socket, std::sync::Arc::new(manage::Ports::new(launcher)), shutdown))
 }
 
 /// The management API over the multi-user entries (a server per port), served on `listener` until

@@ -143,6 +143,8 @@ async fn a_panel_on_a_unix_socket_with_ports_as_numbers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let manager = dir.path().join("manager.sock");
     let server = server_with_manager(dir.path(), manager.to_str().expect("UTF-8 path")).await;
+    let mode = std::fs::metadata(&manager).expect("socket").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "only our user may send");
     // The reply goes to the panel's own bound path.
     let socket = UnixDatagram::bind(dir.path().join("panel.sock")).expect("bind panel");
     socket.connect(&manager).expect("connect panel");

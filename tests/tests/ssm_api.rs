@@ -135,6 +135,8 @@ async fn users_added_used_counted_deleted_and_kept_across_a_restart_over_a_unix_
     let setup = setup(|dir| vec!["--api".into(), dir.join("api.sock").display().to_string()]).await;
     let via = Via::Unix(setup.dir.join("api.sock"));
     let server = start(&setup).await;
+    let mode = std::fs::metadata(setup.dir.join("api.sock")).expect("socket").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "only our user may connect");
     let (status, info) = curl(&via, "GET", "/", None).await;
     assert_eq!((status, &info["apiVersion"]), (200, &json!("v1")), "{}", server.log());
     assert_eq!(curl(&via, "GET", "/servers", None).await.1, json!([setup.addr.port().to_string()]));

@@ -46,6 +46,10 @@ impl Listener {
             }
             let listener = UnixListener::bind(&path)
                 .with_context(|| format!("binding the management API on {}", path.display()))?;
+            // Only our user may connect, whatever the umask: the socket is the API's only guard.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))?;
             return Ok(Listener::Unix(listener, path));
         }
         let listener = TcpListener::bind(address)

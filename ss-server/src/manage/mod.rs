@@ -71,6 +71,10 @@ impl Socket {
                 remove_stale_socket(path);
                 let socket = UnixDatagram::bind(path)
                     .with_context(|| format!("binding the manager on {}", path.display()))?;
+                // Only our user may send commands, whatever the umask.
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("making {} private", path.display()))?;
                 Ok(Socket::Unix(socket, path.clone()))
             }
         }
