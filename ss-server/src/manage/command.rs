@@ -177,8 +177,8 @@ mod tests {
     use super::*;
 
     proptest! {
-        /// Any datagram is a command or an error, never a panic (the fuzz crate leaves ss-server out:
-        /// it would build SQLite and hyper under the sanitizer).
+        /// Any datagram is a command or an error, never a panic (`fuzz/`'s `manager_command` goes
+        /// further).
         #[test]
         fn any_bytes_parse_or_fail(datagram in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse(&datagram);
