@@ -18,6 +18,9 @@
 //!   `aes-gcm` / `chacha20poly1305` crates: the floor that the framing adds to. It depends only on the
 //!   method's algorithm, so the classic and 2022 method of one algorithm measure the same thing twice.
 //!   There is no raw-ring line for the two methods ring lacks.
+//! - `record-size/<backend>-<algorithm>/<bytes>`: the raw round trip of the two backends for ChaCha20-Poly1305
+//!   and AES-256-GCM at 128 B, 1 KiB and 16 KiB records (a small message, a typical record of web traffic,
+//!   a full record), to choose a backend per algorithm and record size (issue 18).
 //! - `udp-1200B/seal+open/<method>`: one datagram with 1200 bytes of payload sealed and opened,
 //!   including the per-packet subkey derivation the protocol requires.
 //!
@@ -96,7 +99,28 @@ fn udp(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tcp, udp);
+fn record_sizes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("record-size");
+    for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm] {
+        for size in [128, 1024, 16 * 1024] {
+            let payload = test_payload(size);
+            group.throughput(Throughput::Bytes(size as u64));
+            let raw = [
+                raw_ring(algorithm).map(|round_trip| ("ring", round_trip)),
+                Some(("rustcrypto", raw_rustcrypto(algorithm))),
+            ];
+            for (name, round_trip) in raw.into_iter().flatten() {
+                let mut buf = payload.clone();
+                assert!(round_trip(&mut buf) && buf == payload, "{algorithm:?}: {name} round trip failed");
+                let id = BenchmarkId::new(format!("{name}-{algorithm:?}"), size);
+                group.bench_function(id, |b| b.iter(|| round_trip(black_box(&mut buf))));
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tcp, record_sizes, udp);
 criterion_main!(benches);
 
 /// One direction of a TCP stream whose salt and header have already gone through.

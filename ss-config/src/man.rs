@@ -32,6 +32,15 @@ pub fn man_page<P: CommandFactory>(binary: Binary) -> Vec<u8> {
     page
 }
 
+/// Prints the manual page of `binary` to stdout (`--man-page`); the exit code says whether it was written.
+pub fn print<P: CommandFactory>(binary: Binary) -> std::process::ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(&man_page::<P>(binary)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
 fn render(man: &clap_mangen::Man, binary: Binary, page: &mut Vec<u8>) -> std::io::Result<()> {
     man.render_title(page)?;
     man.render_name_section(page)?;

@@ -40,13 +40,7 @@ Other listeners:
 fn main() -> ExitCode {
     let args: Args = ss_config::parse_for(Binary::Local);
     if args.common.man_page {
-        use std::io::Write as _;
-        let page = ss_config::man::man_page::<Args>(Binary::Local);
-        return if std::io::stdout().write_all(&page).is_ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return ss_config::man::print::<Args>(Binary::Local);
     }
     let config = match ss_config::load(&args.common) {
         Ok(config) => config,

@@ -20,13 +20,7 @@ struct Args {
 fn main() -> ExitCode {
     let args: Args = ss_config::parse_for(Binary::Server);
     if args.common.man_page {
-        use std::io::Write as _;
-        let page = ss_config::man::man_page::<Args>(Binary::Server);
-        return if std::io::stdout().write_all(&page).is_ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return ss_config::man::print::<Args>(Binary::Server);
     }
     if args.common.generate_key {
         return generate_key(args.common.method.as_deref().unwrap_or("2022-blake3-aes-256-gcm"));

@@ -201,8 +201,18 @@ pub async fn busy(
             return Err(error);
         }
     }
-    let moved: Vec<u64> = after.iter().zip(&before).map(|(after, before)| after - before).collect();
+    let mut moved: Vec<u64> = after.iter().zip(&before).map(|(after, before)| after - before).collect();
     let total: u64 = moved.iter().sum();
+    moved.sort_unstable();
+    let share = |at: usize| moved[at.min(connections - 1)] as f64 * connections as f64 / total.max(1) as f64;
+    eprintln!(
+        "  {connections} busy: shares of the mean, min {:.2}, p10 {:.2}, p50 {:.2}, p90 {:.2}, max {:.2}",
+        share(0),
+        share(connections / 10),
+        share(connections / 2),
+        share(connections * 9 / 10),
+        share(connections - 1)
+    );
     let mean = total as f64 / connections as f64;
     let slowest = moved.iter().copied().min().unwrap_or(0) as f64;
     Ok(Busy {
