@@ -145,8 +145,12 @@ impl Ports {
         if spec.fast_open == Some(false) {
             config.fast_open = false;
         }
-        let entries: Vec<_> =
-            config.servers.iter().filter(|entry| entry.port == spec.port && entry.users.is_none()).collect();
+        let entries: Vec<_> = config.servers.iter().filter(|entry| entry.port == spec.port).collect();
+        if entries.iter().any(|entry| entry.users.is_some()) {
+            let message =
+                "the config's users would make the port multi-user; a managed port has one password";
+            return Err(AddError::Config(message.into()));
+        }
         let Some(first) = entries.first() else {
             return Err(AddError::Config("no server host to listen on (set \"server\")".into()));
         };
