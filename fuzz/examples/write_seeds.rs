@@ -71,6 +71,11 @@ fn main() {
 
 /// SOCKS5 messages, config files and `ss://` URLs for the parser targets.
 fn parser_seeds(v4: &Address, v6: &Address, domain: &Address) {
+    write("manager_command", "add-number", br#"add: {"server_port": 8001, "password": "secret", "method": "aes-256-gcm"}"#);
+    write("manager_command", "add-string", b"add: {\"server_port\": \"8001\", \"password\": \"secret\"}\0");
+    write("manager_command", "remove", br#"remove: {"server_port": "8001"}"#);
+    write("manager_command", "ping", b"ping");
+    write("manager_command", "list", b"list");
     write("socks5_parse", "greeting", &[5, 2, 0, 2]);
     write("socks5_parse", "connect-ipv4", &[&[5, 1, 0][..], &encoded(v4)].concat());
     write("socks5_parse", "connect-domain", &[&[5, 1, 0][..], &encoded(domain), b"GET /"].concat());

@@ -155,6 +155,18 @@ pub struct CliArgs {
     /// path [default: off]
     #[arg(long = "metrics", value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// ss-server: answer shadowsocks-libev's ss-manager protocol (add, remove, list, ping) on this UDP
+    /// `host:port` or unix datagram socket path; each added port is served in-process
+    #[arg(long = "manager-address", value_name = "ADDR|PATH")]
+    pub manager_address: Option<String>,
+    /// ss-server: serve the Shadowsocks Server Management API v1 (HTTP) on this `host:port` (needs
+    /// --api-token) or unix socket path
+    #[arg(long = "api", value_name = "ADDR|PATH")]
+    pub api: Option<String>,
+    /// ss-server: the bearer token the management API requires (other users can read a command line:
+    /// prefer api_token in the config file)
+    #[arg(long = "api-token", value_name = "TOKEN")]
+    pub api_token: Option<String>,
     /// Print a fresh random key for the method given with -m (base64) and exit
     #[arg(long = "generate-key")]
     pub generate_key: bool,
@@ -196,6 +208,9 @@ const OWNED: &[(&str, Binary)] = &[
     ("state_dir", Binary::Server),
     ("nameserver", Binary::Server),
     ("generate_key", Binary::Server),
+    ("manager_address", Binary::Server),
+    ("api", Binary::Server),
+    ("api_token", Binary::Server),
 ];
 
 impl Binary {

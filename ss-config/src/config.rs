@@ -92,6 +92,13 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// `metrics` / `--metrics`: where the Prometheus endpoint listens (`None`: off).
     pub metrics: Option<crate::MetricsAddress>,
+    /// `manager_address` / `--manager-address`: where ss-server answers the ss-manager protocol. With
+    /// it, a config without any port serves only the ports the manager adds ([`Config::servers`] empty).
+    pub manager_address: Option<String>,
+    /// `api` / `--api`: where ss-server serves the management API.
+    pub api: Option<String>,
+    /// `api_token` / `--api-token`: the management API's bearer token.
+    pub api_token: Option<String>,
     /// `log_level` from the file; see [`Config::effective_log_level`].
     pub log_level: Option<LogLevel>,
     /// How many times `-v` was given.
@@ -142,7 +149,13 @@ impl Config {
     /// Checks a raw config with the command line laid over it.
     pub fn from_raw(raw: RawConfig, args: &CliArgs) -> Result<Config, ConfigError> {
         let urls = servers::cli_servers(args)?;
-        let servers = servers::resolve(&raw, args, &urls)?;
+        let manager_address = args.manager_address.clone().or(raw.manager_address.clone());
+        // A manager's config (libev's ss-manager form) may name no port: the panel adds them.
+        let no_port = args.server_port.is_none() && raw.server_port.is_none() && raw.servers.is_none();
+        let servers = match manager_address.is_some() && no_port && urls.is_empty() {
+            true => Vec::new(),
+            false => servers::resolve(&raw, args, &urls)?,
+        };
         let (local_address, local_port) = local(&raw, args)?;
         let mode = match (args.udp_only, args.tcp_and_udp, raw.mode.as_deref()) {
             (true, _, _) => Mode::UdpOnly,
@@ -225,6 +238,9 @@ impl Config {
                 .or(raw.metrics.as_deref())
                 .map(crate::MetricsAddress::parse)
                 .transpose()?,
+            manager_address,
+            api: args.api.clone().or(raw.api),
+            api_token: args.api_token.clone().or(raw.api_token),
             log_level: raw.log_level.as_deref().map(LogLevel::parse).transpose()?,
             verbose: args.verbose,
             warnings,

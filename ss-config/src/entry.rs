@@ -110,7 +110,7 @@ impl Mode {
     }
 
     /// `text` as a mode; an error names `field`.
-    pub(crate) fn parse_field(field: &str, text: &str) -> Result<Mode, ConfigError> {
+    pub fn parse_field(field: &str, text: &str) -> Result<Mode, ConfigError> {
         let message = || format!("unknown mode {text:?}; use tcp_only, tcp_and_udp or udp_only");
         let found =
             [Mode::TcpOnly, Mode::TcpAndUdp, Mode::UdpOnly].into_iter().find(|mode| mode.name() == text);

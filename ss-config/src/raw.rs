@@ -117,6 +117,15 @@ pub struct RawConfig {
     pub balancer: Option<crate::balance::RawBalancer>,
     /// `metrics` (ours): where the Prometheus endpoint listens, `ADDR:PORT` or a unix socket path.
     pub metrics: Option<String>,
+    /// `manager_address` (libev's ss-manager key): where ss-server answers the ss-manager UDP
+    /// protocol, `host:port` or a unix datagram socket path.
+    pub manager_address: Option<String>,
+    /// `api` (ours): where ss-server serves the Shadowsocks Server Management API (HTTP), `host:port`
+    /// or a unix socket path.
+    pub api: Option<String>,
+    /// `api_token` (ours): the bearer token the management API requires (always on TCP).
+    #[serde(default, deserialize_with = "secret")]
+    pub api_token: Option<String>,
     /// Keys of the file no field takes (`servers.0.foo` for nested ones), in file order: warned about,
     /// since a typo or a key we do not implement would otherwise be silently without effect.
     #[serde(skip)]
@@ -207,6 +216,7 @@ impl RawConfig {
     pub fn holds_a_secret(&self) -> bool {
         self.password.is_some()
             || self.key.is_some()
+            || self.api_token.is_some()
             || self.servers.iter().flatten().any(|server| server.password.is_some() || server.key.is_some())
     }
 

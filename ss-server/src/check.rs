@@ -4,7 +4,8 @@
 //! addresses it listens on (a name resolves as the listener resolves it), and its plugin's
 //! executable. With a plugin the plugin listens on the public address, and that address is still bound
 //! here: the start would fail the same way if it were taken. Then the files a start loads (the ACL),
-//! the target resolver's system configuration, and where a multi-user server keeps its usage store.
+//! the target resolver's system configuration, where a multi-user server keeps its usage store, and the
+//! management interfaces' address rules (a manager on loopback, an API on TCP with a token).
 //! Every socket is held until all entries are bound, so two entries on one address are reported, and
 //! released when the check ends.
 
@@ -41,6 +42,21 @@ pub async fn check(config: &Config, descriptors: u64, mut report: Report) -> Rep
         if let Some(list) = &entry.users {
             report.note(format!("server {}:{}: {} users", entry.host, entry.port, list.users.len()));
         }
+    }
+    // The management interfaces' address rules; not bound here (a running server may hold them).
+    if let Some(address) = &config.manager_address {
+        if let crate::manage::Address::Udp(text) = crate::manage::Address::parse(address) {
+            if let Err(error) = crate::manage::loopback(&text).await {
+                report.problem(format!("{error:#}"));
+            }
+        }
+        report.note(format!("manager on {address}"));
+    }
+    if let Some(address) = &config.api {
+        if let Err(error) = crate::api::serve::check(address, config.api_token.is_some()) {
+            report.problem(error.to_string());
+        }
+        report.note(format!("management API on {address}"));
     }
     if let Some(path) = &config.acl {
         if report.check("acl", ss_net::SharedAcl::load(path)).is_some() {

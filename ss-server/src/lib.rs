@@ -4,16 +4,21 @@
 //! [`run`] takes already-bound listeners and a cancellation token, so tests start a server in-process on
 //! port 0 and stop it when they are done. `main.rs` parses the command line and config file, and
 //! [`Settings::from_config`] turns them into the [`Settings`] of each server entry; the entries of one
-//! process share one set of worker threads ([`run_on`]).
+//! process share one set of worker threads ([`run_on`]). Two management interfaces run beside the
+//! servers: libev's ss-manager protocol, which adds and removes whole ports ([`manage`]), and the Server
+//! Management API over HTTP, which manages the users of multi-user entries ([`api`]).
 
 #![warn(missing_docs)]
 
 pub mod accounting;
 pub mod admission;
+pub mod api;
 pub mod check;
 mod connection;
 mod from_config;
 pub mod limits;
+pub mod listen;
+pub mod manage;
 pub mod metered;
 pub mod metrics;
 mod own_addresses;

@@ -1,16 +1,13 @@
 //! `ss-server`: command line and config file in, one [`ss_server::run_on`] per server entry out.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ss_config::{Binary, CliArgs, Config, ServerEntry};
+use ss_config::{Binary, CliArgs, Config};
 use ss_crypto::{Key, Method};
 use ss_net::metrics_http::{self, MetricsListener};
-use ss_net::plugin::{Plugin, Spec, Timing};
 use ss_server::usage_store::{self, UsageStore};
-use ss_server::{Listeners, Settings};
-use tokio::net::{TcpListener, UdpSocket};
+use ss_server::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// Shadowsocks server (shadowsocks-libev compatible flags and config keys).
@@ -37,7 +34,7 @@ fn main() -> ExitCode {
         }
     };
     // An online config (ss-local's) lets the config's own list be empty; a server needs one to listen on.
-    if config.servers.is_empty() {
+    if config.servers.is_empty() && config.manager_address.is_none() {
         eprintln!("ss-server: server: missing (set \"server\" in the config or -s)");
         return ExitCode::from(2);
     }
@@ -84,6 +81,20 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             Some(acl)
         }
     };
+    // Bound first: a refused address stops the start before anything listens, and a client that sees a
+    // port listening finds these ready too.
+    let manager = match &config.manager_address {
+        Some(address) => {
+            Some(ss_server::manage::Socket::bind(&ss_server::manage::Address::parse(address)).await?)
+        }
+        None => None,
+    };
+    let api = match &config.api {
+        Some(address) => {
+            Some(ss_server::api::serve::Listener::bind(address, config.api_token.is_some()).await?)
+        }
+        None => None,
+    };
     let store = open_usage_store(&config)?;
     let metrics = config.metrics.as_ref().map(|_| ss_server::metrics::ServerMetrics::new());
     let mut servers = tokio::task::JoinSet::new();
@@ -98,13 +109,28 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
             settings.usage_store = Some(usage_store::Saving { store: store.clone(), server });
         }
         settings.metrics = metrics.as_ref().map(|metrics| metrics.entry(&entry.host, entry.port));
-        let (listeners, plugin) = listen(&config, entry, &settings.socket).await?;
+        let (listeners, plugin) = ss_server::listen::listen(&config, entry, &settings.socket).await?;
         if let (Some(metrics), Some(plugin)) = (&metrics, &plugin) {
             metrics.plugin(format!("{} ({}:{})", plugin.name(), entry.host, entry.port), plugin.restarts());
         }
         plugins.extend(plugin);
         with_users.extend(settings.users.clone().map(|users| (index, users)));
         servers.spawn(ss_server::run_on(settings, listeners, workers.clone(), shutdown.clone()));
+    }
+    if let Some(socket) = manager {
+        let launcher = ss_server::manage::Launcher {
+            args: args.clone(),
+            descriptors,
+            workers: workers.clone(),
+            acl: acl.clone(),
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+        };
+        let ports = std::sync::Arc::new(ss_server::manage::Ports::new(launcher));
+        servers.spawn(ss_server::manage::serve(socket, ports, shutdown.clone()));
+    }
+    if let Some(listener) = api {
+        servers.spawn(serve_api(listener, &config, &args, &with_users, shutdown.clone()));
     }
     if !with_users.is_empty() {
         ss_net::hangup::on_hangup(shutdown.clone(), move || reload_users(&args, &with_users))
@@ -129,6 +155,38 @@ async fn serve(config: Config, args: CliArgs, descriptors: u64) -> anyhow::Resul
         plugin.stop().await;
     }
     Ok(())
+}
+
+/// The management API over the multi-user entries (a server per port), served on `listener` until
+/// shutdown.
+fn serve_api(
+    listener: ss_server::api::serve::Listener,
+    config: &Config,
+    args: &CliArgs,
+    with_users: &[(usize, std::sync::Arc<ss_server::users::Users>)],
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
+    use ss_server::api;
+    let mut by_port: Vec<(u16, Vec<_>, Option<std::path::PathBuf>)> = Vec::new();
+    for (index, users) in with_users {
+        let Some(entry) = config.servers.get(*index) else { continue };
+        match by_port.iter_mut().find(|(port, _, _)| *port == entry.port) {
+            Some((_, entries, _)) => entries.push((*index, users.clone())),
+            None => {
+                let file = entry.users.as_ref().and_then(|list| list.file.clone());
+                by_port.push((entry.port, vec![(*index, users.clone())], file));
+            }
+        }
+    }
+    if by_port.is_empty() {
+        tracing::warn!("management API: no server entry has users, so there are none to manage");
+    }
+    let groups = by_port
+        .into_iter()
+        .map(|(port, entries, file)| api::Group::new(port.to_string(), entries, file, args.clone()))
+        .collect();
+    let api = api::Api::new(groups, config.api_token.as_deref());
+    api::serve::serve(listener, std::sync::Arc::new(api), shutdown)
 }
 
 /// Opens the usage store when some entry has users: in `state_dir`, else the default state directory.
@@ -165,90 +223,4 @@ fn reload_users(args: &CliArgs, servers: &[(usize, std::sync::Arc<ss_server::use
     for (index, users) in servers {
         let _ = users.reload_from(config.servers.get(*index));
     }
-}
-
-/// Binds what `entry` serves on. Without a plugin: TCP and UDP on the public address. With one, what
-/// it carries (`plugin_mode`) is bound on a loopback port of ours instead, the plugin listens on the
-/// public address and forwards to it, and it is started (and ready) before this returns.
-async fn listen(
-    config: &Config,
-    entry: &ServerEntry,
-    options: &ss_net::SocketOptions,
-) -> anyhow::Result<(Listeners, Option<Plugin>)> {
-    let (host, port) = (entry.host.as_str(), entry.port);
-    let plugin = entry.plugin.as_ref();
-    let plugin_tcp = config.mode.tcp() && plugin.is_some_and(|plugin| plugin.mode.tcp());
-    let plugin_udp = config.mode.udp() && plugin.is_some_and(|plugin| plugin.mode.udp());
-    let mut listeners = Listeners::default();
-    let mut loopback = None;
-    if plugin_tcp || plugin_udp {
-        let (tcp, udp, addr) = bind_loopback(host, plugin_tcp, plugin_udp).await?;
-        listeners.tcp.extend(tcp);
-        listeners.udp.extend(udp);
-        loopback = Some(addr);
-    }
-    if config.mode.tcp() && !plugin_tcp {
-        let listener = options.listen_tcp_host(host, port).await.with_context(|| {
-            let hint =
-                if options.reuse_port { "" } else { " (reuse_port lets several servers share a port)" };
-            format!("binding TCP {host}:{port}{hint}")
-        })?;
-        listeners.tcp.push(listener);
-    }
-    if config.mode.udp() && !plugin_udp {
-        let socket =
-            options.bind_udp_host(host, port).await.with_context(|| format!("binding UDP {host}:{port}"))?;
-        listeners.udp.push(socket);
-    }
-    let (Some(plugin), Some(ours)) = (plugin, loopback) else {
-        return Ok((listeners, None));
-    };
-    let spec = Spec {
-        command: plugin.command.clone(),
-        options: plugin.options.clone(),
-        args: plugin.args.clone(),
-        tcp: plugin_tcp,
-        udp: plugin_udp,
-    };
-    let plugin = Plugin::start_server(spec, host, port, ours, Timing::default()).await?;
-    Ok((listeners, Some(plugin)))
-}
-
-/// Our side of a plugin: TCP and/or UDP on one loopback port (SIP003u gives the plugin one SS_LOCAL
-/// port for both); `::1` when the public host is an IPv6 address, else `127.0.0.1`.
-async fn bind_loopback(
-    host: &str,
-    tcp: bool,
-    udp: bool,
-) -> anyhow::Result<(Option<TcpListener>, Option<UdpSocket>, SocketAddr)> {
-    let ip = match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
-    };
-    let mut last_error = None;
-    for _ in 0..16 {
-        let listener = match tcp {
-            true => {
-                Some(TcpListener::bind((ip, 0)).await.context("binding the loopback port for the plugin")?)
-            }
-            false => None,
-        };
-        let port = match &listener {
-            Some(listener) => listener.local_addr()?.port(),
-            None => 0,
-        };
-        if !udp {
-            return Ok((listener, None, SocketAddr::new(ip, port)));
-        }
-        // The UDP port of the same number may be taken; then take another pair.
-        match UdpSocket::bind((ip, port)).await {
-            Ok(socket) => {
-                let addr = socket.local_addr()?;
-                return Ok((listener, Some(socket), addr));
-            }
-            Err(error) => last_error = Some(error),
-        }
-    }
-    let error = last_error.unwrap_or_else(|| std::io::Error::other("no free port"));
-    Err(error).context("binding the loopback port pair for the plugin")
 }

@@ -168,10 +168,15 @@ const DIRECTIONS: [&str; 4] = ["c>p", "p>t", "p<t", "c<p"];
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let entries: Vec<(String, Arc<Shared>)> = lock(&self.0.entries)
+        let mut all = lock(&self.0.entries);
+        // An entry only this list still holds belongs to a server that stopped and whose settings are
+        // gone (a port the manager removed): forgotten, so panels adding and removing ports do not grow it.
+        all.retain(|entry| Arc::strong_count(entry) > 1);
+        let entries: Vec<(String, Arc<Shared>)> = all
             .iter()
             .filter_map(|entry| Some((entry.server.clone(), lock(&entry.shared).upgrade()?)))
             .collect();
+        drop(all);
         let server = |name: &str| vec![("server", name.to_owned())];
         let mut bytes = Vec::new();
         let mut keys = 0;

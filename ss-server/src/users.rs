@@ -94,6 +94,12 @@ impl User {
         self.removed.cancelled().await;
     }
 
+    /// Ends the user's connections and associations, as a reload that removes them does (the manager's
+    /// `remove`, the API's `DELETE`).
+    pub fn mark_removed(&self) {
+        self.removed.cancel();
+    }
+
     /// Whether a reload removed this user.
     pub fn is_removed(&self) -> bool {
         self.removed.is_cancelled()
