@@ -2,7 +2,7 @@
 //! added over the manager socket is served in-process (an echo round trip through ss-local), `ping`
 //! shows its bytes, `list` shows it, `remove` ends its open connection and closes it (connect refused).
 //! Over UDP with ports as strings (libev panels), over a unix datagram socket with numbers
-//! (shadowsocks-rust).
+//! (shadowsocks-rust). With metrics on, an added port's traffic shows under its name until it is removed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,11 +50,16 @@ impl Panel {
 
 /// ss-server with a configured port (its readiness) and the manager on `manager`.
 async fn server_with_manager(dir: &Path, manager: &str) -> Subprocess {
+    server_with_manager_and(dir, manager, "").await
+}
+
+/// [`server_with_manager`] with `more` config keys (a leading comma each).
+async fn server_with_manager_and(dir: &Path, manager: &str, more: &str) -> Subprocess {
     let built = binaries().await;
     let config_path = dir.join("config.json");
     let config = format!(
         r#"{{"server":"127.0.0.1","method":"aes-256-gcm","password":"the configured port's password",
-            "allow_private_targets":true,"manager_address":{manager:?}}}"#
+            "allow_private_targets":true,"manager_address":{manager:?}{more}}}"#
     );
     std::fs::write(&config_path, config).expect("write config");
     let config_arg = config_path.to_str().expect("UTF-8 path").to_owned();
@@ -161,6 +166,74 @@ async fn a_panel_on_a_unix_socket_with_ports_as_numbers() {
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status}\n{log}");
     assert!(!manager.exists(), "the socket file is removed at exit");
+}
+
+/// The `shadowsocks_data_bytes` samples (TCP, dir `c>p`) of the ss-server whose metrics socket is `path`, by
+/// `access_key`.
+async fn client_bytes_by_key(path: &Path) -> std::collections::HashMap<String, f64> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::UnixStream::connect(path).await.expect("metrics socket");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\n\r\n").await.expect("request");
+    let mut answer = String::new();
+    timeout(STEP, stream.read_to_string(&mut answer)).await.expect("no answer").expect("read");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let scrape =
+        prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).expect("parse");
+    let client_bytes = scrape.samples.into_iter().filter(|sample| {
+        let labels = &sample.labels;
+        sample.metric == "shadowsocks_data_bytes"
+            && labels.get("dir") == Some("c>p")
+            && labels.get("proto") == Some("tcp")
+    });
+    client_bytes
+        .filter_map(|sample| match sample.value {
+            prometheus_parse::Value::Untyped(value) | prometheus_parse::Value::Counter(value) => {
+                Some((sample.labels.get("access_key")?.to_owned(), value))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_port_reports_its_traffic_in_the_metrics_until_it_is_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics = dir.path().join("metrics.sock");
+    let more = format!(r#","metrics":{:?}"#, metrics.to_str().expect("UTF-8 path"));
+    let server = server_with_manager_and(dir.path(), &manager.to_string(), &more).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind panel");
+    socket.connect(manager).await.expect("connect panel");
+    let panel = Panel::Udp(socket);
+
+    let (port, method) = (free_port(), Method::Aes256Gcm);
+    let add = format!(r#"add: {{"server_port": {port}, "password": "{}"}}"#, test_password(method));
+    assert_eq!(panel.ask(&add).await, "ok", "{}", server.log());
+    let local = start_local(local_settings_udp(method, SocketAddr::from(([127, 0, 0, 1], port)))).await;
+    let echo = Address::Ip(echo_server("127.0.0.1:0").await);
+    let mut stream =
+        timeout(STEP, socks5_connect(local.addr, &echo)).await.expect("timed out").expect("SOCKS5");
+    assert!(echo_round_trip(&mut stream).await, "{}", server.log());
+    drop(stream);
+    let key = format!("port {port}");
+    let deadline = tokio::time::Instant::now() + STEP;
+    while client_bytes_by_key(&metrics).await.get(&key) != Some(&4.0) {
+        let seen = client_bytes_by_key(&metrics).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 4 bytes under {key:?}: {seen:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(panel.ask(&format!(r#"remove: {{"server_port": {port}}}"#)).await, "ok");
+    let deadline = tokio::time::Instant::now() + STEP;
+    while client_bytes_by_key(&metrics).await.contains_key(&key) {
+        assert!(tokio::time::Instant::now() < deadline, "the removed port stayed in the metrics");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let seen = client_bytes_by_key(&metrics).await;
+    assert!(seen.contains_key(&format!("127.0.0.1:{}", server.addr.port())), "the configured port: {seen:?}");
 }
 
 #[tokio::test]

@@ -43,3 +43,17 @@ fn a_server_not_running_reports_nothing_of_its_own() {
     assert!(text.contains("shadowsocks_plugin_restarts_total{plugin=\"obfs-server\"} 2\n"), "{text}");
     assert!(text.contains("# TYPE shadowsocks_udp_nat_entries_added untyped\n"), "{text}");
 }
+
+#[test]
+fn entries_whose_settings_are_gone_are_forgotten_at_the_next_scrape() {
+    let metrics = ServerMetrics::new();
+    let kept = metrics.entry("127.0.0.1", 8388);
+    for port in 9000..9100 {
+        // A port a manager added and removed: its settings (the only other holder) are dropped.
+        drop(metrics.entry("127.0.0.1", port));
+    }
+    assert_eq!(lock(&metrics.entries).len(), 101);
+    text(&metrics);
+    let left: Vec<String> = lock(&metrics.entries).iter().map(|entry| entry.server().to_owned()).collect();
+    assert_eq!(left, [kept.server().to_owned()]);
+}
