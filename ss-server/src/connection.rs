@@ -76,6 +76,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         Ok(upstream) => upstream,
         Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
             tracing::info!(%error, "target refused by the address policy or the ACL");
+            settings.stats.rejections.count(Reason::Policy);
             return close(write_half).await;
         }
         Err(error) => {

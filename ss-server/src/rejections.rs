@@ -40,10 +40,13 @@ pub enum Reason {
     Acl,
     /// A user's quota is spent, or their connection or device limit reached ([`crate::limits`]).
     UserLimit,
+    /// An authenticated request's target is refused by the address policy or the ACL's outbound lists
+    /// ([`crate::policy`]): a connection closed, or a datagram dropped.
+    Policy,
 }
 
 /// Every reason, in the order summaries and metrics list them.
-pub const REASONS: [Reason; 8] = [
+pub const REASONS: [Reason; 9] = [
     Reason::Authentication,
     Reason::Malformed,
     Reason::Timestamp,
@@ -52,6 +55,7 @@ pub const REASONS: [Reason; 8] = [
     Reason::SourceBudget,
     Reason::Acl,
     Reason::UserLimit,
+    Reason::Policy,
 ];
 
 impl Reason {
@@ -76,6 +80,7 @@ impl Reason {
             Reason::SourceBudget => "source_budget",
             Reason::Acl => "acl",
             Reason::UserLimit => "user_limit",
+            Reason::Policy => "policy",
         }
     }
 }

@@ -206,7 +206,7 @@ impl Relay {
         let port = *port;
         if !self.shared.guard.allows_name(host) {
             debug!(%target, "UDP target refused by the ACL");
-            return;
+            return self.shared.settings.stats.rejections.count(Reason::Policy);
         }
         let lookup = match self.shared.resolver.try_resolve(host) {
             Ok(lookup) => lookup,
@@ -247,7 +247,7 @@ impl Relay {
         let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(canonical_addr))
         else {
             debug!(%target, "UDP target refused by the address policy or the ACL");
-            return;
+            return self.shared.settings.stats.rejections.count(Reason::Policy);
         };
         if let Some(user) = &association.user {
             if !user.account().pass_datagram(Way::Up, payload.len()) {

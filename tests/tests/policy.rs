@@ -20,6 +20,7 @@ use std::time::Duration;
 use ss_crypto::udp::{Origin, Udp2022, UdpClassic};
 use ss_crypto::{Address, Method, Salt};
 use ss_net::unix_now;
+use ss_server::rejections::Reason;
 use ss_tests::probing::{
     address_bytes, random_salt, record_response, sealed_first_flight, sealed_udp_request, Canary, UdpCanary,
 };
@@ -38,12 +39,14 @@ const PAYLOAD: &[u8] = b"must not reach a loopback service";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_policy_refuses_every_loopback_target() {
     let canaries = Canaries::bind().await;
+    let mut stats = Vec::new();
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for method in Method::ALL {
         let mut settings = ss_server::Settings::new(method, test_key(method));
         assert_eq!(settings.policy, ss_server::TargetPolicy::PublicOnly, "the default policy");
         settings.handshake_timeout = HANDSHAKE;
+        stats.push((method, settings.stats.clone()));
         let server = start_server(settings).await;
         for (name, raw_address) in canaries.targets() {
             let label = format!("{method} -> {name}");
@@ -69,6 +72,11 @@ async fn default_policy_refuses_every_loopback_target() {
         assert!(late.is_empty(), "{} was reached by {late:?}", canary.addr());
         let reached = canary.connections().await;
         assert!(reached.is_empty(), "{} was reached by {reached:?}", canary.addr());
+    }
+    // Each refusal is counted (the summary line's and the metrics' `policy`) before the close.
+    for (method, stats) in &stats {
+        let counted = stats.rejections.total(Reason::Policy);
+        assert_eq!(counted, canaries.targets().len() as u64, "{method}: refusals counted as policy");
     }
     println!(
         "refused requests were closed with FIN at most {slowest:?} after connect (deadline {HANDSHAKE:?})"
@@ -114,11 +122,13 @@ fn sealed_first_flight_matches_the_encoder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_policy_drops_datagrams_for_every_loopback_target() {
     let canaries = UdpCanaries::bind().await;
+    let mut stats = Vec::new();
     let mut clients = Vec::new();
     for method in Method::ALL {
         let mut settings = ss_server::Settings::new(method, test_key(method));
         assert_eq!(settings.policy, ss_server::TargetPolicy::PublicOnly, "the default policy");
         settings.handshake_timeout = HANDSHAKE;
+        stats.push((method, settings.stats.clone()));
         clients.push(UdpClients::start(settings, &canaries).await);
     }
 
@@ -136,6 +146,12 @@ async fn default_policy_drops_datagrams_for_every_loopback_target() {
     assert!(late.is_empty(), "UDP canaries received:\n{}", late.join("\n"));
     for client in &clients {
         client.assert_no_reply().await;
+    }
+    // Every datagram was dropped as a policy refusal (each target got two: sealed by hand, and through
+    // ss-local).
+    for (method, stats) in &stats {
+        let counted = stats.rejections.total(Reason::Policy);
+        assert_eq!(counted, 2 * canaries.targets().len() as u64, "{method}: drops counted as policy");
     }
 }
 
