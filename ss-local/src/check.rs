@@ -73,14 +73,7 @@ pub async fn check(
             held.push(listener);
         }
     }
-    let metrics = match &config.metrics {
-        None => None,
-        Some(addr) => {
-            let checked =
-                report.check(&format!("metrics {addr}"), ss_net::metrics_http::check_address(addr).await);
-            checked.inspect(|_| report.note(format!("metrics: GET /metrics on {addr}")))
-        }
-    };
+    let metrics = ss_net::metrics_http::check(&mut report, config.metrics.as_ref()).await;
     drop((held, metrics));
     report
 }

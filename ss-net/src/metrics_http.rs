@@ -117,6 +117,14 @@ pub async fn check_address(addr: &MetricsAddress) -> io::Result<Option<TcpListen
     }
 }
 
+/// `--check`'s step for the `metrics` key, one for both binaries: `addr` checked ([`check_address`]) and
+/// reported; a bound TCP listener is returned, to be held until the check ends.
+pub async fn check(report: &mut crate::check::Report, addr: Option<&MetricsAddress>) -> Option<TcpListener> {
+    let addr = addr?;
+    let checked = report.check(&format!("metrics {addr}"), check_address(addr).await);
+    checked.inspect(|_| report.note(format!("metrics: GET /metrics on {addr}"))).flatten()
+}
+
 /// Serves `registry` on `listener` with the default [`Bounds`] until `shutdown`.
 pub async fn serve(listener: MetricsListener, registry: Arc<Registry>, shutdown: CancellationToken) {
     serve_with(listener, registry, Bounds::default(), shutdown).await;
