@@ -80,11 +80,14 @@ impl Period {
             Period::Month => {
                 let today = OffsetDateTime::from_unix_timestamp(i64::try_from(now).ok()?).ok()?.date();
                 let first = today.replace_day(1).ok()?;
-                let next = match first.month() {
-                    Month::December => Date::from_calendar_date(first.year() + 1, Month::January, 1),
-                    month => Date::from_calendar_date(first.year(), month.next(), 1),
+                let start = unix_midnight(first)?;
+                // December has 31 days: counted rather than dated, since January of the year after 9999
+                // is past the dates the `time` crate represents (a property test found 9999-12).
+                let end = match first.month() {
+                    Month::December => start + 31 * DAY,
+                    month => unix_midnight(Date::from_calendar_date(first.year(), month.next(), 1).ok()?)?,
                 };
-                Some((unix_midnight(first)?, unix_midnight(next.ok()?)?))
+                Some((start, end))
             }
             Period::Range { from, to } => (from..to).contains(&now).then_some((from, to)),
         }
@@ -163,6 +166,14 @@ mod tests {
         assert_eq!(parse_date("2028-02-29"), Some(parse_date("2028-03-01").unwrap() - DAY), "a leap day");
         assert_eq!(parse_date("2027-02-29"), None);
         assert_eq!(parse_date("1969-12-31"), None, "before 1970");
+        // The last month the calendar has: its end is past the `time` crate's last date.
+        let december_9999 = parse_date("9999-12-01").unwrap();
+        assert_eq!(Period::Month.bounds(december_9999 + 5), Some((december_9999, december_9999 + 31 * DAY)));
+        let december_2026 = parse_date("2026-12-01").unwrap();
+        assert_eq!(
+            Period::Month.bounds(december_2026),
+            Some((december_2026, parse_date("2027-01-01").unwrap()))
+        );
         let sized = check("q", &raw(r#"{"bytes":"10 MiB","period":"day"}"#)).unwrap();
         assert_eq!(sized.bytes, 10 << 20);
     }
