@@ -117,6 +117,7 @@ fn set_up(args: &Args) -> Result<(Suite, RunInfo)> {
     if let Some(mib) = args.bulk_mib {
         sizes.bulk_bytes = mib.max(1) << 20;
     }
+    fit_crowd_to_open_file_limit(&mut sizes);
     raise_open_file_limit(sizes.most_connections())?;
 
     let mut implementations = Vec::new();
@@ -160,6 +161,24 @@ fn ours_dir(args: &Args) -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("locating proxy-bench itself")?;
     exe.parent().map(Path::to_path_buf).context("proxy-bench has no parent directory")
+}
+
+/// The idle crowd (10,000 in full mode) needs more descriptors than some machines allow even root (a
+/// container's hard limit): shrink it to what the hard limit holds, and say so; the report's label shows
+/// the size used.
+fn fit_crowd_to_open_file_limit(sizes: &mut Sizes) {
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let busy = sizes.crowd_busy;
+    let needed = 2 * (sizes.crowd_idle + busy) as u64 + 512;
+    // Root may raise the hard limit, where the machine lets it.
+    if needed > hard && setrlimit(Resource::RLIMIT_NOFILE, needed, needed).is_err() {
+        let fitted = ((hard.saturating_sub(512) / 2) as usize).saturating_sub(busy);
+        eprintln!(
+            "proxy-bench: the open-file hard limit is {hard}: the idle crowd is {fitted} connections, not {}",
+            sizes.crowd_idle
+        );
+        sizes.crowd_idle = fitted;
+    }
 }
 
 /// Each open connection holds two descriptors here (client and target side) and two in each proxy, which
