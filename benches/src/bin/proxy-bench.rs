@@ -17,7 +17,7 @@ use clap::Parser;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use ss_benches::proxy::process::{Flavour, Implementation};
 use ss_benches::proxy::report::{self, RunInfo};
-use ss_benches::proxy::suite::{Sizes, Suite};
+use ss_benches::proxy::suite::{Sizes, Suite, Workload};
 use ss_crypto::Method;
 
 /// Our Shadowsocks server and local against shadowsocks-rust and shadowsocks-libev, side by side on
@@ -56,6 +56,9 @@ struct Args {
     /// /usr/bin that says it is shadowsocks-libev].
     #[arg(long)]
     libev_dir: Option<PathBuf>,
+    /// Run only these workloads, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Workload>,
 }
 
 fn main() -> ExitCode {
@@ -152,7 +155,7 @@ fn set_up(args: &Args) -> Result<(Suite, RunInfo)> {
         methods: methods.clone(),
         sizes: sizes.clone(),
     };
-    Ok((Suite { implementations, methods, runs, sizes }, info))
+    Ok((Suite { implementations, methods, runs, sizes, only: args.only.clone() }, info))
 }
 
 fn ours_dir(args: &Args) -> Result<PathBuf> {

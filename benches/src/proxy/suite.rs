@@ -55,6 +55,8 @@ pub struct Sizes {
     pub udp_rates: Vec<u64>,
     /// Time each offered rate is held.
     pub udp_step: Duration,
+    /// Extra rates tried between the last that held and the first that did not.
+    pub udp_refinements: usize,
     /// Connections downloading at once ([`volume::busy`]).
     pub busy_connections: usize,
     /// Their measured window (after a warm-up of a quarter of it).
@@ -82,6 +84,7 @@ impl Sizes {
             idle_connections: 2000,
             udp_rates: vec![5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 320_000],
             udp_step: Duration::from_secs(2),
+            udp_refinements: 3,
             busy_connections: 1000,
             busy_window: Duration::from_secs(8),
             crowd_busy: 100,
@@ -104,6 +107,7 @@ impl Sizes {
             idle_connections: 200,
             udp_rates: vec![2_000, 8_000],
             udp_step: Duration::from_millis(300),
+            udp_refinements: 1,
             busy_connections: 100,
             busy_window: Duration::from_secs(1),
             crowd_busy: 20,
@@ -111,6 +115,29 @@ impl Sizes {
             ..Sizes::full()
         }
     }
+}
+
+/// The workloads of a pair, in the order they run (`proxy-bench --only` picks some).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Fresh RSS and RSS per idle connection.
+    Memory,
+    /// Bulk over one stream each way, with CPU per byte (and through HTTP CONNECT for ours).
+    Bulk,
+    /// Bulk over several streams.
+    Parallel,
+    /// Request/response over many connections.
+    Requests,
+    /// New connections per second.
+    Connects,
+    /// UDP echo with a fixed number of datagrams in flight.
+    Udp,
+    /// UDP offered at rising rates.
+    UdpRates,
+    /// Many connections downloading at once.
+    Busy,
+    /// Busy connections beside an idle crowd.
+    Crowd,
 }
 
 /// What to run.
@@ -124,6 +151,8 @@ pub struct Suite {
     pub runs: usize,
     /// Workload sizes.
     pub sizes: Sizes,
+    /// The workloads to run; empty: all.
+    pub only: Vec<Workload>,
 }
 
 impl Suite {
@@ -146,6 +175,7 @@ impl Suite {
                         flavour: implementation.flavour,
                         targets,
                         sizes: &self.sizes,
+                        only: &self.only,
                         ticks_per_second,
                         results: &mut results,
                         summary: Vec::new(),
@@ -171,6 +201,7 @@ struct PairRun<'a> {
     flavour: Flavour,
     targets: Targets,
     sizes: &'a Sizes,
+    only: &'a [Workload],
     ticks_per_second: u64,
     results: &'a mut Results,
     summary: Vec<String>,
@@ -186,7 +217,9 @@ impl PairRun<'_> {
         let (socks, targets, ticks_per_second) = (pair.socks, self.targets, self.ticks_per_second);
 
         let fresh = pair.rss_kib().map(|kib| vec![(Metric::FreshRss, kib as f64 / 1024.0)]);
-        if !self.step(&pair, "fresh RSS", Duration::from_secs(1), async { fresh }).await {
+        if self.wants(Workload::Memory)
+            && !self.step(&pair, "fresh RSS", Duration::from_secs(1), async { fresh }).await
+        {
             return;
         }
 
@@ -198,7 +231,9 @@ impl PairRun<'_> {
             let per_connection = (after as f64 - before as f64) / sizes.idle_connections as f64;
             Ok(vec![(Metric::IdleRss, per_connection)])
         };
-        if !self.step(&pair, "idle connections", Duration::from_secs(120), idle).await {
+        if self.wants(Workload::Memory)
+            && !self.step(&pair, "idle connections", Duration::from_secs(120), idle).await
+        {
             return;
         }
 
@@ -212,13 +247,13 @@ impl PairRun<'_> {
             let megabytes = 2.0 * sizes.bulk_bytes as f64 / 1e6;
             Ok(vec![(Metric::BulkDown, down), (Metric::BulkUp, up), (Metric::CpuPerMb, cpu_ms / megabytes)])
         };
-        if !self.step(&pair, "bulk, 1 stream", bulk_limit * 2, single).await {
+        if self.wants(Workload::Bulk) && !self.step(&pair, "bulk, 1 stream", bulk_limit * 2, single).await {
             return;
         }
 
         // Ours only (the peers' default local ports speak SOCKS5 alone), right after the SOCKS5 figures
         // it is compared with, so both meet the processes in the same state.
-        if self.flavour == Flavour::Ours {
+        if self.wants(Workload::Bulk) && self.flavour == Flavour::Ours {
             let connect = async {
                 let down = workloads::bulk_via(
                     Front::HttpConnect,
@@ -250,7 +285,9 @@ impl PairRun<'_> {
                 .await?;
             Ok(vec![(Metric::BulkDownParallel, rate)])
         };
-        if !self.step(&pair, "bulk, parallel streams", bulk_limit, parallel).await {
+        if self.wants(Workload::Parallel)
+            && !self.step(&pair, "bulk, parallel streams", bulk_limit, parallel).await
+        {
             return;
         }
 
@@ -269,9 +306,10 @@ impl PairRun<'_> {
                 (Metric::RequestRate, figures.per_second),
             ])
         };
-        if !self
-            .step(&pair, "request/response", sizes.request_duration + Duration::from_secs(30), requests)
-            .await
+        if self.wants(Workload::Requests)
+            && !self
+                .step(&pair, "request/response", sizes.request_duration + Duration::from_secs(30), requests)
+                .await
         {
             return;
         }
@@ -286,9 +324,10 @@ impl PairRun<'_> {
                 (Metric::ConnectP99, figures.p99_us),
             ])
         };
-        if !self
-            .step(&pair, "connection rate", sizes.connect_duration + Duration::from_secs(30), connects)
-            .await
+        if self.wants(Workload::Connects)
+            && !self
+                .step(&pair, "connection rate", sizes.connect_duration + Duration::from_secs(30), connects)
+                .await
         {
             return;
         }
@@ -304,7 +343,9 @@ impl PairRun<'_> {
             .await?;
             Ok(vec![(Metric::UdpRate, rate)])
         };
-        if !self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await {
+        if self.wants(Workload::Udp)
+            && !self.step(&pair, "UDP", sizes.udp_duration + Duration::from_secs(30), udp).await
+        {
             return;
         }
 
@@ -317,6 +358,7 @@ impl PairRun<'_> {
                 sizes.udp_payload,
                 &sizes.udp_rates,
                 sizes.udp_step,
+                sizes.udp_refinements,
                 ticks_per_second,
             )
             .await?;
@@ -325,8 +367,9 @@ impl PairRun<'_> {
                 (Metric::UdpCpuPerDatagram, found.cpu_us_per_datagram),
             ])
         };
-        let limit = udp_step * sizes.udp_rates.len() as u32 + Duration::from_secs(30);
-        if !self.step(&pair, "UDP at rising rates", limit, offered).await {
+        let steps = sizes.udp_rates.len() + sizes.udp_refinements;
+        let limit = udp_step * steps as u32 + Duration::from_secs(30);
+        if self.wants(Workload::UdpRates) && !self.step(&pair, "UDP at rising rates", limit, offered).await {
             return;
         }
 
@@ -339,7 +382,10 @@ impl PairRun<'_> {
                 (Metric::BusyRss, figures.rss_mib),
             ])
         };
-        if !self.step(&pair, "busy connections", sizes.busy_window * 2 + Duration::from_secs(60), busy).await
+        if self.wants(Workload::Busy)
+            && !self
+                .step(&pair, "busy connections", sizes.busy_window * 2 + Duration::from_secs(60), busy)
+                .await
         {
             return;
         }
@@ -352,7 +398,13 @@ impl PairRun<'_> {
             drop(idle);
             Ok(vec![(Metric::CrowdRatio, beside.aggregate / alone.aggregate.max(f64::MIN_POSITIVE))])
         };
-        self.step(&pair, "idle crowd", sizes.busy_window * 4 + Duration::from_secs(300), crowd).await;
+        if self.wants(Workload::Crowd) {
+            self.step(&pair, "idle crowd", sizes.busy_window * 4 + Duration::from_secs(300), crowd).await;
+        }
+    }
+
+    fn wants(&self, workload: Workload) -> bool {
+        self.only.is_empty() || self.only.contains(&workload)
     }
 
     /// Runs one workload under a time limit; records its figures or its failure (with the proxies' logs
