@@ -8,6 +8,11 @@
 //! The relay ends when both directions have seen EOF, when either direction fails (then both sides are
 //! dropped, so neither peer waits on a half-dead connection), or when no byte has moved in either
 //! direction for the idle timeout.
+//!
+//! Each turn a relay gets on its runtime moves at most [`TURN_BYTES`] per direction, then it goes to the
+//! back of the runtime's queue. Without that a connection moved whatever its sockets held (up to tokio's
+//! budget, megabytes), so connections whose kernel buffers had grown larger took more of the thread's
+//! time than the others: a quarter of 100 busy downloads ran at 2.4x the mean and the slowest at 0.1x.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -17,6 +22,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
+
+/// Most bytes a direction moves in one turn before the relay yields to the other tasks of its thread:
+/// one full read buffer ([`crate::buffer`]'s large size), so a bulk transfer still moves in 64 KiB
+/// reads and writes.
+pub const TURN_BYTES: usize = 64 * 1024;
 
 /// How a relay ended and how many bytes moved each way.
 #[derive(Debug)]
@@ -97,10 +107,15 @@ where
     let mut inbound = Pump::default();
     let end = poll_fn(|cx| {
         let mut moved = false;
-        if let Poll::Ready(Err(error)) = outbound.poll(cx, &mut *a_read, &mut *b_write, &mut moved) {
+        let mut turn_used = false;
+        if let Poll::Ready(Err(error)) =
+            outbound.poll(cx, &mut *a_read, &mut *b_write, &mut moved, &mut turn_used)
+        {
             return Poll::Ready(RelayEnd::Failed { a_to_b: true, error });
         }
-        if let Poll::Ready(Err(error)) = inbound.poll(cx, &mut *b_read, &mut *a_write, &mut moved) {
+        if let Poll::Ready(Err(error)) =
+            inbound.poll(cx, &mut *b_read, &mut *a_write, &mut moved, &mut turn_used)
+        {
             return Poll::Ready(RelayEnd::Failed { a_to_b: false, error });
         }
         if outbound.done && inbound.done {
@@ -108,6 +123,10 @@ where
         }
         if moved {
             last = Instant::now();
+        }
+        if turn_used {
+            // More is ready, but the other connections of this thread go first.
+            cx.waker().wake_by_ref();
         }
         // The timer is only moved when it fires: resetting it on every chunk would cost a timer-wheel
         // update per read.
@@ -137,17 +156,21 @@ struct Pump {
 }
 
 impl Pump {
+    /// Moves bytes until the reader or writer would wait, the direction ends, or [`TURN_BYTES`] moved in
+    /// this call (then `turn_used` is set and it returns `Pending` without a waker registered).
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
         moved: &mut bool,
+        turn_used: &mut bool,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let mut this_turn = 0;
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
@@ -162,6 +185,10 @@ impl Pump {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 self.flushing = false;
             }
+            if this_turn >= TURN_BYTES {
+                *turn_used = true;
+                return Poll::Pending;
+            }
             let chunk = ready!(Pin::new(&mut *reader).poll_fill_buf(cx))?;
             if chunk.is_empty() {
                 self.shutting_down = true;
@@ -174,6 +201,7 @@ impl Pump {
             }
             Pin::new(&mut *reader).consume(written);
             self.count += written as u64;
+            this_turn += written;
             *moved = true;
             if written == len {
                 self.flushing = true;
@@ -213,6 +241,60 @@ mod tests {
         let outcome = relay.await.unwrap();
         assert!(matches!(outcome.end, RelayEnd::Closed));
         assert_eq!((outcome.a_to_b, outcome.b_to_a), (7, 25));
+    }
+
+    /// Accepts every write at once and counts the bytes.
+    #[derive(Default)]
+    struct CountingSink(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AsyncWrite for CountingSink {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.0.fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts how often it is woken.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_moves_at_most_turn_bytes_each_way_then_yields() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (out_source, back_source) = (vec![1u8; 5 * TURN_BYTES / 2], vec![2u8; TURN_BYTES / 2]);
+        let (mut a_read, mut b_read) = (BufReader::new(&out_source[..]), BufReader::new(&back_source[..]));
+        let (mut a_write, mut b_write) = (CountingSink::default(), CountingSink::default());
+        let (to_b, to_a) = (b_write.0.clone(), a_write.0.clone());
+        let mut relay = Box::pin(relay(
+            (&mut a_read, &mut a_write),
+            (&mut b_read, &mut b_write),
+            Duration::from_secs(60),
+        ));
+        let woken = std::sync::Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(relay.as_mut().poll(&mut cx).is_pending());
+        assert_eq!((to_b.load(Relaxed), to_a.load(Relaxed)), (TURN_BYTES, TURN_BYTES / 2));
+        assert_eq!(woken.0.load(Relaxed), 1, "it asks to run again, behind the other tasks");
+
+        assert!(relay.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(to_b.load(Relaxed), 2 * TURN_BYTES);
+        let Poll::Ready(outcome) = relay.as_mut().poll(&mut cx) else { panic!("the rest fits in a turn") };
+        assert_eq!((outcome.a_to_b, outcome.b_to_a), (5 * TURN_BYTES as u64 / 2, TURN_BYTES as u64 / 2));
+        assert!(matches!(outcome.end, RelayEnd::Closed));
     }
 
     #[tokio::test(start_paused = true)]
