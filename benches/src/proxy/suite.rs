@@ -351,17 +351,7 @@ impl PairRun<'_> {
 
         let udp_step = sizes.udp_step + Duration::from_secs(1);
         let offered = async {
-            let found = volume::udp_offered(
-                &pair,
-                socks,
-                targets.udp_echo,
-                sizes.udp_payload,
-                &sizes.udp_rates,
-                sizes.udp_step,
-                sizes.udp_refinements,
-                ticks_per_second,
-            )
-            .await?;
+            let found = volume::udp_offered(&pair, socks, targets.udp_echo, &sizes, ticks_per_second).await?;
             Ok(vec![
                 (Metric::UdpSustained, found.sustained),
                 (Metric::UdpCpuPerDatagram, found.cpu_us_per_datagram),

@@ -25,6 +25,7 @@ use tokio::time::{interval, sleep_until, timeout, Instant, MissedTickBehavior};
 
 use super::process::Pair;
 use super::socks5::{self, UdpAssociation};
+use super::suite::Sizes;
 use super::targets::{self, IO_CHUNK};
 
 /// Loss under which an offered rate counts as sustained.
@@ -42,26 +43,25 @@ pub struct UdpOffered {
     pub cpu_us_per_datagram: f64,
 }
 
-/// Offers `payload`-byte datagrams at each of `rates` (ascending, datagrams/s) for `step` each; stops at
-/// the first rate that loses 1% or more, then tries `refinements` rates between it and the last that
-/// held, each halfway (geometrically) across the gap left.
+/// Offers `sizes.udp_payload`-byte datagrams at each of `sizes.udp_rates` (ascending, datagrams/s) for
+/// `sizes.udp_step` each; stops at the first rate that loses 1% or more, then tries
+/// `sizes.udp_refinements` rates between it and the last that held, each halfway (geometrically) across
+/// the gap left.
 pub async fn udp_offered(
     pair: &Pair,
     socks: SocketAddr,
     echo: SocketAddr,
-    payload: usize,
-    rates: &[u64],
-    step: Duration,
-    refinements: usize,
+    sizes: &Sizes,
     ticks_per_second: u64,
 ) -> Result<UdpOffered> {
+    let (payload, step) = (sizes.udp_payload, sizes.udp_step);
     let association = UdpAssociation::open(socks, echo).await.context("SOCKS5 UDP ASSOCIATE")?;
     let datagram = association.datagram(&targets::pattern(payload));
     let socket = Arc::new(association.socket);
     warm_up(&socket, &datagram).await?;
     let mut found = UdpOffered { sustained: 0.0, cpu_us_per_datagram: 0.0 };
     let mut first_failed = None;
-    for &rate in rates {
+    for &rate in &sizes.udp_rates {
         match step_at(pair, &socket, &datagram, payload, rate, step, ticks_per_second).await? {
             Some(passed) => found = passed,
             None => {
@@ -73,7 +73,7 @@ pub async fn udp_offered(
     // Between the last rate that held and the first that did not, halve the gap (geometrically) a few
     // times, so the figure is not just the list's last step below the limit.
     if let (Some(mut failed), true) = (first_failed, found.sustained > 0.0) {
-        for _ in 0..refinements {
+        for _ in 0..sizes.udp_refinements {
             let rate = ((found.sustained * failed as f64).sqrt() / 100.0).round() as u64 * 100;
             if rate as f64 <= found.sustained || rate >= failed {
                 break;
