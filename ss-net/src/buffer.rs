@@ -7,9 +7,16 @@
 //!
 //! A [`Buffer`] goes back to its thread's pool when it is dropped, so no path (an early `?`, a reader
 //! dropped mid-record) can forget to return it.
+//!
+//! Readers that move much data ask for [`LARGE`] buffers (fewer system calls per byte), but at most
+//! [`LARGE_LENT_MAX`] of them are lent out at once in the process: beyond that, [`Buffer::take_preferring`]
+//! gives a [`SMALL`] one, and a writer sealing more than a small buffer's worth needs a [`LargeLease`]
+//! from the same budget. One bulk transfer still moves 64 KiB per system call, and a thousand busy
+//! connections hold 16 KiB each instead of 64 KiB.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Size of a connection's first buffer: enough for interactive traffic (a request, a TLS handshake
 /// message), small enough that a burst of new connections does not leave megabytes of freed 16 KiB buffers
@@ -21,6 +28,13 @@ pub const SMALL: usize = 16 * 1024 + 128;
 pub const LARGE: usize = 64 * 1024 + 128;
 /// Buffers of each size a thread keeps for reuse.
 pub const KEEP: usize = 8;
+/// Most [`LARGE`] buffers lent out at once in the process (8 MiB) before readers that would only like
+/// one get a [`SMALL`] one.
+pub const LARGE_LENT_MAX: usize = 128;
+
+/// [`LARGE`] buffers lent out now, process-wide (buffers may be dropped on another thread than the one
+/// that took them, so a per-thread count could drift).
+static LARGE_LENT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static STARTS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -45,12 +59,50 @@ impl Buffer {
             len => return Buffer(vec![0; len].into_boxed_slice()),
         };
         let reused = pool.with(|pool| pool.borrow_mut().pop());
+        if size == LARGE {
+            LARGE_LENT.fetch_add(1, Ordering::Relaxed);
+        }
         Buffer(reused.unwrap_or_else(|| vec![0; size].into_boxed_slice()))
+    }
+
+    /// A buffer of at least `min_len` bytes, and of `preferred` bytes if that is more and the process
+    /// has large buffers to spare ([`LARGE_LENT_MAX`]); otherwise the smaller of `preferred` and
+    /// [`SMALL`] (still at least `min_len`).
+    pub fn take_preferring(min_len: usize, preferred: usize) -> Buffer {
+        if preferred > SMALL && !large_to_spare() {
+            return Buffer::take(min_len.max(SMALL));
+        }
+        Buffer::take(min_len.max(preferred))
     }
 
     /// Gives the bytes back now and leaves this buffer empty.
     pub fn release(&mut self) {
         *self = Buffer::default();
+    }
+}
+
+fn large_to_spare() -> bool {
+    LARGE_LENT.load(Ordering::Relaxed) < LARGE_LENT_MAX
+}
+
+/// A place among the [`LARGE_LENT_MAX`] large buffers for memory that is not a [`Buffer`] (a writer's
+/// sealed output), held until dropped.
+#[derive(Debug)]
+pub struct LargeLease(());
+
+impl LargeLease {
+    /// A place if the process has large buffers to spare.
+    pub fn try_take() -> Option<LargeLease> {
+        large_to_spare().then(|| {
+            LARGE_LENT.fetch_add(1, Ordering::Relaxed);
+            LargeLease(())
+        })
+    }
+}
+
+impl Drop for LargeLease {
+    fn drop(&mut self) {
+        LARGE_LENT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -67,6 +119,9 @@ pub(crate) fn pooled(size: usize) -> usize {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        if self.0.len() == LARGE {
+            LARGE_LENT.fetch_sub(1, Ordering::Relaxed);
+        }
         let pool = match self.0.len() {
             START => &STARTS,
             SMALL => &SMALLS,
@@ -134,6 +189,32 @@ mod tests {
         let many: Vec<_> = (0..KEEP + 3).map(|_| Buffer::take(LARGE)).collect();
         drop(many);
         assert_eq!(pooled(LARGE), KEEP);
+    }
+
+    /// Large buffers lent out now (tests).
+    pub(crate) fn large_lent() -> usize {
+        LARGE_LENT.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn past_the_large_budget_a_reader_that_would_like_one_gets_a_small_buffer() {
+        // Other tests of this process take large buffers too; hold enough to be past the budget whatever
+        // they do, and check the count only with our own buffers in it.
+        let before = large_lent();
+        let held: Vec<_> = (0..LARGE_LENT_MAX).map(|_| Buffer::take(LARGE)).collect();
+        assert!(large_lent() >= before + LARGE_LENT_MAX);
+        assert_eq!(Buffer::take_preferring(START, LARGE).len(), SMALL, "over budget: small");
+        assert_eq!(Buffer::take_preferring(SMALL + 1, LARGE).len(), LARGE, "a record that needs it: large");
+        assert_eq!(Buffer::take_preferring(START, START).len(), START, "nobody asked for more");
+        assert!(LargeLease::try_take().is_none(), "no lease past the budget either");
+        drop(held);
+        assert!(large_lent() < LARGE_LENT_MAX);
+        let again = Buffer::take_preferring(START, LARGE);
+        assert_eq!(again.len(), LARGE, "room again once they came back");
+        let lease = LargeLease::try_take().expect("a lease with room");
+        let with_lease = large_lent();
+        drop(lease);
+        assert!(large_lent() < with_lease, "a dropped lease gives its place back");
     }
 
     #[test]

@@ -60,8 +60,8 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for PooledReader<R> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.filled.is_empty() {
-            if this.buf.len() < this.next_size {
-                this.buf = Buffer::take(this.next_size);
+            if this.buf.is_empty() {
+                this.buf = Buffer::take_preferring(buffer::START, this.next_size);
             }
             let limit = this.buf.len().min(MAX_READ);
             let mut read_buf = ReadBuf::new(&mut this.buf[..limit]);
@@ -89,6 +89,11 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for PooledReader<R> {
     fn consume(self: Pin<&mut Self>, amount: usize) {
         let this = self.get_mut();
         this.filled.start = (this.filled.start + amount).min(this.filled.end);
+        if this.filled.is_empty() {
+            // Everything went on: a connection whose writer is now waiting holds no read buffer.
+            this.buf.release();
+            this.filled = 0..0;
+        }
     }
 }
 
@@ -113,6 +118,17 @@ mod tests {
         let mut line = String::new();
         reader.read_line(&mut line).await.unwrap();
         assert_eq!(line, "second");
+    }
+
+    #[tokio::test]
+    async fn bytes_handed_on_in_full_release_the_buffer_at_once() {
+        let mut reader = PooledReader::new(&b"twelve bytes"[..]);
+        assert_eq!(reader.fill_buf().await.unwrap(), b"twelve bytes");
+        reader.consume(7);
+        assert!(!reader.buf.is_empty(), "five bytes still to go");
+        reader.consume(5);
+        assert!(reader.buf.is_empty(), "all handed on: no buffer held while the writer waits");
+        assert_eq!(reader.fill_buf().await.unwrap(), b"");
     }
 
     /// Polls `fill_buf` once; true if it was pending.

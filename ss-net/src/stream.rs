@@ -21,12 +21,15 @@ use ss_crypto::tcp::{DecryptError, Decryptor, Encryptor};
 use ss_crypto::{Address, Salt};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::buffer::{self, Buffer};
+use crate::buffer::{self, Buffer, LargeLease};
 use crate::clock::unix_now;
 
 /// Most plaintext one `poll_write` seals before it hands the records to the socket: enough for a whole
 /// 64 KiB read, so one read from the other side becomes one write here.
 const MAX_WRITE: usize = 256 * 1024;
+/// Most plaintext one `poll_write` seals when the process has no large buffer to spare
+/// ([`crate::buffer::LargeLease`]): what a small read buffer holds.
+const SMALL_WRITE: usize = 16 * 1024;
 
 /// Reads ciphertext from `R` and yields the plaintext.
 pub struct DecryptReader<R> {
@@ -204,9 +207,12 @@ impl<R: AsyncRead + Unpin> DecryptReader<R> {
 
     /// [`Self::poll_read_ciphertext`] with a buffer large enough for `wanted` bytes of ciphertext.
     fn poll_read_ciphertext_for(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<()>> {
-        let wanted = wanted.max(self.next_size);
-        if self.buf.len() < wanted {
-            let mut bigger = Buffer::take(wanted);
+        // A buffer is changed when the record under way does not fit, when none is held, or when the
+        // first small one turned out too small for the traffic: then it is as large as reads have
+        // needed, if the process has large buffers to spare.
+        let outgrown = self.buf.len() == buffer::START && self.next_size > buffer::START;
+        if self.buf.len() < wanted || self.buf.is_empty() || outgrown {
+            let mut bigger = Buffer::take_preferring(wanted, self.next_size);
             bigger[..self.pending.len()].copy_from_slice(&self.buf[self.pending.clone()]);
             self.buf = bigger;
             self.pending = 0..self.pending.len();
@@ -271,6 +277,12 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for DecryptReader<R> {
     fn consume(self: Pin<&mut Self>, amount: usize) {
         let this = self.get_mut();
         this.plain.start = (this.plain.start + amount).min(this.plain.end);
+        if this.plain.is_empty() && this.pending.is_empty() {
+            // Everything went on and no record is under way: hold no buffer while the writer waits.
+            this.buf.release();
+            this.pending = 0..0;
+            this.plain = 0..0;
+        }
     }
 }
 
@@ -287,13 +299,15 @@ pub struct EncryptWriter<W> {
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
     written: usize,
+    /// `out`'s place among the process's large buffers, while it holds more than [`SMALL_WRITE`].
+    large: Option<LargeLease>,
     clock: fn() -> u64,
 }
 
 impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
     /// A writer that seals with `encryptor`.
     pub fn new(inner: W, encryptor: Encryptor) -> EncryptWriter<W> {
-        EncryptWriter { inner, encryptor, out: Vec::new(), written: 0, clock: unix_now }
+        EncryptWriter { inner, encryptor, out: Vec::new(), written: 0, large: None, clock: unix_now }
     }
 
     /// Replaces the clock used for 2022 header timestamps (tests).
@@ -328,6 +342,7 @@ impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
         }
         self.out = Vec::new();
         self.written = 0;
+        self.large = None;
         Poll::Ready(Ok(()))
     }
 
@@ -342,7 +357,15 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for EncryptWriter<W> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, payload: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        let take = payload.len().min(MAX_WRITE);
+        let mut take = payload.len().min(MAX_WRITE);
+        if take > SMALL_WRITE {
+            // Sealed output the socket does not take at once is held: beyond a small buffer's worth it
+            // counts among the process's large buffers, and without room it is sealed in small steps.
+            this.large = LargeLease::try_take();
+            if this.large.is_none() {
+                take = SMALL_WRITE;
+            }
+        }
         this.seal(&payload[..take])?;
         // The bytes are accepted once sealed; if the socket is full they go out on the next call.
         if let Poll::Ready(Err(error)) = this.poll_drain(cx) {

@@ -170,6 +170,33 @@ mod buffer_use {
         assert!(reader.buf.is_empty(), "buffer held while idle");
         assert!(up.out.capacity() == 0, "writer buffer held while idle");
     }
+
+    #[tokio::test]
+    async fn plaintext_handed_on_in_full_releases_the_buffer_at_once() {
+        let method = Method::ChaCha20IetfPoly1305;
+        let key = Key::from_bytes(method, &[3; 32]).unwrap();
+        let salt = Salt::from_slice(method, &[1; 32]).unwrap();
+        let target = Address::Ip("127.0.0.1:80".parse().unwrap());
+        let mut request = Vec::new();
+        let mut up = EncryptWriter::new(&mut request, Encryptor::request(method, &key, salt, &target, &[]));
+        up.write_all(b"first").await.unwrap();
+        up.write_all(b"second").await.unwrap();
+        let mut reader = DecryptReader::new(&request[..], Decryptor::request(method, &key));
+        reader.read_target().await.unwrap();
+        assert_eq!(reader.fill_buf().await.unwrap(), b"first");
+        reader.consume(2);
+        assert!(!reader.buf.is_empty(), "part of the plaintext is still to go");
+        reader.consume(3);
+        // The second record was read with the first: still in the buffer, so it is kept.
+        assert!(!reader.buf.is_empty(), "a record read but not opened is kept");
+        assert_eq!(reader.fill_buf().await.unwrap(), b"second");
+        reader.consume(6);
+        assert!(
+            reader.buf.is_empty(),
+            "nothing left to hand on: no buffer held, with the writer waiting or not"
+        );
+        assert_eq!(reader.fill_buf().await.unwrap(), b"", "then the end of the stream");
+    }
 }
 
 #[tokio::test]
