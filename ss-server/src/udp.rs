@@ -22,6 +22,10 @@
 //!   server socket and [`MAX_AWAITING_PER_ASSOCIATION`] per association, each for at most the lookup
 //!   timeout. A datagram that finds every lookup slot taken, or no room to wait, is dropped and counted
 //!   (`Stats::udp_unresolved_drops`).
+//! - Datagrams come in batches ([`ss_net::udp_batch`]): one `recvmmsg` takes all that wait on the server
+//!   socket, another all the replies waiting on an association's socket, and an association's replies
+//!   of one batch go back to their client in GSO runs (one send for equal-size replies; single sends
+//!   where the kernel has no GSO). Each datagram is still checked, limited and counted on its own.
 //! - Associations expire after the UDP timeout without traffic (a short timeout when they only ever
 //!   spoke to port 53); beyond the cap the least recently used one is evicted.
 
@@ -34,6 +38,7 @@ use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Address;
+use ss_net::udp_batch::{self, BatchReceiver, BatchSender};
 use ss_net::{canonical_addr, unix_now, ResolveError};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,8 +55,9 @@ use flow::{AssociationKey, Codec, Flow, ReplyCipher};
 
 mod flow;
 
-/// Biggest datagram we read or write.
-const MAX_DATAGRAM: usize = 65_535;
+/// Most receive buffers of one association's replies (64 KiB each, allocated as its traffic needs
+/// them); a GRO buffer holds many datagrams.
+const REPLY_BATCH: usize = 8;
 /// Idle timeout of associations that only ever spoke to port 53.
 const DNS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most datagrams of one server socket waiting for their target's name to resolve; with payloads of
@@ -79,15 +85,19 @@ pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: 
         started: Instant::now(),
         shared,
     });
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    udp_batch::enable_gro(&relay.socket);
+    let mut receiver = BatchReceiver::new(udp_batch::BATCH);
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
-            received = relay.socket.recv_from(&mut buf) => received,
+            received = receiver.recv(&relay.socket) => received,
         };
-        match received {
-            Ok((len, from)) => relay.clone().handle(&mut buf[..len], canonical_addr(from)).await,
-            Err(error) => debug!(%error, "UDP receive failed"),
+        if let Err(error) = received {
+            debug!(%error, "UDP receive failed");
+            continue;
+        }
+        for datagram in receiver.datagrams() {
+            relay.clone().handle(datagram.bytes, canonical_addr(datagram.from)).await;
         }
     }
     let associations: Vec<_> = relay.lock_table().live.drain().map(|(_, association)| association).collect();
@@ -344,8 +354,9 @@ impl Relay {
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
     async fn replies(self: Arc<Self>, key: AssociationKey, association: Arc<Association>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
+        let mut receiver = BatchReceiver::new(REPLY_BATCH);
+        // Sealed replies of one batch, tagged with their payload's length for the user's counters.
+        let mut sender = BatchSender::<usize>::new();
         loop {
             let idle = if association.dns_only.load(Ordering::Relaxed) {
                 DNS_TIMEOUT
@@ -369,32 +380,33 @@ impl Relay {
                     }
                     continue;
                 }
-                received = association.outbound.recv_from(&mut buf) => received,
+                received = receiver.recv(&association.outbound) => received,
             };
-            let Ok((len, source)) = received else { continue };
-            association.last_active.store(self.now_ms(), Ordering::Relaxed);
-            if let Some(user) = &association.user {
-                if !user.account().pass_datagram(Way::Down, len) {
-                    debug!("UDP reply over the user's rate or quota; dropped");
-                    continue;
-                }
-            }
-            out.clear();
-            let source = Address::Ip(canonical_addr(source));
-            if let Err(error) = association.replies.seal(&source, &buf[..len], &mut out) {
-                debug!(%error, "UDP reply not sealed; dropped");
+            if received.is_err() {
                 continue;
             }
+            association.last_active.store(self.now_ms(), Ordering::Relaxed);
             let client = *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let delivered = match self.socket.send_to(&out, client).await {
-                Ok(_) => len,
-                Err(error) => {
-                    debug!(%error, "UDP reply to client failed");
-                    0
+            for reply in receiver.datagrams() {
+                let len = reply.bytes.len();
+                if let Some(user) = &association.user {
+                    if !user.account().pass_datagram(Way::Down, len) {
+                        debug!("UDP reply over the user's rate or quota; dropped");
+                        continue;
+                    }
                 }
-            };
-            if let Some(user) = &association.user {
-                user.usages().iter().for_each(|usage| usage.udp_out(len, delivered));
+                let source = Address::Ip(canonical_addr(reply.from));
+                let sealed =
+                    sender.push(client, len, |out| association.replies.seal(&source, reply.bytes, out));
+                if let Err(error) = sealed {
+                    debug!(%error, "UDP reply not sealed; dropped");
+                }
+            }
+            for (len, sent) in sender.send(&self.socket).await {
+                let delivered = if sent { len } else { 0 };
+                if let Some(user) = &association.user {
+                    user.usages().iter().for_each(|usage| usage.udp_out(len, delivered));
+                }
             }
         }
         let mut table = self.lock_table();
