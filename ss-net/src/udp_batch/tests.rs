@@ -163,3 +163,26 @@ async fn a_failed_send_is_reported_for_its_datagram_only() {
     assert_eq!(sender.push(to, 4, |_| Err("no")), Err("no"));
     assert!(sender.is_empty());
 }
+
+#[tokio::test]
+async fn a_dual_stack_socket_sends_runs_to_an_ipv4_client() {
+    // ss-server listening on [::] answers IPv4 clients from its dual-stack socket.
+    let dual = UdpSocket::bind("[::]:0").await.unwrap();
+    let socket = bound().await;
+    let to = socket.local_addr().unwrap();
+    let mut sender = BatchSender::new();
+    for i in 0..5u8 {
+        sender
+            .push(to, i, |out: &mut Vec<u8>| {
+                out.extend_from_slice(&[i; 100]);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+    }
+    let outcomes: Vec<_> = tokio::time::timeout(LIMIT, sender.send(&dual)).await.unwrap().collect();
+    assert!(outcomes.iter().all(|&(_, sent)| sent), "{outcomes:?}");
+    let mut receiver = BatchReceiver::new(BATCH);
+    let (got, _) = receive_all(&mut receiver, &socket, 5).await;
+    let got: Vec<_> = got.into_iter().map(|(_, bytes)| bytes).collect();
+    assert_eq!(got, (0..5u8).map(|i| vec![i; 100]).collect::<Vec<_>>());
+}
