@@ -23,9 +23,11 @@
 //!   timeout. A datagram that finds every lookup slot taken, or no room to wait, is dropped and counted
 //!   (`Stats::udp_unresolved_drops`).
 //! - Datagrams come in batches ([`ss_net::udp_batch`]): one `recvmmsg` takes all that wait on the server
-//!   socket, another all the replies waiting on an association's socket, and an association's replies
-//!   of one batch go back to their client in GSO runs (one send for equal-size replies; single sends
-//!   where the kernel has no GSO). Each datagram is still checked, limited and counted on its own.
+//!   socket, another all the replies waiting on an association's socket; what a batch sends (datagrams
+//!   of one association to their targets, an association's replies to its client) leaves in GSO runs
+//!   (one send for consecutive equal-size datagrams to one address; single sends where the kernel has
+//!   no GSO). Each datagram is still checked, limited and counted on its own. Datagrams that waited
+//!   for a name are sent alone.
 //! - Associations expire after the UDP timeout without traffic (a short timeout when they only ever
 //!   spoke to port 53); beyond the cap the least recently used one is evicted.
 
@@ -87,6 +89,7 @@ pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: 
     });
     udp_batch::enable_gro(&relay.socket);
     let mut receiver = BatchReceiver::new(udp_batch::BATCH);
+    let mut outgoing = Outgoing::default();
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -97,8 +100,9 @@ pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: 
             continue;
         }
         for datagram in receiver.datagrams() {
-            relay.clone().handle(datagram.bytes, canonical_addr(datagram.from)).await;
+            relay.clone().handle(datagram.bytes, canonical_addr(datagram.from), &mut outgoing).await;
         }
+        outgoing.flush().await;
     }
     let associations: Vec<_> = relay.lock_table().live.drain().map(|(_, association)| association).collect();
     associations.iter().for_each(|association| association.stop.cancel());
@@ -169,8 +173,8 @@ impl Relay {
         self.started.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
     }
 
-    /// Opens, checks and forwards one datagram from `from`. Failures are silent.
-    async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr) {
+    /// Opens, checks and forwards one datagram from `from` (queued in `outgoing`). Failures are silent.
+    async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr, outgoing: &mut Outgoing) {
         if !self.shared.admits_client(from.ip()) {
             return;
         }
@@ -204,14 +208,20 @@ impl Relay {
             association.dns_only.store(false, Ordering::Relaxed);
         }
         if let Address::Ip(addr) = target {
-            return self.forward(&association, &target, [addr], &packet[payload]).await;
+            return self.forward(&association, &target, [addr], &packet[payload], Some(outgoing)).await;
         }
-        self.resolve(association, target, &packet[payload]).await;
+        self.resolve(association, target, &packet[payload], outgoing).await;
     }
 
     /// Forwards a datagram for a domain target: at once if its name is cached, else from a task of
     /// its own once the lookup ends, if there is room to wait; otherwise it is dropped and counted.
-    async fn resolve(self: Arc<Self>, association: Arc<Association>, target: Address, payload: &[u8]) {
+    async fn resolve(
+        self: Arc<Self>,
+        association: Arc<Association>,
+        target: Address,
+        payload: &[u8],
+        outgoing: &mut Outgoing,
+    ) {
         let Address::Domain(host, port) = &target else { return };
         let port = *port;
         if !self.shared.guard.allows_name(host) {
@@ -226,7 +236,10 @@ impl Relay {
             addrs.iter().map(|&ip| SocketAddr::new(ip, port)).collect()
         };
         match lookup.ready() {
-            Some(Ok(addrs)) => return self.forward(&association, &target, with_port(addrs), payload).await,
+            Some(Ok(addrs)) => {
+                let candidates = with_port(addrs);
+                return self.forward(&association, &target, candidates, payload, Some(outgoing)).await;
+            }
             Some(Err(error)) => {
                 debug!(%error, %target, "UDP target does not resolve");
                 return;
@@ -240,19 +253,21 @@ impl Relay {
         tokio::spawn(async move {
             let _place = place;
             match lookup.wait().await {
-                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload).await,
+                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload, None).await,
                 Err(error) => debug!(%error, %target, "UDP target does not resolve"),
             }
         });
     }
 
-    /// Sends `payload` to the first of `candidates` the address policy allows.
+    /// Sends `payload` to the first of `candidates` the address policy allows: queued in `outgoing`
+    /// (sent with the rest of its batch), or at once without.
     async fn forward(
         &self,
-        association: &Association,
+        association: &Arc<Association>,
         target: &Address,
         candidates: impl IntoIterator<Item = SocketAddr>,
         payload: &[u8],
+        outgoing: Option<&mut Outgoing>,
     ) {
         let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(canonical_addr))
         else {
@@ -266,6 +281,9 @@ impl Relay {
             }
         }
         let destination = outbound_addr(destination, association.dual_stack);
+        if let Some(outgoing) = outgoing {
+            return outgoing.push(association, destination, payload).await;
+        }
         let sent = match association.outbound.send_to(payload, destination).await {
             Ok(sent) => sent,
             Err(error) => {
@@ -414,6 +432,41 @@ impl Relay {
             table.remove(key);
         }
         self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
+    }
+}
+
+/// Datagrams of one received batch on their way to targets: consecutive ones of one association go
+/// together when the batch ends or another association's datagram comes, in GSO runs where they are
+/// for one target and of one size (a client's equal-size datagrams to one target: one send).
+#[derive(Default)]
+struct Outgoing {
+    association: Option<Arc<Association>>,
+    /// Payloads, tagged with their length for the user's counters.
+    sender: BatchSender<usize>,
+}
+
+impl Outgoing {
+    async fn push(&mut self, association: &Arc<Association>, destination: SocketAddr, payload: &[u8]) {
+        if self.association.as_ref().is_some_and(|queued| !Arc::ptr_eq(queued, association)) {
+            self.flush().await;
+        }
+        self.association.get_or_insert_with(|| association.clone());
+        let copied = self.sender.push(destination, payload.len(), |bytes| {
+            bytes.extend_from_slice(payload);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        copied.unwrap_or_else(|never| match never {});
+    }
+
+    /// Sends what is queued, and counts each datagram for its user as the direct send does.
+    async fn flush(&mut self) {
+        let Some(association) = self.association.take() else { return };
+        for (len, sent) in self.sender.send(&association.outbound).await {
+            if let Some(user) = &association.user {
+                let sent = if sent { len } else { 0 };
+                user.usages().iter().for_each(|usage| usage.udp_in(len, sent));
+            }
+        }
     }
 }
 
