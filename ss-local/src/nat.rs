@@ -128,6 +128,7 @@ impl Nat {
             (self.server)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no server configured"))?;
         let (upstream, codec) = crate::udp::open_upstream(&server).await?;
         udp_batch::enable_gro(&upstream);
+        let receiver = BatchReceiver::new(REPLY_BATCH)?;
         let association = Arc::new(Association { upstream, codec, last_active: Mutex::new(Instant::now()) });
         lock(&self.table).insert(client, association.clone());
         debug!(%client, "UDP association opened");
@@ -137,7 +138,7 @@ impl Nat {
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = downlink.run(client, idle, replier.as_ref()) => {}
+                () = downlink.run(client, idle, replier.as_ref(), receiver) => {}
             }
             let mut table = lock(&table);
             if table.get(&client).is_some_and(|current| Arc::ptr_eq(current, &downlink)) {
@@ -154,9 +155,14 @@ impl Association {
         *lock(&self.last_active) = Instant::now();
     }
 
-    /// Server → client until `idle` passes without a datagram either way.
-    async fn run(&self, client: SocketAddr, idle: Duration, replier: &dyn Replier) {
-        let mut receiver = BatchReceiver::new(REPLY_BATCH);
+    /// Server → client until `idle` passes without a datagram either way, received with `receiver`.
+    async fn run(
+        &self,
+        client: SocketAddr,
+        idle: Duration,
+        replier: &dyn Replier,
+        mut receiver: BatchReceiver,
+    ) {
         loop {
             let deadline = *lock(&self.last_active) + idle;
             let received = tokio::select! {

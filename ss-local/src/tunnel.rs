@@ -38,7 +38,13 @@ pub(crate) async fn serve_udp(
     let replier = Arc::new(FromTunnel(socket.clone()));
     let nat = Nat::for_listener(&settings, replier, &shutdown);
     udp_batch::enable_gro(&socket);
-    let mut receiver = BatchReceiver::new(udp_batch::BATCH);
+    let mut receiver = match BatchReceiver::new(udp_batch::BATCH) {
+        Ok(receiver) => receiver,
+        Err(error) => {
+            error!(%error, "no UDP receiver for the tunnel");
+            return;
+        }
+    };
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
     loop {
         tokio::select! {

@@ -89,7 +89,7 @@ struct Uplink<'a> {
 async fn uplink(up: Uplink<'_>, client_ip: IpAddr, client: &Mutex<Option<SocketAddr>>) -> io::Result<()> {
     let Uplink { relay, upstream, direct, codec } = up;
     let server = upstream.peer_addr()?;
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH)?;
     let mut sender = BatchSender::<()>::new();
     loop {
         receiver.recv(relay).await?;
@@ -135,7 +135,7 @@ async fn downlink(
     client: &Mutex<Option<SocketAddr>>,
     codec: &Codec,
 ) -> io::Result<()> {
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH)?;
     let mut sender = BatchSender::<()>::new();
     loop {
         match receiver.recv(upstream).await {

@@ -58,6 +58,7 @@ pub fn enable_gro(socket: &UdpSocket) {
 /// Receives datagrams in batches; see the module docs.
 #[derive(Debug)]
 pub struct BatchReceiver {
+    state: &'static UdpSocketState,
     buffers: Vec<Vec<u8>>,
     metas: [RecvMeta; BATCH],
     /// Buffers the last receive filled.
@@ -67,13 +68,16 @@ pub struct BatchReceiver {
 
 impl BatchReceiver {
     /// A receiver that grows to at most `max_buffers` buffers of [`MAX_DATAGRAM`] bytes (1..=[`BATCH`]).
-    pub fn new(max_buffers: usize) -> BatchReceiver {
-        BatchReceiver {
+    /// Fails only if the process's first one cannot make its scratch socket (no descriptor left): then
+    /// receiving would fail at once, again and again.
+    pub fn new(max_buffers: usize) -> io::Result<BatchReceiver> {
+        Ok(BatchReceiver {
+            state: state()?,
             buffers: vec![vec![0; MAX_DATAGRAM]],
             metas: [RecvMeta::default(); BATCH],
             filled: 0,
             max_buffers: max_buffers.clamp(1, BATCH),
-        }
+        })
     }
 
     /// Waits for datagrams on `socket` and takes all that are waiting, up to the buffers' count;
@@ -81,7 +85,7 @@ impl BatchReceiver {
     /// reported on a connected socket among them).
     pub async fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.filled = 0;
-        let state = state()?;
+        let state = self.state;
         let (buffers, metas) = (&mut self.buffers, &mut self.metas);
         let filled = socket
             // ERROR too: a pending socket error (ICMP unreachable on a connected socket) wakes us and

@@ -88,7 +88,13 @@ pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: 
         shared,
     });
     udp_batch::enable_gro(&relay.socket);
-    let mut receiver = BatchReceiver::new(udp_batch::BATCH);
+    let mut receiver = match BatchReceiver::new(udp_batch::BATCH) {
+        Ok(receiver) => receiver,
+        Err(error) => {
+            tracing::error!(%error, "no UDP receiver; no UDP relay");
+            return;
+        }
+    };
     let mut outgoing = Outgoing::default();
     loop {
         let received = tokio::select! {
@@ -336,6 +342,8 @@ impl Relay {
             Err(refusal) => return Ok(Opened::Refused(refusal)),
         };
         let outbound = bind_outbound().await?;
+        udp_batch::enable_gro(&outbound);
+        let receiver = BatchReceiver::new(REPLY_BATCH)?;
         let dual_stack = outbound.local_addr()?.is_ipv6();
         // Drawn outside the table lock: it may be a system call.
         let server_session_id = OsRng.next_u64();
@@ -366,13 +374,17 @@ impl Relay {
             self.shared.settings.stats.udp_associations_added.fetch_add(1, Ordering::Relaxed);
             association
         };
-        tokio::spawn(self.clone().replies(key, association.clone()));
+        tokio::spawn(self.clone().replies(key, association.clone(), receiver));
         Ok(Opened::Live(association))
     }
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
-    async fn replies(self: Arc<Self>, key: AssociationKey, association: Arc<Association>) {
-        let mut receiver = BatchReceiver::new(REPLY_BATCH);
+    async fn replies(
+        self: Arc<Self>,
+        key: AssociationKey,
+        association: Arc<Association>,
+        mut receiver: BatchReceiver,
+    ) {
         // Sealed replies of one batch, tagged with their payload's length for the user's counters.
         let mut sender = BatchSender::<usize>::new();
         loop {

@@ -36,7 +36,7 @@ async fn datagrams_waiting_together_come_in_one_receive_in_order_with_their_send
         sender.send_to(&bytes, to).await.unwrap();
         expected.push((sender.local_addr().unwrap(), bytes));
     }
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH).unwrap();
     receiver.buffers.resize_with(BATCH, || vec![0; MAX_DATAGRAM]);
     let (got, receives) = receive_all(&mut receiver, &socket, expected.len()).await;
     assert_eq!(got, expected);
@@ -50,7 +50,7 @@ async fn a_receiver_grows_only_when_a_receive_fills_it() {
     let socket = bound().await;
     let to = socket.local_addr().unwrap();
     let sender = bound().await;
-    let mut receiver = BatchReceiver::new(4);
+    let mut receiver = BatchReceiver::new(4).unwrap();
     assert_eq!(receiver.buffers.len(), 1);
     sender.send_to(b"one", to).await.unwrap();
     sender.send_to(b"two", to).await.unwrap();
@@ -86,7 +86,7 @@ async fn a_gso_burst_arrives_as_its_datagrams_split_at_the_stride() {
     let outcomes: Vec<_> = tokio::time::timeout(LIMIT, sender.send(&client)).await.unwrap().collect();
     assert_eq!(outcomes, (0..20).map(|i| (i, true)).collect::<Vec<_>>());
     assert!(sender.is_empty());
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH).unwrap();
     receiver.buffers.resize_with(BATCH, || vec![0; MAX_DATAGRAM]);
     let (got, _) = receive_all(&mut receiver, &socket, expected.len()).await;
     assert_eq!(got, expected);
@@ -123,7 +123,7 @@ async fn an_empty_datagram_is_received_as_one() {
     let sender = bound().await;
     sender.send_to(b"", socket.local_addr().unwrap()).await.unwrap();
     sender.send_to(b"after", socket.local_addr().unwrap()).await.unwrap();
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH).unwrap();
     let (got, _) = receive_all(&mut receiver, &socket, 2).await;
     let lens: Vec<_> = got.iter().map(|(_, bytes)| bytes.len()).collect();
     assert_eq!(lens, [0, 5]);
@@ -137,7 +137,7 @@ async fn a_socket_error_is_returned() {
     let socket = bound().await;
     socket.connect(closed).await.unwrap();
     socket.send(b"anyone?").await.unwrap();
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH).unwrap();
     let error = tokio::time::timeout(LIMIT, receiver.recv(&socket)).await.unwrap().unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
     assert_eq!(receiver.datagrams().count(), 0, "nothing from a failed receive");
@@ -181,7 +181,7 @@ async fn a_dual_stack_socket_sends_runs_to_an_ipv4_client() {
     }
     let outcomes: Vec<_> = tokio::time::timeout(LIMIT, sender.send(&dual)).await.unwrap().collect();
     assert!(outcomes.iter().all(|&(_, sent)| sent), "{outcomes:?}");
-    let mut receiver = BatchReceiver::new(BATCH);
+    let mut receiver = BatchReceiver::new(BATCH).unwrap();
     let (got, _) = receive_all(&mut receiver, &socket, 5).await;
     let got: Vec<_> = got.into_iter().map(|(_, bytes)| bytes).collect();
     assert_eq!(got, (0..5u8).map(|i| vec![i; 100]).collect::<Vec<_>>());
