@@ -8,7 +8,8 @@
 //!   costs what a plain receive buffer does.
 //! - [`BatchSender`] collects datagrams (written straight into its buffer, e.g. sealed there) and sends
 //!   them with GSO (`UDP_SEGMENT`): a run of consecutive datagrams to one destination, all the size of
-//!   the first except perhaps a shorter last one, leaves in one `sendmsg(2)`. Anything else, a kernel
+//!   the first except perhaps a shorter last one, leaves in one `sendmsg(2)`; runs are of datagrams up
+//!   to 1,452 bytes (beyond, a path MTU of 1,500 bytes would not take them). Anything else, a kernel
 //!   without GSO, and a run the kernel refuses (EIO/EINVAL: `quinn-udp` then turns GSO off for the
 //!   process) is sent one datagram per call. Each datagram's outcome is reported on its own.
 //!
@@ -34,6 +35,10 @@ pub const MAX_DATAGRAM: usize = 65_535;
 const MAX_GSO_BYTES: usize = 65_000;
 /// Most segments of one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
 const MAX_GSO_SEGMENTS: usize = 64;
+/// Largest datagram sent in a GSO run: an IPv6 datagram on a 1,500-byte MTU. A segment over the path
+/// MTU makes the kernel refuse the whole run (EINVAL), which makes `quinn-udp` turn GSO off for the
+/// process; bigger datagrams go singly and are fragmented as usual.
+const MAX_GSO_SEGMENT: usize = 1_452;
 
 /// The process's `quinn-udp` state (GSO support found at start, and turned off after a refusal).
 fn state() -> io::Result<&'static UdpSocketState> {
@@ -255,10 +260,13 @@ impl<T> BatchSender<T> {
 }
 
 /// The end of the GSO run starting at `start`: same destination, every segment the size of the first
-/// but the last, which may be shorter; within the kernel's limits.
+/// but the last, which may be shorter; within the kernel's limits and [`MAX_GSO_SEGMENT`].
 fn run_end<T>(queued: &[Queued<T>], start: usize, max_segments: usize) -> usize {
     let first = &queued[start];
     let (mut end, mut bytes) = (start + 1, first.len);
+    if first.len > MAX_GSO_SEGMENT {
+        return end;
+    }
     while let Some(next) = queued.get(end) {
         let previous_full = queued[end - 1].len == first.len;
         if !previous_full

@@ -113,8 +113,11 @@ fn runs_end_at_another_destination_a_bigger_or_a_shorter_datagram() {
     }
     assert_eq!(runs, [0..3, 3..4, 4..5, 5..6, 6..7, 7..8], "a shorter one ends its run; empty ones go alone");
     assert_eq!(run_end(&list, 0, 1), 1, "no GSO: one per send");
-    let big = queued(&[(a, 40_000), (a, 40_000)]);
-    assert_eq!(run_end(&big, 0, 64), 1, "a run stays within one UDP payload");
+    let big = queued(&[(a, 1_452), (a, 1_452), (a, 1_453), (a, 1_453)]);
+    assert_eq!(run_end(&big, 0, 64), 2);
+    assert_eq!(run_end(&big, 2, 64), 3, "over the path MTU of a 1,500-byte link: alone");
+    let many = queued(&[(a, 1_400); 50]);
+    assert_eq!(run_end(&many, 0, 64), 46, "a run stays within one UDP payload");
 }
 
 #[tokio::test]
