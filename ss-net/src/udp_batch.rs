@@ -10,8 +10,10 @@
 //!   them with GSO (`UDP_SEGMENT`): a run of consecutive datagrams to one destination, all the size of
 //!   the first except perhaps a shorter last one, leaves in one `sendmsg(2)`; runs are of datagrams up
 //!   to 1,452 bytes (beyond, a path MTU of 1,500 bytes would not take them). Anything else, a kernel
-//!   without GSO, and a run the kernel refuses (EIO/EINVAL: `quinn-udp` then turns GSO off for the
-//!   process) is sent one datagram per call. Each datagram's outcome is reported on its own.
+//!   without GSO, and a run the kernel refuses is sent one datagram per call (a run whose segments
+//!   exceed the path MTU is refused with EMSGSIZE on Linux 6.x, and with EINVAL on older kernels, after
+//!   which `quinn-udp` turns GSO off for the process, as after EIO). Each datagram's outcome is
+//!   reported on its own.
 //!
 //! `quinn-udp`'s socket state is built once per process on a scratch socket: building it on our own
 //! sockets would also set QUIC's options on them (no fragmentation, packet info), and a relay must still
@@ -36,8 +38,8 @@ const MAX_GSO_BYTES: usize = 65_000;
 /// Most segments of one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest datagram sent in a GSO run: an IPv6 datagram on a 1,500-byte MTU. A segment over the path
-/// MTU makes the kernel refuse the whole run (EINVAL), which makes `quinn-udp` turn GSO off for the
-/// process; bigger datagrams go singly and are fragmented as usual.
+/// MTU makes the kernel refuse the whole run (costing a failed send; on kernels that say EINVAL,
+/// `quinn-udp` then turns GSO off for the process); bigger datagrams go singly and are fragmented.
 const MAX_GSO_SEGMENT: usize = 1_452;
 
 /// The process's `quinn-udp` state (GSO support found at start, and turned off after a refusal).
@@ -49,6 +51,11 @@ fn state() -> io::Result<&'static UdpSocketState> {
     let scratch = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
     let state = UdpSocketState::new((&scratch).into())?;
     Ok(STATE.get_or_init(|| state))
+}
+
+/// Most datagrams one GSO send carries now: 1 where the kernel has no GSO or refused it once.
+pub fn gso_segments() -> usize {
+    state().map_or(1, |state| state.max_gso_segments().min(MAX_GSO_SEGMENTS))
 }
 
 /// Prepares `socket` for a [`BatchReceiver`]: turns on GRO where Linux has it (ignored elsewhere).
@@ -220,7 +227,7 @@ impl<T> BatchSender<T> {
     /// Sends everything queued on `socket` and empties the queue: yields each datagram's tag, in the
     /// order queued, with whether the kernel took it. Failures are logged at debug level.
     pub async fn send(&mut self, socket: &UdpSocket) -> impl Iterator<Item = (T, bool)> + '_ {
-        let max_segments = state().map_or(1, |state| state.max_gso_segments().min(MAX_GSO_SEGMENTS));
+        let max_segments = gso_segments();
         let (mut start, mut offset) = (0, 0);
         while start < self.queued.len() {
             let end = run_end(&self.queued, start, max_segments);

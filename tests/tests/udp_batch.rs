@@ -3,9 +3,11 @@
 //! find many waiting at once (one recvmmsg), and replies of equal size leave in GSO runs.
 
 use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
 
 use ss_crypto::{Address, Method};
-use ss_net::udp_batch::BatchSender;
+use ss_net::udp_batch::{self, BatchSender};
 use ss_tests::udp::*;
 use ss_tests::*;
 use tokio::time::timeout;
@@ -54,6 +56,46 @@ async fn a_burst_of_mixed_sizes_comes_back_whole_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gso_burst_from_the_application_reaches_the_server_whole() {
+    gso_burst_comes_back(1200).await;
+}
+
+/// A kernel that refuses a GSO run: on a loopback of MTU 1,280, 1,400-byte segments do not fit (Linux
+/// 6.18 says EMSGSIZE; older kernels EINVAL, after which quinn-udp turns GSO off). The sender falls back
+/// to single sends, which the kernel fragments, and everything still arrives.
+#[test]
+fn a_refused_gso_run_goes_singly_and_arrives() {
+    let thread = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare: {e}"))?;
+        for args in [&["link", "set", "lo", "up"][..], &["link", "set", "lo", "mtu", "1280"]] {
+            match Command::new("ip").args(args).status() {
+                Ok(status) if status.success() => {}
+                other => return Err(format!("ip {}: {other:?}", args.join(" "))),
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        runtime.block_on(async {
+            let finished = timeout(Duration::from_secs(60), gso_burst_comes_back(1400)).await;
+            assert!(finished.is_ok(), "the test did not finish in 60 s");
+        });
+        println!("GSO segments after the refusals: {}", udp_batch::gso_segments());
+        Ok::<_, String>(())
+    });
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            ss_tests::skip::skip(&format!("no network namespace: {reason}"), "run as root with iproute2")
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// 40 SOCKS5 datagrams with payloads of `size` bytes and a shorter last one, sent by the application
+/// as GSO runs, come back through ss-local, ss-server and the echo.
+async fn gso_burst_comes_back(size: usize) {
     let method = Method::Blake3Aes256Gcm;
     let server = start_server(server_settings(method)).await;
     let local = start_local(local_settings_udp(method, server.addr)).await;
@@ -63,12 +105,12 @@ async fn a_gso_burst_from_the_application_reaches_the_server_whole() {
     association.send(&Address::Ip(echo), b"hello").await;
     assert_eq!(timeout(STEP, association.recv()).await.unwrap().1, b"hello");
 
-    // 40 SOCKS5 datagrams of one size and a shorter last one, handed to the kernel as GSO runs (one
-    // sendmsg each where it has GSO; ss-local's relay socket then gets them as GRO buffers).
+    // Handed to the kernel as GSO runs (one sendmsg each where it has GSO; ss-local's relay socket
+    // then gets them as GRO buffers).
     let mut sender = BatchSender::new();
     let mut sent = HashMap::new();
     for i in 0..40 {
-        let bytes = payload(i, if i == 39 { 500 } else { 1200 });
+        let bytes = payload(i, if i == 39 { 500 } else { size });
         sender
             .push(association.relay, i, |out: &mut Vec<u8>| {
                 out.extend_from_slice(&[0, 0, 0]);
