@@ -7,6 +7,8 @@
 //! client ◀──────────── Replier ◀──────────────── open ◀── downlink task of the association ◀── server
 //! ```
 //!
+//! Replies are received in batches ([`ss_net::udp_batch`]); each is handed to the [`Replier`] alone.
+//!
 //! Unlike SOCKS5 there is no control connection whose end closes the association, so the idle timeout
 //! is what frees it. How a reply reaches the client is the listener's business ([`Replier`]): a tunnel
 //! answers from its own socket, redir from a socket bound to the address the client wrote to.
@@ -23,8 +25,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::udp::{Codec, MAX_DATAGRAM};
+use ss_net::udp_batch::{self, BatchReceiver};
+
+use crate::udp::Codec;
 use crate::Server;
+
+/// Most receive buffers of an association's replies (64 KiB each, added only while a receive fills all
+/// there are; [`ss_net::udp_batch`]).
+const REPLY_BATCH: usize = 8;
 
 /// Hands a server's reply to the client; sends without waiting and drops what cannot go now (UDP is
 /// lossy anyway, and one slow client must not hold up the others).
@@ -80,8 +88,9 @@ impl Nat {
     }
 
     /// Sends one datagram of `client` for `target` through the server, opening its association first
-    /// if needed. Failures are logged and the datagram dropped.
-    pub(crate) async fn send(&self, client: SocketAddr, target: &Address, payload: &[u8]) {
+    /// if needed; `out` is the caller's buffer to seal into, reused across datagrams. Failures are logged
+    /// and the datagram dropped.
+    pub(crate) async fn send(&self, client: SocketAddr, target: &Address, payload: &[u8], out: &mut Vec<u8>) {
         let association = match self.association(client).await {
             Ok(Some(association)) => association,
             Ok(None) => return,
@@ -91,12 +100,12 @@ impl Nat {
             }
         };
         association.touch();
-        let mut out = Vec::with_capacity(payload.len() + 128);
-        if let Err(error) = association.codec.seal(target, payload, &mut out) {
+        out.clear();
+        if let Err(error) = association.codec.seal(target, payload, out) {
             debug!(%error, "UDP datagram not sealed; dropped");
             return;
         }
-        if let Err(error) = association.upstream.send(&out).await {
+        if let Err(error) = association.upstream.send(out).await {
             debug!(%error, %target, "UDP send to server failed");
         }
     }
@@ -118,6 +127,8 @@ impl Nat {
         let server =
             (self.server)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no server configured"))?;
         let (upstream, codec) = crate::udp::open_upstream(&server).await?;
+        udp_batch::enable_gro(&upstream);
+        let receiver = BatchReceiver::new(REPLY_BATCH)?;
         let association = Arc::new(Association { upstream, codec, last_active: Mutex::new(Instant::now()) });
         lock(&self.table).insert(client, association.clone());
         debug!(%client, "UDP association opened");
@@ -127,7 +138,7 @@ impl Nat {
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = downlink.run(client, idle, replier.as_ref()) => {}
+                () = downlink.run(client, idle, replier.as_ref(), receiver) => {}
             }
             let mut table = lock(&table);
             if table.get(&client).is_some_and(|current| Arc::ptr_eq(current, &downlink)) {
@@ -144,9 +155,14 @@ impl Association {
         *lock(&self.last_active) = Instant::now();
     }
 
-    /// Server → client until `idle` passes without a datagram either way.
-    async fn run(&self, client: SocketAddr, idle: Duration, replier: &dyn Replier) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+    /// Server → client until `idle` passes without a datagram either way, received with `receiver`.
+    async fn run(
+        &self,
+        client: SocketAddr,
+        idle: Duration,
+        replier: &dyn Replier,
+        mut receiver: BatchReceiver,
+    ) {
         loop {
             let deadline = *lock(&self.last_active) + idle;
             let received = tokio::select! {
@@ -156,10 +172,10 @@ impl Association {
                     }
                     continue;
                 }
-                received = self.upstream.recv(&mut buf) => received,
+                received = receiver.recv(&self.upstream) => received,
             };
-            let len = match received {
-                Ok(len) => len,
+            match received {
+                Ok(_) => {}
                 // ICMP port unreachable from an earlier send surfaces here; the association stays up.
                 Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(error) => {
@@ -167,11 +183,13 @@ impl Association {
                     return;
                 }
             };
-            let Some(packet) = buf.get_mut(..len) else { continue };
-            let Some((source, payload)) = self.codec.open(packet) else { continue };
-            let Some(payload) = buf.get(payload) else { continue };
-            self.touch();
-            replier.reply(&source, client, payload);
+            for datagram in receiver.datagrams() {
+                let packet = datagram.bytes;
+                let Some((source, payload)) = self.codec.open(packet) else { continue };
+                let Some(payload) = packet.get(payload) else { continue };
+                self.touch();
+                replier.reply(&source, client, payload);
+            }
         }
     }
 }
@@ -221,14 +239,15 @@ mod tests {
         let idle = Duration::from_secs(60);
         let (nat, server) = nat(idle, 16).await;
         let (client, target) = ("127.0.0.1:5000".parse().unwrap(), Address::Domain("t.test".into(), 53));
-        nat.send(client, &target, b"one").await;
+        let mut out = Vec::new();
+        nat.send(client, &target, b"one", &mut out).await;
         let mut buf = [0u8; 256];
         tokio::time::timeout(Duration::from_secs(20), server.recv(&mut buf)).await.unwrap().unwrap();
         assert_eq!(nat.len(), 1);
         // From here on the clock is tokio's, moved by hand.
         tokio::time::pause();
         tokio::time::advance(idle - Duration::from_secs(1)).await;
-        nat.send(client, &target, b"two").await;
+        nat.send(client, &target, b"two", &mut out).await;
         settle().await;
         assert_eq!(nat.len(), 1, "traffic keeps it open");
         tokio::time::advance(idle - Duration::from_secs(1)).await;
@@ -243,9 +262,10 @@ mod tests {
     async fn associations_beyond_the_cap_are_not_opened() {
         let (nat, server) = nat(Duration::from_secs(60), 1).await;
         let target = Address::Domain("t.test".into(), 53);
-        nat.send("127.0.0.1:5000".parse().unwrap(), &target, b"one").await;
-        nat.send("127.0.0.1:5001".parse().unwrap(), &target, b"two").await;
-        nat.send("127.0.0.1:5000".parse().unwrap(), &target, b"three").await;
+        let mut out = Vec::new();
+        nat.send("127.0.0.1:5000".parse().unwrap(), &target, b"one", &mut out).await;
+        nat.send("127.0.0.1:5001".parse().unwrap(), &target, b"two", &mut out).await;
+        nat.send("127.0.0.1:5000".parse().unwrap(), &target, b"three", &mut out).await;
         assert_eq!(nat.len(), 1);
         let mut buf = [0u8; 256];
         let mut received = 0;

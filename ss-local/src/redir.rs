@@ -104,6 +104,7 @@ pub(crate) async fn serve_udp(socket: UdpSocket, settings: Arc<Settings>, shutdo
     let replier = Arc::new(FromDestination { sockets: Mutex::default(), idle: settings.udp_timeout });
     let nat = Nat::for_listener(&settings, replier, &shutdown);
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -126,7 +127,7 @@ pub(crate) async fn serve_udp(socket: UdpSocket, settings: Arc<Settings>, shutdo
             continue;
         }
         let Some(payload) = buf.get(..len) else { continue };
-        nat.send(canonical_addr(client), &Address::Ip(destination), payload).await;
+        nat.send(canonical_addr(client), &Address::Ip(destination), payload, &mut out).await;
     }
 }
 

@@ -7,12 +7,14 @@
 //!
 //! TCP is served by `connection.rs` with the target known up front (no handshake, no reply). UDP is
 //! served here: every datagram on the port goes to the target in the association of its sender
-//! (`nat.rs`), and replies go back to that sender from the tunnel's own port.
+//! (`nat.rs`), and replies go back to that sender from the tunnel's own port. The port's datagrams are
+//! received in batches ([`ss_net::udp_batch`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ss_crypto::Address;
+use ss_net::udp_batch::{self, BatchReceiver};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
@@ -35,12 +37,20 @@ pub(crate) async fn serve_udp(
     let socket = Arc::new(socket);
     let replier = Arc::new(FromTunnel(socket.clone()));
     let nat = Nat::for_listener(&settings, replier, &shutdown);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    udp_batch::enable_gro(&socket);
+    let mut receiver = match BatchReceiver::new(udp_batch::BATCH) {
+        Ok(receiver) => receiver,
+        Err(error) => {
+            error!(%error, "no UDP receiver for the tunnel");
+            return;
+        }
+    };
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
     loop {
-        let (len, client) = tokio::select! {
+        tokio::select! {
             () = shutdown.cancelled() => return,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
+            received = receiver.recv(&socket) => match received {
+                Ok(_) => {}
                 // ICMP port unreachable for an earlier reply surfaces here; the port stays open.
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 Err(error) => {
@@ -49,8 +59,9 @@ pub(crate) async fn serve_udp(
                 }
             },
         };
-        let Some(payload) = buf.get(..len) else { continue };
-        nat.send(client, &target, payload).await;
+        for datagram in receiver.datagrams() {
+            nat.send(datagram.from, &target, datagram.bytes, &mut out).await;
+        }
     }
 }
 

@@ -11,6 +11,10 @@
 //! and fragments (FRAG != 0), are dropped. Replies go only to that sender. The association ends when its
 //! TCP control connection closes.
 //!
+//! Both ways take every datagram waiting with one receive and send what they relay in GSO runs
+//! ([`ss_net::udp_batch`]): [`BATCH`] buffers per direction, allocated as the association's traffic needs
+//! them. Each datagram is still checked on its own.
+//!
 //! With an ACL, datagrams to targets it bypasses are sent directly from here instead (`udp_direct.rs`).
 
 use std::io;
@@ -22,6 +26,7 @@ use std::time::Duration;
 use rand_core::{OsRng, RngCore};
 use ss_crypto::udp::{Header2022, Origin, Sender, Udp2022, UdpClassic, XNONCE_LEN};
 use ss_crypto::{Address, Key, Method, Salt, SealError};
+use ss_net::udp_batch::{self, BatchReceiver, BatchSender};
 use ss_net::unix_now;
 use ss_net::{canonical_addr, PacketWindow};
 use tokio::io::AsyncReadExt;
@@ -35,6 +40,9 @@ use crate::udp_direct::Direct;
 use crate::Server;
 
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
+/// Most receive buffers of each direction of an association (64 KiB each, added only while a receive
+/// fills all there are); a GRO buffer holds many datagrams.
+const BATCH: usize = 16;
 
 /// Serves one UDP ASSOCIATE request on its control connection until the client closes it.
 pub(crate) async fn associate(
@@ -45,6 +53,8 @@ pub(crate) async fn associate(
     let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
     let (upstream, codec) = open_upstream(server).await?;
+    udp_batch::enable_gro(&relay);
+    udp_batch::enable_gro(&upstream);
     let direct = match router {
         Some(router) => Some(Direct::bind(router).await?),
         None => None,
@@ -78,41 +88,43 @@ struct Uplink<'a> {
 /// Application → server (or → bypassed target).
 async fn uplink(up: Uplink<'_>, client_ip: IpAddr, client: &Mutex<Option<SocketAddr>>) -> io::Result<()> {
     let Uplink { relay, upstream, direct, codec } = up;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
+    let server = upstream.peer_addr()?;
+    let mut receiver = BatchReceiver::new(BATCH)?;
+    let mut sender = BatchSender::<()>::new();
     loop {
-        let (len, from) = relay.recv_from(&mut buf).await?;
-        if canonical_addr(from).ip() != client_ip {
-            continue;
-        }
-        let Ok((header, used)) = socks5::parse_udp_header(&buf[..len]) else { continue };
-        if header.frag != 0 {
-            continue;
-        }
-        {
-            let mut client = client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match *client {
-                None => *client = Some(from),
-                Some(first) if first == from => {}
-                Some(_) => {
-                    debug!(%from, "UDP datagram from another port of the client dropped");
+        receiver.recv(relay).await?;
+        for datagram in receiver.datagrams() {
+            let (from, bytes) = (datagram.from, &*datagram.bytes);
+            if canonical_addr(from).ip() != client_ip {
+                continue;
+            }
+            let Ok((header, used)) = socks5::parse_udp_header(bytes) else { continue };
+            if header.frag != 0 {
+                continue;
+            }
+            {
+                let mut client = client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match *client {
+                    None => *client = Some(from),
+                    Some(first) if first == from => {}
+                    Some(_) => {
+                        debug!(%from, "UDP datagram from another port of the client dropped");
+                        continue;
+                    }
+                }
+            }
+            let payload = bytes.get(used..).unwrap_or_default();
+            if let Some(direct) = direct {
+                if direct.send_if_bypassed(&header.target, payload).await {
                     continue;
                 }
             }
-        }
-        if let Some(direct) = direct {
-            if direct.send_if_bypassed(&header.target, &buf[used..len]).await {
-                continue;
+            if let Err(error) = sender.push(server, (), |out| codec.seal(&header.target, payload, out)) {
+                debug!(%error, "UDP datagram not sealed; dropped");
             }
         }
-        out.clear();
-        if let Err(error) = codec.seal(&header.target, &buf[used..len], &mut out) {
-            debug!(%error, "UDP datagram not sealed; dropped");
-            continue;
-        }
-        if let Err(error) = upstream.send(&out).await {
-            debug!(%error, target = %header.target, "UDP send to server failed");
-        }
+        // Failures are logged by the sender; UDP has no one to tell.
+        sender.send(upstream).await.for_each(drop);
     }
 }
 
@@ -123,23 +135,28 @@ async fn downlink(
     client: &Mutex<Option<SocketAddr>>,
     codec: &Codec,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM + 300);
+    let mut receiver = BatchReceiver::new(BATCH)?;
+    let mut sender = BatchSender::<()>::new();
     loop {
-        let len = match upstream.recv(&mut buf).await {
-            Ok(len) => len,
+        match receiver.recv(upstream).await {
+            Ok(_) => {}
             // ICMP port unreachable from an earlier send surfaces here; the association stays up.
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => continue,
             Err(error) => return Err(error),
-        };
-        let Some((source, payload)) = codec.open(&mut buf[..len]) else { continue };
-        let Some(to) = *client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) else { continue };
-        out.clear();
-        socks5::write_udp_header(&source, &mut out);
-        out.extend_from_slice(&buf[payload]);
-        if let Err(error) = relay.send_to(&out, to).await {
-            debug!(%error, "UDP reply to the application failed");
         }
+        let Some(to) = *client.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) else { continue };
+        for datagram in receiver.datagrams() {
+            let packet = datagram.bytes;
+            let Some((source, payload)) = codec.open(packet) else { continue };
+            let Some(payload) = packet.get(payload) else { continue };
+            let pushed = sender.push(to, (), |out| {
+                socks5::write_udp_header(&source, out);
+                out.extend_from_slice(payload);
+                Ok::<_, std::convert::Infallible>(())
+            });
+            pushed.unwrap_or_else(|never| match never {});
+        }
+        sender.send(relay).await.for_each(drop);
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`stream`]: [`DecryptReader`] / [`EncryptWriter`], ss-crypto's TCP state machines over async sockets.
 //! - [`buffer`] and [`pooled`]: per-thread read buffers held only while bytes are in flight.
 //! - [`mod@relay`]: the two-way relay with half-close and idle timeout.
+//! - [`udp_batch`]: many UDP datagrams per system call (recvmmsg with GRO, GSO sends).
 //! - [`window`]: the AEAD-2022 UDP packet-id replay window.
 //! - [`addr`]: socket addresses in canonical (unmapped IPv4) form.
 //! - [`socket_options`]: Fast Open, SO_REUSEPORT, MPTCP, no-delay and keep-alive, set in one place.
@@ -39,6 +40,7 @@ pub mod relay;
 pub mod resolve;
 pub mod socket_options;
 pub mod stream;
+pub mod udp_batch;
 pub mod window;
 pub mod workers;
 

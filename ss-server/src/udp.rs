@@ -22,6 +22,12 @@
 //!   server socket and [`MAX_AWAITING_PER_ASSOCIATION`] per association, each for at most the lookup
 //!   timeout. A datagram that finds every lookup slot taken, or no room to wait, is dropped and counted
 //!   (`Stats::udp_unresolved_drops`).
+//! - Datagrams come in batches ([`ss_net::udp_batch`]): one `recvmmsg` takes all that wait on the server
+//!   socket, another all the replies waiting on an association's socket; what a batch sends (datagrams
+//!   of one association to their targets, an association's replies to its client) leaves in GSO runs
+//!   (one send for consecutive equal-size datagrams to one address; single sends where the kernel has
+//!   no GSO). Each datagram is still checked, limited and counted on its own. Datagrams that waited
+//!   for a name are sent alone.
 //! - Associations expire after the UDP timeout without traffic (a short timeout when they only ever
 //!   spoke to port 53); beyond the cap the least recently used one is evicted.
 
@@ -34,6 +40,7 @@ use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
 use ss_crypto::Address;
+use ss_net::udp_batch::{self, BatchReceiver, BatchSender};
 use ss_net::{canonical_addr, unix_now, ResolveError};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,8 +57,9 @@ use flow::{AssociationKey, Codec, Flow, ReplyCipher};
 
 mod flow;
 
-/// Biggest datagram we read or write.
-const MAX_DATAGRAM: usize = 65_535;
+/// Most receive buffers of one association's replies (64 KiB each, allocated as its traffic needs
+/// them); a GRO buffer holds many datagrams.
+const REPLY_BATCH: usize = 8;
 /// Idle timeout of associations that only ever spoke to port 53.
 const DNS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most datagrams of one server socket waiting for their target's name to resolve; with payloads of
@@ -79,16 +87,28 @@ pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: 
         started: Instant::now(),
         shared,
     });
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    udp_batch::enable_gro(&relay.socket);
+    let mut receiver = match BatchReceiver::new(udp_batch::BATCH) {
+        Ok(receiver) => receiver,
+        Err(error) => {
+            tracing::error!(%error, "no UDP receiver; no UDP relay");
+            return;
+        }
+    };
+    let mut outgoing = Outgoing::default();
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
-            received = relay.socket.recv_from(&mut buf) => received,
+            received = receiver.recv(&relay.socket) => received,
         };
-        match received {
-            Ok((len, from)) => relay.clone().handle(&mut buf[..len], canonical_addr(from)).await,
-            Err(error) => debug!(%error, "UDP receive failed"),
+        if let Err(error) = received {
+            debug!(%error, "UDP receive failed");
+            continue;
         }
+        for datagram in receiver.datagrams() {
+            relay.clone().handle(datagram.bytes, canonical_addr(datagram.from), &mut outgoing).await;
+        }
+        outgoing.flush().await;
     }
     let associations: Vec<_> = relay.lock_table().live.drain().map(|(_, association)| association).collect();
     associations.iter().for_each(|association| association.stop.cancel());
@@ -159,8 +179,8 @@ impl Relay {
         self.started.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
     }
 
-    /// Opens, checks and forwards one datagram from `from`. Failures are silent.
-    async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr) {
+    /// Opens, checks and forwards one datagram from `from` (queued in `outgoing`). Failures are silent.
+    async fn handle(self: Arc<Self>, packet: &mut [u8], from: SocketAddr, outgoing: &mut Outgoing) {
         if !self.shared.admits_client(from.ip()) {
             return;
         }
@@ -194,14 +214,20 @@ impl Relay {
             association.dns_only.store(false, Ordering::Relaxed);
         }
         if let Address::Ip(addr) = target {
-            return self.forward(&association, &target, [addr], &packet[payload]).await;
+            return self.forward(&association, &target, [addr], &packet[payload], Some(outgoing)).await;
         }
-        self.resolve(association, target, &packet[payload]).await;
+        self.resolve(association, target, &packet[payload], outgoing).await;
     }
 
     /// Forwards a datagram for a domain target: at once if its name is cached, else from a task of
     /// its own once the lookup ends, if there is room to wait; otherwise it is dropped and counted.
-    async fn resolve(self: Arc<Self>, association: Arc<Association>, target: Address, payload: &[u8]) {
+    async fn resolve(
+        self: Arc<Self>,
+        association: Arc<Association>,
+        target: Address,
+        payload: &[u8],
+        outgoing: &mut Outgoing,
+    ) {
         let Address::Domain(host, port) = &target else { return };
         let port = *port;
         if !self.shared.guard.allows_name(host) {
@@ -216,7 +242,10 @@ impl Relay {
             addrs.iter().map(|&ip| SocketAddr::new(ip, port)).collect()
         };
         match lookup.ready() {
-            Some(Ok(addrs)) => return self.forward(&association, &target, with_port(addrs), payload).await,
+            Some(Ok(addrs)) => {
+                let candidates = with_port(addrs);
+                return self.forward(&association, &target, candidates, payload, Some(outgoing)).await;
+            }
             Some(Err(error)) => {
                 debug!(%error, %target, "UDP target does not resolve");
                 return;
@@ -230,19 +259,21 @@ impl Relay {
         tokio::spawn(async move {
             let _place = place;
             match lookup.wait().await {
-                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload).await,
+                Ok(addrs) => self.forward(&association, &target, with_port(&addrs), &payload, None).await,
                 Err(error) => debug!(%error, %target, "UDP target does not resolve"),
             }
         });
     }
 
-    /// Sends `payload` to the first of `candidates` the address policy allows.
+    /// Sends `payload` to the first of `candidates` the address policy allows: queued in `outgoing`
+    /// (sent with the rest of its batch), or at once without.
     async fn forward(
         &self,
-        association: &Association,
+        association: &Arc<Association>,
         target: &Address,
         candidates: impl IntoIterator<Item = SocketAddr>,
         payload: &[u8],
+        outgoing: Option<&mut Outgoing>,
     ) {
         let Some(destination) = self.shared.guard.first_allowed(candidates.into_iter().map(canonical_addr))
         else {
@@ -256,6 +287,9 @@ impl Relay {
             }
         }
         let destination = outbound_addr(destination, association.dual_stack);
+        if let Some(outgoing) = outgoing {
+            return outgoing.push(association, destination, payload).await;
+        }
         let sent = match association.outbound.send_to(payload, destination).await {
             Ok(sent) => sent,
             Err(error) => {
@@ -308,6 +342,8 @@ impl Relay {
             Err(refusal) => return Ok(Opened::Refused(refusal)),
         };
         let outbound = bind_outbound().await?;
+        udp_batch::enable_gro(&outbound);
+        let receiver = BatchReceiver::new(REPLY_BATCH)?;
         let dual_stack = outbound.local_addr()?.is_ipv6();
         // Drawn outside the table lock: it may be a system call.
         let server_session_id = OsRng.next_u64();
@@ -338,14 +374,19 @@ impl Relay {
             self.shared.settings.stats.udp_associations_added.fetch_add(1, Ordering::Relaxed);
             association
         };
-        tokio::spawn(self.clone().replies(key, association.clone()));
+        tokio::spawn(self.clone().replies(key, association.clone(), receiver));
         Ok(Opened::Live(association))
     }
 
     /// Carries the target's replies back to the client until the association idles out or is evicted.
-    async fn replies(self: Arc<Self>, key: AssociationKey, association: Arc<Association>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut out = Vec::with_capacity(MAX_DATAGRAM + 128);
+    async fn replies(
+        self: Arc<Self>,
+        key: AssociationKey,
+        association: Arc<Association>,
+        mut receiver: BatchReceiver,
+    ) {
+        // Sealed replies of one batch, tagged with their payload's length for the user's counters.
+        let mut sender = BatchSender::<usize>::new();
         loop {
             let idle = if association.dns_only.load(Ordering::Relaxed) {
                 DNS_TIMEOUT
@@ -369,32 +410,33 @@ impl Relay {
                     }
                     continue;
                 }
-                received = association.outbound.recv_from(&mut buf) => received,
+                received = receiver.recv(&association.outbound) => received,
             };
-            let Ok((len, source)) = received else { continue };
-            association.last_active.store(self.now_ms(), Ordering::Relaxed);
-            if let Some(user) = &association.user {
-                if !user.account().pass_datagram(Way::Down, len) {
-                    debug!("UDP reply over the user's rate or quota; dropped");
-                    continue;
-                }
-            }
-            out.clear();
-            let source = Address::Ip(canonical_addr(source));
-            if let Err(error) = association.replies.seal(&source, &buf[..len], &mut out) {
-                debug!(%error, "UDP reply not sealed; dropped");
+            if received.is_err() {
                 continue;
             }
+            association.last_active.store(self.now_ms(), Ordering::Relaxed);
             let client = *association.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let delivered = match self.socket.send_to(&out, client).await {
-                Ok(_) => len,
-                Err(error) => {
-                    debug!(%error, "UDP reply to client failed");
-                    0
+            for reply in receiver.datagrams() {
+                let len = reply.bytes.len();
+                if let Some(user) = &association.user {
+                    if !user.account().pass_datagram(Way::Down, len) {
+                        debug!("UDP reply over the user's rate or quota; dropped");
+                        continue;
+                    }
                 }
-            };
-            if let Some(user) = &association.user {
-                user.usages().iter().for_each(|usage| usage.udp_out(len, delivered));
+                let source = Address::Ip(canonical_addr(reply.from));
+                let sealed =
+                    sender.push(client, len, |out| association.replies.seal(&source, reply.bytes, out));
+                if let Err(error) = sealed {
+                    debug!(%error, "UDP reply not sealed; dropped");
+                }
+            }
+            for (len, sent) in sender.send(&self.socket).await {
+                let delivered = if sent { len } else { 0 };
+                if let Some(user) = &association.user {
+                    user.usages().iter().for_each(|usage| usage.udp_out(len, delivered));
+                }
             }
         }
         let mut table = self.lock_table();
@@ -402,6 +444,41 @@ impl Relay {
             table.remove(key);
         }
         self.shared.settings.stats.udp_associations.store(table.live.len(), Ordering::Relaxed);
+    }
+}
+
+/// Datagrams of one received batch on their way to targets: consecutive ones of one association go
+/// together when the batch ends or another association's datagram comes, in GSO runs where they are
+/// for one target and of one size (a client's equal-size datagrams to one target: one send).
+#[derive(Default)]
+struct Outgoing {
+    association: Option<Arc<Association>>,
+    /// Payloads, tagged with their length for the user's counters.
+    sender: BatchSender<usize>,
+}
+
+impl Outgoing {
+    async fn push(&mut self, association: &Arc<Association>, destination: SocketAddr, payload: &[u8]) {
+        if self.association.as_ref().is_some_and(|queued| !Arc::ptr_eq(queued, association)) {
+            self.flush().await;
+        }
+        self.association.get_or_insert_with(|| association.clone());
+        let copied = self.sender.push(destination, payload.len(), |bytes| {
+            bytes.extend_from_slice(payload);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        copied.unwrap_or_else(|never| match never {});
+    }
+
+    /// Sends what is queued, and counts each datagram for its user as the direct send does.
+    async fn flush(&mut self) {
+        let Some(association) = self.association.take() else { return };
+        for (len, sent) in self.sender.send(&association.outbound).await {
+            if let Some(user) = &association.user {
+                let sent = if sent { len } else { 0 };
+                user.usages().iter().for_each(|usage| usage.udp_in(len, sent));
+            }
+        }
     }
 }
 
