@@ -127,7 +127,7 @@ impl Nat {
         let server =
             (self.server)().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no server configured"))?;
         let (upstream, codec) = crate::udp::open_upstream(&server).await?;
-        udp_batch::enable_gro(&upstream);
+        udp_batch::prepare(&upstream);
         let receiver = BatchReceiver::new(REPLY_BATCH)?;
         let association = Arc::new(Association { upstream, codec, last_active: Mutex::new(Instant::now()) });
         lock(&self.table).insert(client, association.clone());

@@ -37,7 +37,7 @@ pub(crate) async fn serve_udp(
     let socket = Arc::new(socket);
     let replier = Arc::new(FromTunnel(socket.clone()));
     let nat = Nat::for_listener(&settings, replier, &shutdown);
-    udp_batch::enable_gro(&socket);
+    udp_batch::prepare(&socket);
     let mut receiver = match BatchReceiver::new(udp_batch::BATCH) {
         Ok(receiver) => receiver,
         Err(error) => {

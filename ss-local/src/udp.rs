@@ -53,8 +53,8 @@ pub(crate) async fn associate(
     let client_ip = canonical_addr(control.peer_addr()?).ip();
     let relay = UdpSocket::bind((control.local_addr()?.ip(), 0)).await?;
     let (upstream, codec) = open_upstream(server).await?;
-    udp_batch::enable_gro(&relay);
-    udp_batch::enable_gro(&upstream);
+    udp_batch::prepare(&relay);
+    udp_batch::prepare(&upstream);
     let direct = match router {
         Some(router) => Some(Direct::bind(router).await?),
         None => None,

@@ -87,7 +87,7 @@ pub(crate) async fn run_relay(socket: UdpSocket, shared: Arc<Shared>, shutdown: 
         started: Instant::now(),
         shared,
     });
-    udp_batch::enable_gro(&relay.socket);
+    udp_batch::prepare(&relay.socket);
     let mut receiver = match BatchReceiver::new(udp_batch::BATCH) {
         Ok(receiver) => receiver,
         Err(error) => {
@@ -342,7 +342,7 @@ impl Relay {
             Err(refusal) => return Ok(Opened::Refused(refusal)),
         };
         let outbound = bind_outbound().await?;
-        udp_batch::enable_gro(&outbound);
+        udp_batch::prepare(&outbound);
         let receiver = BatchReceiver::new(REPLY_BATCH)?;
         let dual_stack = outbound.local_addr()?.is_ipv6();
         // Drawn outside the table lock: it may be a system call.

@@ -37,6 +37,7 @@ impl UdpAssociation {
     /// `target`.
     pub async fn open(proxy: SocketAddr, target: SocketAddr) -> io::Result<UdpAssociation> {
         let socket = UdpSocket::bind((proxy.ip(), 0)).await?;
+        super::targets::roomy(&socket);
         let mut control = TcpStream::connect(proxy).await?;
         // The client's own UDP address, as RFC 1928 asks (some proxies accept only datagrams from it).
         let mut relay = request(&mut control, 3, socket.local_addr()?).await?;

@@ -39,6 +39,7 @@ impl Targets {
         let bulk = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let echo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let udp_echo = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        roomy(&udp_echo);
         let targets =
             Targets { bulk: bulk.local_addr()?, echo: echo.local_addr()?, udp_echo: udp_echo.local_addr()? };
         let source: Arc<[u8]> = pattern(IO_CHUNK).into();
@@ -130,4 +131,12 @@ async fn serve_udp_echo(socket: UdpSocket) {
             let _ = socket.send_to(&buf[..n], from).await;
         }
     }
+}
+
+/// Gives a load-generator or target UDP socket 4 MiB of buffers each way (capped by the kernel's
+/// `rmem_max`/`wmem_max`), so what loses datagrams at high rates is the proxy, not the harness.
+pub fn roomy(socket: &UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
 }

@@ -67,7 +67,7 @@ async fn a_receiver_grows_only_when_a_receive_fills_it() {
 #[tokio::test]
 async fn a_gso_burst_arrives_as_its_datagrams_split_at_the_stride() {
     let socket = bound().await;
-    enable_gro(&socket);
+    prepare(&socket);
     let to = socket.local_addr().unwrap();
     let client = bound().await;
     let mut sender = BatchSender::new();
@@ -188,4 +188,20 @@ async fn a_dual_stack_socket_sends_runs_to_an_ipv4_client() {
     let (got, _) = receive_all(&mut receiver, &socket, 5).await;
     let got: Vec<_> = got.into_iter().map(|(_, bytes)| bytes).collect();
     assert_eq!(got, (0..5u8).map(|i| vec![i; 100]).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn prepared_sockets_get_a_larger_receive_buffer_where_the_kernel_allows_it() {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+    prepare(&socket);
+    let after = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+    // Linux doubles what it is asked for (its bookkeeping), capped at net.core.rmem_max.
+    let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|max| max.trim().parse::<usize>().ok());
+    match cap {
+        Some(max) if max > before => assert!(after > before, "{before} -> {after} with rmem_max {max}"),
+        _ => assert!(after >= before),
+    }
 }
