@@ -21,15 +21,12 @@ use ss_crypto::tcp::{DecryptError, Decryptor, Encryptor};
 use ss_crypto::{Address, Salt};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::buffer::{self, Buffer, LargeLease};
+use crate::buffer::{self, Buffer};
 use crate::clock::unix_now;
 
 /// Most plaintext one `poll_write` seals before it hands the records to the socket: enough for a whole
 /// 64 KiB read, so one read from the other side becomes one write here.
 const MAX_WRITE: usize = 256 * 1024;
-/// Most plaintext one `poll_write` seals when the process has no large buffer to spare
-/// ([`crate::buffer::LargeLease`]): what a small read buffer holds.
-const SMALL_WRITE: usize = 16 * 1024;
 
 /// Reads ciphertext from `R` and yields the plaintext.
 pub struct DecryptReader<R> {
@@ -299,15 +296,13 @@ pub struct EncryptWriter<W> {
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
     written: usize,
-    /// `out`'s place among the process's large buffers, while it holds more than [`SMALL_WRITE`].
-    large: Option<LargeLease>,
     clock: fn() -> u64,
 }
 
 impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
     /// A writer that seals with `encryptor`.
     pub fn new(inner: W, encryptor: Encryptor) -> EncryptWriter<W> {
-        EncryptWriter { inner, encryptor, out: Vec::new(), written: 0, large: None, clock: unix_now }
+        EncryptWriter { inner, encryptor, out: Vec::new(), written: 0, clock: unix_now }
     }
 
     /// Replaces the clock used for 2022 header timestamps (tests).
@@ -342,7 +337,6 @@ impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
         }
         self.out = Vec::new();
         self.written = 0;
-        self.large = None;
         Poll::Ready(Ok(()))
     }
 
@@ -357,15 +351,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for EncryptWriter<W> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, payload: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        let mut take = payload.len().min(MAX_WRITE);
-        if take > SMALL_WRITE {
-            // Sealed output the socket does not take at once is held: beyond a small buffer's worth it
-            // counts among the process's large buffers, and without room it is sealed in small steps.
-            this.large = LargeLease::try_take();
-            if this.large.is_none() {
-                take = SMALL_WRITE;
-            }
-        }
+        let take = payload.len().min(MAX_WRITE);
         this.seal(&payload[..take])?;
         // The bytes are accepted once sealed; if the socket is full they go out on the next call.
         if let Poll::Ready(Err(error)) = this.poll_drain(cx) {
