@@ -13,6 +13,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -155,13 +156,28 @@ pub fn quiet_command(binary: &Path) -> Command {
     let mut command = Command::new(binary);
     command
         .env_remove("RUST_LOG")
-        // ss-server saves its classic replay filter under the state directory: not the tester's home.
-        .env("STATE_DIRECTORY", std::env::temp_dir().join("ss-tests-state"))
+        .env("STATE_DIRECTORY", state_directory())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
+}
+
+/// A state directory of its own for each command: ss-server saves its classic replay filter under
+/// `$STATE_DIRECTORY` by port, and a directory shared between tests would hand one test's snapshot to a
+/// later server on the same port with another key (which then logs that it ignored it). Under the temp
+/// dir, not the tester's home; one directory per test process, created with a unique name.
+fn state_directory() -> PathBuf {
+    static PROCESS_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    static SPAWNED: AtomicU64 = AtomicU64::new(0);
+    let base = std::env::temp_dir().join("ss-tests-state");
+    let process_dir = PROCESS_DIR.get_or_init(|| {
+        std::fs::create_dir_all(&base).ok()?;
+        tempfile::Builder::new().prefix("run-").tempdir_in(&base).ok().map(tempfile::TempDir::keep)
+    });
+    let dir = process_dir.clone().unwrap_or(base);
+    dir.join(SPAWNED.fetch_add(1, Ordering::Relaxed).to_string())
 }
 
 /// A running child (our binaries, or a peer's): its stderr and stdout collected line by line as they come;
