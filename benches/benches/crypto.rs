@@ -12,15 +12,18 @@
 //!   receive-side copy of the ciphertext into a socket buffer. The decryptor opens the encryptor's output
 //!   where it lies (it is overwritten by the next iteration anyway); socket copies are I/O, not framing.
 //!   The framing uses ss-crypto's default backend, ring (see `ss_crypto::BACKEND`), except for
-//!   `aes-192-gcm` and `xchacha20-ietf-poly1305`, which ring lacks and RustCrypto serves in every build.
+//!   `aes-192-gcm`, which ring lacks and RustCrypto serves in every build.
 //! - `tcp-16KiB/raw-ring/<method>` and `tcp-16KiB/raw-rustcrypto/<method>`: seal 16 KiB in place with a
 //!   12-byte nonce (24 for XChaCha20) and open it again, straight through `ring::aead::LessSafeKey` or the
 //!   `aes-gcm` / `chacha20poly1305` crates: the floor that the framing adds to. It depends only on the
 //!   method's algorithm, so the classic and 2022 method of one algorithm measure the same thing twice.
-//!   There is no raw-ring line for the two methods ring lacks.
-//! - `record-size/<backend>-<algorithm>/<bytes>`: the raw round trip of the two backends for ChaCha20-Poly1305
-//!   and AES-256-GCM at 128 B, 1 KiB and 16 KiB records (a small message, a typical record of web traffic,
-//!   a full record), to choose a backend per algorithm and record size (issue 18).
+//!   There is no raw-ring line for AES-192-GCM, which ring lacks; XChaCha20's is HChaCha20 over ring's
+//!   ChaCha20-Poly1305, as ss-crypto builds it.
+//! - `record-size/<backend>-<algorithm>/<bytes>`: the raw round trip of the two backends for ChaCha20-Poly1305,
+//!   AES-256-GCM and XChaCha20-Poly1305 at 128 B, 1 KiB and 16 KiB records (a small message, a typical
+//!   record of web traffic, a full record), to choose a backend per algorithm and record size (issue 18).
+//!   ring's XChaCha20 line is the construction ss-crypto uses: HChaCha20 (the `chacha20` crate) for a
+//!   subkey per record, then ring's ChaCha20-Poly1305; RustCrypto's is its `XChaCha20Poly1305`.
 //! - `udp-1200B/seal+open/<method>`: one datagram with 1200 bytes of payload sealed and opened,
 //!   including the per-packet subkey derivation the protocol requires.
 //!
@@ -66,7 +69,8 @@ fn tcp(c: &mut Criterion) {
             })
         });
 
-        // ring has no AES-192-GCM or XChaCha20-Poly1305: those methods get the RustCrypto line only.
+        // ring has no AES-192-GCM: that method gets the RustCrypto line only. ring's XChaCha20-Poly1305
+        // is HChaCha20 over its ChaCha20-Poly1305, as in ss-crypto.
         let raw = [
             raw_ring(method.algorithm()).map(|round_trip| ("raw-ring", round_trip)),
             Some(("raw-rustcrypto", raw_rustcrypto(method.algorithm()))),
@@ -101,7 +105,7 @@ fn udp(c: &mut Criterion) {
 
 fn record_sizes(c: &mut Criterion) {
     let mut group = c.benchmark_group("record-size");
-    for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm] {
+    for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm, Algorithm::XChaCha20Poly1305] {
         for size in [128, 1024, 16 * 1024] {
             let payload = test_payload(size);
             group.throughput(Throughput::Bytes(size as u64));
@@ -174,7 +178,8 @@ fn raw_ring(algorithm: Algorithm) -> Option<RoundTrip> {
         Algorithm::Aes128Gcm => &AES_128_GCM,
         Algorithm::Aes256Gcm => &AES_256_GCM,
         Algorithm::ChaCha20Poly1305 => &CHACHA20_POLY1305,
-        Algorithm::Aes192Gcm | Algorithm::XChaCha20Poly1305 => return None,
+        Algorithm::XChaCha20Poly1305 => return Some(raw_ring_xchacha()),
+        Algorithm::Aes192Gcm => return None,
     };
     let key = UnboundKey::new(algorithm, &KEY[..algorithm.key_len()]).expect("key of the algorithm's length");
     let key = LessSafeKey::new(key);
@@ -185,6 +190,33 @@ fn raw_ring(algorithm: Algorithm) -> Option<RoundTrip> {
         };
         key.open_in_place_separate_tag(nonce(), Aad::empty(), tag, buf, 0..).is_ok()
     }))
+}
+
+/// XChaCha20-Poly1305 as HChaCha20 and ring's ChaCha20-Poly1305, the subkey derived for each seal and each
+/// open as a stream whose nonce changes every record must.
+fn raw_ring_xchacha() -> RoundTrip {
+    use chacha20::cipher::consts::U10;
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+
+    // The 12-byte nonce of the other lines, zero-extended to 24: HChaCha20 takes the first 16 bytes and
+    // ChaCha20-Poly1305 the last 8 behind four zero bytes.
+    let mut xnonce = [0u8; XNONCE_LEN];
+    xnonce[..NONCE_LEN].copy_from_slice(&NONCE);
+    let subkey_of = move || {
+        let subkey = chacha20::hchacha::<U10>(&KEY.into(), xnonce[..16].into());
+        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &subkey).expect("32-byte subkey"))
+    };
+    let nonce = move || {
+        let mut short = [0u8; NONCE_LEN];
+        short[4..].copy_from_slice(&xnonce[16..]);
+        Nonce::assume_unique_for_key(short)
+    };
+    Box::new(move |buf| {
+        let Ok(tag) = subkey_of().seal_in_place_separate_tag(nonce(), Aad::empty(), buf) else {
+            return false;
+        };
+        subkey_of().open_in_place_separate_tag(nonce(), Aad::empty(), tag, buf, 0..).is_ok()
+    })
 }
 
 fn raw_rustcrypto(algorithm: Algorithm) -> RoundTrip {

@@ -28,20 +28,17 @@
 
 use std::ops::Range;
 
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-
+use crate::cipher::xchacha::XChaChaKey;
 use crate::cipher::{open_with_nonce, seal_with_nonce, SealError, NONCE_LEN};
 use crate::key::{Key, Salt};
 use crate::method::{Generation, Method, TAG_LEN};
 use crate::tcp::{MAX_PADDING_LEN, MAX_TIME_SKEW};
 use crate::Address;
+use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 
 /// Length of a 2022 AES separate header.
 const SEPARATE_HEADER_LEN: usize = 16;
-/// Length of an XChaCha20 nonce.
-pub const XNONCE_LEN: usize = 24;
+pub use crate::cipher::XNONCE_LEN;
 const TYPE_CLIENT: u8 = 0;
 const TYPE_SERVER: u8 = 1;
 
@@ -200,7 +197,7 @@ struct ClientIdentity {
 enum Block {
     Aes128(Box<aes::Aes128>),
     Aes256(Box<aes::Aes256>),
-    XChaCha(Box<XChaCha20Poly1305>),
+    XChaCha(Box<XChaChaKey>),
 }
 
 impl Udp2022 {
@@ -210,9 +207,7 @@ impl Udp2022 {
         let block = match method {
             Method::Blake3Aes128Gcm => Block::Aes128(Box::new(aes::Aes128::new_from_slice(psk).ok()?)),
             Method::Blake3Aes256Gcm => Block::Aes256(Box::new(aes::Aes256::new_from_slice(psk).ok()?)),
-            Method::Blake3ChaCha20Poly1305 => {
-                Block::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(psk).ok()?))
-            }
+            Method::Blake3ChaCha20Poly1305 => Block::XChaCha(Box::new(XChaChaKey::new(psk)?)),
             Method::Aes128Gcm
             | Method::Aes192Gcm
             | Method::Aes256Gcm
@@ -343,13 +338,7 @@ impl Udp2022 {
         let sealed = match &self.block {
             Block::XChaCha(cipher) => {
                 let (plaintext, tag_out) = body.split_at_mut(body.len() - TAG_LEN);
-                match seal_xchacha(cipher, nonce, plaintext) {
-                    Ok(tag) => {
-                        tag_out.copy_from_slice(&tag);
-                        Ok(())
-                    }
-                    Err(error) => Err(error),
-                }
+                seal_xchacha(cipher, nonce, plaintext, tag_out)
             }
             Block::Aes128(_) | Block::Aes256(_) => {
                 let subkey = self.key.blake3_subkey(&separate[..8]);
@@ -373,9 +362,10 @@ impl Udp2022 {
                 }
                 let (nonce, sealed) = packet.split_at_mut(XNONCE_LEN);
                 let (body, tag) = sealed.split_at_mut(sealed.len() - TAG_LEN);
-                cipher
-                    .decrypt_in_place_detached(XNonce::from_slice(nonce), b"", body, (&*tag).into())
-                    .map_err(|_| UdpError::AuthFailure)?;
+                let nonce: &[u8; XNONCE_LEN] = (&*nonce).try_into().map_err(|_| UdpError::Truncated)?;
+                if !cipher.open(nonce, body, tag) {
+                    return Err(UdpError::AuthFailure);
+                }
                 let ids = &packet[XNONCE_LEN..XNONCE_LEN + 16];
                 (u64_at(ids, 0), u64_at(ids, 8), XNONCE_LEN + 16)
             }
@@ -497,20 +487,23 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(value)
 }
 
-/// The XChaCha20-Poly1305 seal of 2022 ChaCha datagrams, failing closed like the other seals (the crate
-/// refuses only bodies beyond 2^38 bytes; datagrams are at most 64 KiB).
+/// The XChaCha20-Poly1305 seal of 2022 ChaCha datagrams, failing closed like the other seals (the
+/// backends refuse only bodies beyond 2^36 bytes; datagrams are at most 64 KiB).
 fn seal_xchacha(
-    cipher: &XChaCha20Poly1305,
+    cipher: &XChaChaKey,
     nonce: &[u8; XNONCE_LEN],
     plaintext: &mut [u8],
-) -> Result<chacha20poly1305::Tag, SealError> {
+    tag_out: &mut [u8],
+) -> Result<(), SealError> {
     #[cfg(test)]
     if crate::cipher::failing_seals::active() {
         return Err(SealError::Backend);
     }
-    cipher
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), b"", plaintext)
-        .map_err(|_| SealError::Backend)
+    if cipher.seal(nonce, plaintext, tag_out) {
+        Ok(())
+    } else {
+        Err(SealError::Backend)
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! The primitive comes from one small backend module: `ring` by default (assembly AES-GCM and
 //! ChaCha20-Poly1305), or the RustCrypto crates `aes-gcm` / `chacha20poly1305` when the crate is built
-//! without the `ring` feature. Both pass the same known-answer vectors. AES-192-GCM and
-//! XChaCha20-Poly1305, which ring lacks, are RustCrypto's in both builds.
+//! without the `ring` feature. Both pass the same known-answer vectors. AES-192-GCM, which ring lacks,
+//! is RustCrypto's in both builds; XChaCha20-Poly1305 is HChaCha20 over the backend's ChaCha20-Poly1305
+//! (`xchacha.rs`).
 //!
 //! Nonces are 12-byte little-endian counters starting at 0, incremented after every seal or open.
 //! A counter that would pass 2^96 - 1 is an error, never a silent wrap. XChaCha20-Poly1305's nonce is
@@ -19,6 +20,9 @@ use self::ring as backend;
 mod rustcrypto;
 #[cfg(not(feature = "ring"))]
 use self::rustcrypto as backend;
+
+pub(crate) mod xchacha;
+pub use self::xchacha::XNONCE_LEN;
 
 use crate::method::{Algorithm, TAG_LEN};
 

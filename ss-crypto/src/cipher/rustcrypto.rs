@@ -1,15 +1,16 @@
 //! AEAD backend on the RustCrypto crates `aes-gcm` and `chacha20poly1305` (portable, constant time,
 //! AES-NI when the CPU has it).
 //!
-//! It is the whole backend without the `ring` feature, and the one for AES-192-GCM and
-//! XChaCha20-Poly1305 in every build: ring has neither.
+//! It is the whole backend without the `ring` feature, and the one for AES-192-GCM in every build: ring
+//! has none. XChaCha20-Poly1305 is `xchacha.rs`'s in both builds.
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::aes::Aes192;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm, Tag};
-use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::ChaCha20Poly1305;
 
+use super::xchacha::{self, XChaChaKey};
 use super::NONCE_LEN;
 use crate::method::Algorithm;
 
@@ -25,7 +26,7 @@ pub(super) enum AeadKey {
     Aes192(Box<Aes192Gcm>),
     Aes256(Box<Aes256Gcm>),
     ChaCha(Box<ChaCha20Poly1305>),
-    XChaCha(Box<XChaCha20Poly1305>),
+    XChaCha(XChaChaKey),
 }
 
 impl AeadKey {
@@ -45,23 +46,19 @@ impl AeadKey {
             Algorithm::ChaCha20Poly1305 => {
                 AeadKey::ChaCha(Box::new(ChaCha20Poly1305::new_from_slice(key).expect("32-byte key")))
             }
-            Algorithm::XChaCha20Poly1305 => {
-                AeadKey::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(key).expect("32-byte key")))
-            }
+            Algorithm::XChaCha20Poly1305 => AeadKey::XChaCha(XChaChaKey::new(key).expect("32-byte key")),
         }
     }
 
     /// Seals in place; false (and no tag written) if the crate refuses, which it does only for inputs
     /// beyond 2^36 bytes.
     pub(super) fn seal(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag_out: &mut [u8]) -> bool {
-        let xnonce = extended(nonce);
-        let nonce = nonce.into();
         let tag = match self {
-            AeadKey::Aes128(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
-            AeadKey::Aes192(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
-            AeadKey::Aes256(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
-            AeadKey::ChaCha(key) => key.encrypt_in_place_detached(nonce, b"", in_out),
-            AeadKey::XChaCha(key) => key.encrypt_in_place_detached(&xnonce, b"", in_out),
+            AeadKey::Aes128(key) => key.encrypt_in_place_detached(nonce.into(), b"", in_out),
+            AeadKey::Aes192(key) => key.encrypt_in_place_detached(nonce.into(), b"", in_out),
+            AeadKey::Aes256(key) => key.encrypt_in_place_detached(nonce.into(), b"", in_out),
+            AeadKey::ChaCha(key) => key.encrypt_in_place_detached(nonce.into(), b"", in_out),
+            AeadKey::XChaCha(key) => return key.seal(&xchacha::widen(nonce), in_out, tag_out),
         };
         match tag {
             Ok(tag) => {
@@ -73,25 +70,13 @@ impl AeadKey {
     }
 
     pub(super) fn open(&self, nonce: &[u8; NONCE_LEN], in_out: &mut [u8], tag: &[u8]) -> bool {
-        let xnonce = extended(nonce);
-        let nonce = nonce.into();
         let tag = Tag::from_slice(tag);
         match self {
-            AeadKey::Aes128(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
-            AeadKey::Aes192(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
-            AeadKey::Aes256(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
-            AeadKey::ChaCha(key) => key.decrypt_in_place_detached(nonce, b"", in_out, tag),
-            AeadKey::XChaCha(key) => key.decrypt_in_place_detached(&xnonce, b"", in_out, tag),
+            AeadKey::Aes128(key) => key.decrypt_in_place_detached(nonce.into(), b"", in_out, tag).is_ok(),
+            AeadKey::Aes192(key) => key.decrypt_in_place_detached(nonce.into(), b"", in_out, tag).is_ok(),
+            AeadKey::Aes256(key) => key.decrypt_in_place_detached(nonce.into(), b"", in_out, tag).is_ok(),
+            AeadKey::ChaCha(key) => key.decrypt_in_place_detached(nonce.into(), b"", in_out, tag).is_ok(),
+            AeadKey::XChaCha(key) => key.open(&xchacha::widen(nonce), in_out, tag),
         }
-        .is_ok()
     }
-}
-
-/// The 24-byte XChaCha20 nonce of a 96-bit counter value: the same little-endian number, its upper 12
-/// bytes zero. libev increments all 24 bytes, which agrees as long as the counter stays below 2^96,
-/// and ours refuses to go further.
-fn extended(nonce: &[u8; NONCE_LEN]) -> XNonce {
-    let mut xnonce = XNonce::default();
-    xnonce[..NONCE_LEN].copy_from_slice(nonce);
-    xnonce
 }
