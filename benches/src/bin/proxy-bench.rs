@@ -31,7 +31,7 @@ struct Args {
     /// A smoke run: small sizes, short durations, one round.
     #[arg(long)]
     quick: bool,
-    /// Methods to measure, comma-separated [default: all six].
+    /// Methods to measure, comma-separated [default: every method].
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// Implementations to measure, comma-separated, from ours, rust, libev [default: all installed].

@@ -23,10 +23,11 @@ pub(crate) fn widen(nonce: &[u8; super::NONCE_LEN]) -> [u8; XNONCE_LEN] {
     wide
 }
 
-/// A 256-bit XChaCha20-Poly1305 key.
+/// A 256-bit XChaCha20-Poly1305 key, zeroized on drop like [`crate::Key`] (the per-record subkeys live
+/// in ring's keys, which ring does not zeroize, as with every ring key).
 pub(crate) struct XChaChaKey {
     #[cfg(feature = "ring")]
-    key: chacha20::Key,
+    key: zeroize::Zeroizing<[u8; 32]>,
     #[cfg(not(feature = "ring"))]
     cipher: Box<chacha20poly1305::XChaCha20Poly1305>,
 }
@@ -38,7 +39,7 @@ impl XChaChaKey {
             return None;
         }
         #[cfg(feature = "ring")]
-        return Some(XChaChaKey { key: *chacha20::Key::from_slice(key) });
+        return Some(XChaChaKey { key: zeroize::Zeroizing::new(key.try_into().ok()?) });
         #[cfg(not(feature = "ring"))]
         {
             use chacha20poly1305::KeyInit;
@@ -103,7 +104,8 @@ impl XChaChaKey {
         use chacha20::cipher::generic_array::GenericArray;
 
         // Ten double rounds: HChaCha20.
-        let subkey = chacha20::hchacha::<U10>(&self.key, GenericArray::from_slice(&nonce[..16]));
+        let key = GenericArray::from_slice(&self.key[..]);
+        let subkey = chacha20::hchacha::<U10>(key, GenericArray::from_slice(&nonce[..16]));
         // A ChaCha20-Poly1305 key is any 32 bytes; the subkey is 32 bytes by its type.
         #[allow(clippy::expect_used)]
         let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &subkey)
