@@ -28,13 +28,14 @@
 
 use std::ops::Range;
 
+use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
+
 use crate::cipher::xchacha::XChaChaKey;
 use crate::cipher::{open_with_nonce, seal_with_nonce, SealError, NONCE_LEN};
 use crate::key::{Key, Salt};
 use crate::method::{Generation, Method, TAG_LEN};
 use crate::tcp::{MAX_PADDING_LEN, MAX_TIME_SKEW};
 use crate::Address;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 
 /// Length of a 2022 AES separate header.
 const SEPARATE_HEADER_LEN: usize = 16;
