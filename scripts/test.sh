@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints (both AEAD backends), unit, property and known-answer
+# The project's test command: formatting, lints (both AEAD backends), docs, unit, property and known-answer
 # tests, the benchmark smoke run, and the fuzz targets over their corpus for a bounded time.
 # Needs: the Rust toolchain (rustfmt, clippy), the shared vectors beside the repo (../shared/vectors or
 # SS_VECTORS_DIR), and cargo-fuzz (bash .ci/run installs everything).
@@ -25,6 +25,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "clippy (RustCrypto backend)"
 cargo clippy -p ss-crypto --no-default-features --all-targets --locked -- -D warnings
+
+step "docs (broken or private intra-doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
 
 step "tests (ring backend)"
 run_tests cargo test --workspace --locked

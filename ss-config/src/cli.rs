@@ -55,7 +55,8 @@ pub struct CliArgs {
     #[arg(short = 'b', long = "local-address", value_name = "ADDR")]
     pub local_address: Option<String>,
     /// Tunnel (libev's ss-tunnel; repeatable): HOST:PORT makes the -l port forward there through the
-    /// server, TCP and UDP; [BIND:]LOCAL_PORT:HOST:PORT adds a tunnel on its own port
+    /// server, TCP and UDP; LOCAL_PORT:HOST:PORT (or BIND:LOCAL_PORT:HOST:PORT) adds a tunnel on its own
+    /// port
     #[arg(short = 'L', long = "tunnel", value_name = "[[BIND:]PORT:]HOST:PORT")]
     pub tunnel: Vec<String>,
     /// What the -l port speaks: socks (default), http, tunnel (with -L) or redir (transparent proxy)

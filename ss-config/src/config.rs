@@ -21,7 +21,7 @@
 //! the parser accepts takes effect; a weak password adds a line to [`Config::warnings`], which both
 //! binaries log at start.
 //! `plugin`, `plugin_opts`, `plugin_args` and `plugin_mode` (SIP003) may also sit in `servers[]` entries;
-//! each [`ServerEntry`] carries its own [`Plugin`] (see `servers.rs` for the precedence).
+//! each [`ServerEntry`] carries its own [`Plugin`](crate::Plugin) (see `servers.rs` for the precedence).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

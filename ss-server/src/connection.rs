@@ -225,7 +225,7 @@ type Request = (Salt, Address, Option<Admitted>);
 /// Reads the request: its salt goes into the replay filter the moment the first record authenticated
 /// (for 2022 the fixed header, timestamp checked), before the rest of the header is waited for, so two
 /// copies of one request racing through their handshakes cannot both pass. A multi-user server first
-/// finds the user from a fixed number of bytes ([`users::search`]); no user is an authentication failure.
+/// finds the user from a fixed number of bytes ([`crate::users::search`]); no user is an authentication failure.
 async fn read_request<R>(
     reader: &mut DecryptReader<R>,
     shared: &Shared,

@@ -6,11 +6,11 @@
 //! - **Admission** ([`Account::admit`]): a new TCP connection or UDP association is refused when the
 //!   quota is spent, when the user has `max_connections` TCP connections open, or when it comes from a
 //!   client IP address that is not among the user's live ones and the user already has `max_devices`
-//!   of them. The refusal is the probe's ([`crate::connection`]): nothing tells a client which limit,
-//!   or even that its key is valid. Limits lowered by a reload apply to new connections.
+//!   of them. The refusal is a probe's (silence, then the connection ends): nothing tells a client which
+//!   limit, or even that its key is valid. Limits lowered by a reload apply to new connections.
 //! - **Rates**: one [`RateBucket`] per direction shared by all the user's connections and datagrams.
 //!   A TCP connection waits before reading more once the user is ahead of their rate
-//!   ([`crate::accounting::Metered`]); the wait is on the reading side, so the sender is slowed by TCP's
+//!   ([`crate::metered::Metered`]); the wait is on the reading side, so the sender is slowed by TCP's
 //!   own flow control and nothing is buffered. Connections waiting on one bucket are woken in the order
 //!   their reads were charged, each read bounded by its buffer, so they share the rate evenly. A UDP
 //!   datagram over the rate is dropped (policing, as routers do). Rate changes apply at once.

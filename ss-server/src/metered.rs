@@ -261,7 +261,7 @@ pub enum Ended {
     QuotaSpent,
 }
 
-/// Relays a multi-user connection like [`ss_net::relay`], counted, paced and bounded as the module
+/// Relays a multi-user connection like [`ss_net::relay()`], counted, paced and bounded as the module
 /// says. `Err`: ended from outside (the caller aborts the connection).
 pub(crate) async fn relay_counted<CR, CW, TR, TW>(
     user: &User,

@@ -35,7 +35,7 @@ impl OwnAddresses {
         own
     }
 
-    /// The host's addresses now, kept current every [`REFRESH`] until `shutdown`. If the kernel cannot be
+    /// The host's addresses now, kept current every `REFRESH` until `shutdown`. If the kernel cannot be
     /// asked, the problem is logged and the last good set (at first: none) stays in force.
     pub fn watch(shutdown: CancellationToken) -> OwnAddresses {
         OwnAddresses::watch_with(read_host, REFRESH, shutdown)

@@ -5,7 +5,7 @@
 //!
 //! Errors end the connection after one response: `400` for a malformed head, `431` for a head over
 //! [`MAX_HEAD`], `407` with a `Basic` challenge when authentication is on and the credentials are
-//! missing or wrong, `502`/`504` when the stream cannot be opened (see [`status_for`]).
+//! missing or wrong, `502`/`504` when the stream cannot be opened (see `status_for`).
 
 use std::io;
 use std::net::IpAddr;

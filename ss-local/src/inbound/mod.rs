@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The first byte is peeked, not read: the SOCKS5 path reads exactly what it read before and allocates
-//! nothing more. Every front end ends in a [`Request`]: a target for the shared relay and an [`Answer`]
+//! nothing more. Every front end ends in a `Request`: a target for the shared relay and an `Answer`
 //! that says how to tell the client the outcome, or an HTTP connection for `forward.rs`. A refused or
 //! malformed request is answered in its protocol and ends as an error.
 
