@@ -19,6 +19,19 @@ fn pair(method: Method) -> (Key, Salt, Salt) {
     (key, client_salt, server_salt)
 }
 
+/// The sealed bytes of a client stream of `method` to 127.0.0.1:80 (keys from [`pair`]) carrying
+/// `payloads`, each written on its own, and the key that opens them.
+async fn sealed_request(method: Method, payloads: &[&[u8]]) -> (Key, Vec<u8>) {
+    let (key, salt, _) = pair(method);
+    let target = Address::Ip("127.0.0.1:80".parse().unwrap());
+    let mut request = Vec::new();
+    let mut up = EncryptWriter::new(&mut request, Encryptor::request(method, &key, salt, &target, &[]));
+    for payload in payloads {
+        up.write_all(payload).await.unwrap();
+    }
+    (key, request)
+}
+
 #[tokio::test]
 async fn request_and_response_flow_through_a_socket_pair() {
     for method in Method::ALL {
@@ -174,13 +187,7 @@ mod buffer_use {
     #[tokio::test]
     async fn plaintext_handed_on_in_full_releases_the_buffer_at_once() {
         let method = Method::ChaCha20IetfPoly1305;
-        let key = Key::from_bytes(method, &[3; 32]).unwrap();
-        let salt = Salt::from_slice(method, &[1; 32]).unwrap();
-        let target = Address::Ip("127.0.0.1:80".parse().unwrap());
-        let mut request = Vec::new();
-        let mut up = EncryptWriter::new(&mut request, Encryptor::request(method, &key, salt, &target, &[]));
-        up.write_all(b"first").await.unwrap();
-        up.write_all(b"second").await.unwrap();
+        let (key, request) = sealed_request(method, &[b"first", b"second"]).await;
         let mut reader = DecryptReader::new(&request[..], Decryptor::request(method, &key));
         reader.read_target().await.unwrap();
         assert_eq!(reader.fill_buf().await.unwrap(), b"first");
@@ -202,12 +209,7 @@ mod buffer_use {
 #[tokio::test]
 async fn a_reader_dropped_mid_record_gives_its_buffer_back() {
     let method = Method::Aes256Gcm;
-    let key = Key::from_bytes(method, &[3; 32]).unwrap();
-    let salt = Salt::from_slice(method, &[1; 32]).unwrap();
-    let target = Address::Ip("127.0.0.1:80".parse().unwrap());
-    let mut request = Vec::new();
-    let mut up = EncryptWriter::new(&mut request, Encryptor::request(method, &key, salt, &target, &[]));
-    up.write_all(b"hello").await.unwrap();
+    let (key, request) = sealed_request(method, &[b"hello"]).await;
     let (mut client, server) = tokio::io::duplex(4096);
     // Half the request: the reader must wait inside a record, holding its buffer.
     client.write_all(&request[..request.len() / 2]).await.unwrap();
