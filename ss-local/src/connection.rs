@@ -25,6 +25,7 @@ use rand_core::{OsRng, RngCore};
 use ss_crypto::{Address, Decryptor, Encryptor, Salt};
 use ss_net::buffer::{self, Buffer};
 use ss_net::stream::{DecryptReader, EncryptWriter};
+use ss_net::{RelayOutcome, SealingReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -100,7 +101,7 @@ async fn run_connection(
             Box::pin(open_fixed(client, target, &settings, &servers, router.as_deref())).await
         }
     };
-    let Established { client, mut writer, mut reader, server, first_len } = match opened {
+    let Established { client, writer, mut reader, server, first_len } = match opened {
         Ok(Some(Opened::Proxied(established))) => established,
         Ok(Some(Opened::Direct { client, upstream })) => {
             return relay_direct(client, upstream, &settings, started).await
@@ -116,13 +117,17 @@ async fn run_connection(
         }
     };
     let (client_read, mut client_write) = client.into_split();
-    let mut client_read = ss_net::PooledReader::new(client_read);
+    // The header went out with the first payload; from here the client's bytes are sealed in the
+    // reader's buffer and written to the server as they are.
+    let (mut upstream_write, encryptor) = writer.into_parts();
+    let mut client_read = SealingReader::new(client_read, encryptor);
     let outcome = ss_net::relay(
         (&mut client_read, &mut client_write),
-        (&mut reader, &mut writer),
+        (&mut reader, &mut upstream_write),
         settings.idle_timeout,
     )
     .await;
+    let outcome = RelayOutcome { a_to_b: client_read.payload_sent(), ..outcome };
     if let Some(metrics) = &settings.metrics {
         metrics.relayed(server, outcome.a_to_b + first_len, outcome.b_to_a);
     }
@@ -152,7 +157,7 @@ async fn run_connection(
     );
     if failed {
         ss_net::abort(client_write);
-        ss_net::abort(writer.into_inner());
+        ss_net::abort(upstream_write);
     }
 }
 

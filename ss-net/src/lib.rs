@@ -6,6 +6,7 @@
 //! - [`workers`]: thread per core, connections placed on the least loaded runtime.
 //! - [`stream`]: [`DecryptReader`] / [`EncryptWriter`], ss-crypto's TCP state machines over async sockets.
 //! - [`buffer`] and [`pooled`]: per-thread read buffers held only while bytes are in flight.
+//! - [`sealing`]: [`SealingReader`], plaintext read into the gaps of its records and sealed in place.
 //! - [`mod@relay`]: the two-way relay with half-close and idle timeout.
 //! - [`udp_batch`]: many UDP datagrams per system call (recvmmsg with GRO, GSO sends).
 //! - [`window`]: the AEAD-2022 UDP packet-id replay window.
@@ -38,6 +39,7 @@ pub mod process;
 pub mod relay;
 #[cfg(feature = "resolve")]
 pub mod resolve;
+pub mod sealing;
 pub mod socket_options;
 pub mod stream;
 pub mod udp_batch;
@@ -52,6 +54,7 @@ pub use pooled::PooledReader;
 pub use relay::{abort, relay, RelayEnd, RelayOutcome};
 #[cfg(feature = "resolve")]
 pub use resolve::{ResolveError, ResolveSettings, Resolver};
+pub use sealing::SealingReader;
 pub use socket_options::SocketOptions;
 pub use stream::{DecryptReader, EncryptWriter};
 pub use window::PacketWindow;

@@ -326,6 +326,13 @@ impl<W: AsyncWrite + Unpin> EncryptWriter<W> {
         self.inner
     }
 
+    /// The writer and the encryptor, to go on sealing elsewhere (a [`crate::SealingReader`] once the
+    /// header is out). Call after a flush: sealed bytes not yet written are lost.
+    pub fn into_parts(self) -> (W, Encryptor) {
+        debug_assert_eq!(self.written, self.out.len(), "into_parts before the sealed bytes were written");
+        (self.inner, self.encryptor)
+    }
+
     /// Writes out every sealed byte still buffered, then frees the buffer.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use rand_core::OsRng;
 use ss_crypto::{Address, DecryptError, Decryptor, Encryptor, Key, Salt};
 use ss_net::stream::{DecryptReader, EncryptWriter};
+use ss_net::{RelayOutcome, SealingReader};
 use ss_net::{ResolveError, Resolver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -65,7 +66,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     // Boxed: the handshake's state (the request being read, a refusal's discard loop) is freed once the
     // request is in, so the relay's state alone sets the size of every connection's future.
     let Some(request) = Box::pin(accept_request(stream, peer, &shared, accepted)).await else { return };
-    let Accepted { mut reader, write_half, salt: request_salt, target, user } = request;
+    let Accepted { mut reader, mut write_half, salt: request_salt, target, user } = request;
     tracing::Span::current().record("target", tracing::field::display(&target));
 
     let settings = &shared.settings;
@@ -86,28 +87,37 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     };
     let _relaying = crate::metrics::Relaying::new(&settings.stats);
     // Moved into the block and split there, as `stream` above, so the future holds only the halves.
-    let (mut writer, upstream_read, mut upstream_write) = {
+    let (encryptor, upstream_read, mut upstream_write) = {
         let upstream = upstream;
         let response_salt = Salt::random(method, &mut OsRng);
         shared.replay.insert(&response_salt);
         let key = user.as_ref().map_or(&settings.key, |user| user.key());
         let encryptor = Encryptor::response(method, key, response_salt, request_salt);
         let (upstream_read, upstream_write) = upstream.into_split();
-        (EncryptWriter::new(write_half, encryptor), upstream_read, upstream_write)
+        (encryptor, upstream_read, upstream_write)
     };
-    let mut upstream_read = ss_net::PooledReader::new(upstream_read);
-    let client = (&mut reader, &mut writer);
-    let upstream = (&mut upstream_read, &mut upstream_write);
     let outcome = match &user {
-        None => ss_net::relay(client, upstream, settings.idle_timeout).await,
+        None => {
+            // The response is sealed in the upstream reader's buffer and written to the client as it is.
+            let mut upstream_read = SealingReader::new(upstream_read, encryptor);
+            let client = (&mut reader, &mut write_half);
+            let upstream = (&mut upstream_read, &mut upstream_write);
+            let outcome = ss_net::relay(client, upstream, settings.idle_timeout).await;
+            RelayOutcome { b_to_a: upstream_read.payload_sent(), ..outcome }
+        }
         // Boxed: the counted relay's state is larger than the plain one's, and an async fn's future is as
         // large as its largest await point, so inline it would grow every connection of every server.
+        // Sealed by copying: the meters count payload bytes as the writer takes them.
         Some(user) => {
+            let mut writer = EncryptWriter::new(&mut write_half, encryptor);
+            let mut upstream_read = ss_net::PooledReader::new(upstream_read);
+            let client = (&mut reader, &mut writer);
+            let upstream = (&mut upstream_read, &mut upstream_write);
             match Box::pin(metered::relay_counted(user, client, upstream, settings.idle_timeout)).await {
                 Ok(outcome) => outcome,
                 Err(Ended::Removed) => {
                     debug!("user removed by a reload; connection ended");
-                    ss_net::abort(writer.into_inner());
+                    ss_net::abort(write_half);
                     ss_net::abort(upstream_write);
                     return;
                 }
@@ -123,7 +133,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         }
     };
     if outcome.end.is_failure() {
-        ss_net::abort(writer.into_inner());
+        ss_net::abort(write_half);
         ss_net::abort(upstream_write);
     }
     debug!(

@@ -37,7 +37,7 @@ pub const NONCE_LEN: usize = 12;
 #[error("nonce counter exhausted")]
 pub struct NonceExhausted;
 
-/// Why sealing failed. Either way nothing sealed may be sent: the caller ends the stream (TCP) or drops
+/// Why sealing failed. Whatever the reason, nothing sealed may be sent: the caller ends the stream (TCP) or drops
 /// the datagram (UDP), and the output buffer holds nothing of the failed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
@@ -47,6 +47,12 @@ pub enum SealError {
     /// The AEAD backend refused to seal (it cannot for records of our sizes; fail closed if it does).
     #[error("the AEAD backend failed to seal")]
     Backend,
+    /// A chunk was to be sealed in place before the stream's header went out (a caller's mistake).
+    #[error("a chunk sealed in place before the stream's header")]
+    HeaderPending,
+    /// A chunk sealed in place had no payload or more than one chunk's worth (a caller's mistake).
+    #[error("a chunk sealed in place with an empty or oversized payload")]
+    BadChunk,
 }
 
 impl From<NonceExhausted> for SealError {

@@ -1,6 +1,6 @@
 //! The sending half of a stream: turns payload into sealed records.
 
-use super::{MAX_PADDING_LEN, TYPE_REQUEST, TYPE_RESPONSE};
+use super::{CHUNK_HEAD, CHUNK_TAIL, MAX_PADDING_LEN, TYPE_REQUEST, TYPE_RESPONSE};
 use crate::cipher::{SealError, SessionCipher};
 use crate::key::{Key, Salt};
 use crate::method::{Generation, Method, TAG_LEN};
@@ -95,6 +95,11 @@ impl Encryptor {
         self.pending.is_none()
     }
 
+    /// The most payload one chunk carries (0x3FFF classic, 0xFFFF 2022).
+    pub fn max_chunk_payload(&self) -> usize {
+        self.method.max_chunk_payload()
+    }
+
     /// The most bytes [`Encryptor::encrypt`] appends for `payload_len` bytes of payload.
     pub fn max_output_len(&self, payload_len: usize) -> usize {
         let chunks = payload_len / self.method.max_chunk_payload() + 2;
@@ -122,6 +127,35 @@ impl Encryptor {
         let sealed = self.encrypt_records(payload, now, out);
         if let Err(error) = sealed {
             out.truncate(start);
+            self.failed = Some(error);
+        }
+        sealed
+    }
+
+    /// Seals one chunk where it lies, for a stream whose header is out: `slot` is [`CHUNK_HEAD`] bytes
+    /// of room, then 1 to [`Encryptor::max_chunk_payload`] bytes of payload, then [`CHUNK_TAIL`] bytes
+    /// of room. Afterwards `slot` holds the sealed length record and payload record, exactly the bytes
+    /// [`Encryptor::encrypt`] would have appended for that payload, so a reader can read payload into
+    /// slots laid end to end and send the sealed chunks without copying them.
+    ///
+    /// Errors (the stream must end, as for [`Encryptor::encrypt`]): the header has not been sent
+    /// ([`SealError::HeaderPending`]), the payload is empty or too long ([`SealError::BadChunk`]), or the
+    /// seal failed; every later call fails too. On an error `slot` must not be sent.
+    pub fn seal_chunk_in_place(&mut self, slot: &mut [u8]) -> Result<(), SealError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        let payload_len = slot.len().saturating_sub(CHUNK_HEAD + CHUNK_TAIL);
+        let sealed = if self.pending.is_some() {
+            Err(SealError::HeaderPending)
+        } else if payload_len == 0 || payload_len > self.method.max_chunk_payload() {
+            Err(SealError::BadChunk)
+        } else {
+            let (length, payload) = slot.split_at_mut(CHUNK_HEAD);
+            length[..2].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            self.cipher.seal(length).and_then(|()| self.cipher.seal(payload))
+        };
+        if let Err(error) = sealed {
             self.failed = Some(error);
         }
         sealed

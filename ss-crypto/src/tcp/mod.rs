@@ -42,6 +42,11 @@ pub const MAX_TIME_SKEW: u64 = 30;
 pub(crate) const REQUEST_FIXED_LEN: usize = 1 + 8 + 2;
 /// Length of a sealed length record.
 const LENGTH_RECORD_LEN: usize = 2 + crate::TAG_LEN;
+/// Room a chunk sealed in place needs before its payload: the sealed length record
+/// ([`Encryptor::seal_chunk_in_place`]).
+pub const CHUNK_HEAD: usize = LENGTH_RECORD_LEN;
+/// Room a chunk sealed in place needs after its payload: the payload record's tag.
+pub const CHUNK_TAIL: usize = crate::TAG_LEN;
 
 /// Plaintext length of a 2022 response's fixed header: type, timestamp, request salt, length.
 fn response_fixed_len(salt_len: usize) -> usize {

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::{Address, Key, Method, Salt};
+use crate::{Address, Key, Method, Salt, SealError};
 
 const NOW: u64 = 1_704_164_645;
 
@@ -321,5 +321,82 @@ fn a_failed_seal_leaves_nothing_to_send_and_ends_the_stream() {
         assert!(response.encrypt(b"second", NOW, &mut down).is_err(), "{method}");
         drop(failing);
         assert_eq!(down.len(), sent, "{method}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A chunk sealed where it lies is byte for byte the chunk `encrypt` appends, on requests and
+    /// responses of every method, and the stream decodes.
+    #[test]
+    fn a_chunk_sealed_in_place_is_the_chunk_encrypt_makes(
+        method in proptest::sample::select(Method::ALL.to_vec()),
+        lens in proptest::collection::vec(1usize..=0xFFFF, 1..4),
+        byte in any::<u8>(),
+    ) {
+        let key = key(method);
+        let in_place_request = Encryptor::request(method, &key, salt(method, 1), &target(), &[]);
+        let in_place_response = Encryptor::response(method, &key, salt(method, 2), salt(method, 1));
+        let (copying_request, copying_response) = (
+            Encryptor::request(method, &key, salt(method, 1), &target(), &[]),
+            Encryptor::response(method, &key, salt(method, 2), salt(method, 1)),
+        );
+        for (mut in_place, mut copying, decryptor) in [
+            (in_place_request, copying_request, request_decryptor(method)),
+            (in_place_response, copying_response, response_decryptor(method)),
+        ] {
+            let (mut copied, mut sent) = (Vec::new(), Vec::new());
+            copying.encrypt(b"first", NOW, &mut copied).unwrap();
+            in_place.encrypt(b"first", NOW, &mut sent).unwrap();
+            let mut expected_payload = b"first".to_vec();
+            for &len in &lens {
+                let len = len.min(in_place.max_chunk_payload());
+                let payload = vec![byte; len];
+                copying.encrypt(&payload, NOW, &mut copied).unwrap();
+                let mut slot = vec![0xEE; CHUNK_HEAD + len + CHUNK_TAIL];
+                slot[CHUNK_HEAD..CHUNK_HEAD + len].copy_from_slice(&payload);
+                in_place.seal_chunk_in_place(&mut slot).unwrap();
+                sent.extend_from_slice(&slot);
+                expected_payload.extend_from_slice(&payload);
+            }
+            prop_assert_eq!(&sent, &copied);
+            let outcome = decode(decryptor, &sent, &[4096]);
+            prop_assert!(outcome.result.is_ok());
+            prop_assert_eq!(outcome.payload, expected_payload);
+        }
+    }
+}
+
+#[test]
+fn sealing_in_place_refuses_what_encrypt_would_not_send_and_ends_the_stream() {
+    for method in Method::ALL {
+        let key = key(method);
+        let max = method.max_chunk_payload();
+        let mut response = Encryptor::response(method, &key, salt(method, 2), salt(method, 1));
+        let mut slot = vec![0; CHUNK_HEAD + 10 + CHUNK_TAIL];
+        assert_eq!(response.seal_chunk_in_place(&mut slot), Err(SealError::HeaderPending), "{method}");
+        assert_eq!(response.encrypt(b"x", NOW, &mut Vec::new()), Err(SealError::HeaderPending), "sticky");
+
+        for bad_len in [0, max + 1] {
+            let mut response = Encryptor::response(method, &key, salt(method, 2), salt(method, 1));
+            response.encrypt(b"first", NOW, &mut Vec::new()).unwrap();
+            let mut slot = vec![0; CHUNK_HEAD + bad_len + CHUNK_TAIL];
+            assert_eq!(
+                response.seal_chunk_in_place(&mut slot),
+                Err(SealError::BadChunk),
+                "{method} {bad_len}"
+            );
+            let mut slot = vec![0; CHUNK_HEAD + 1 + CHUNK_TAIL];
+            assert_eq!(response.seal_chunk_in_place(&mut slot), Err(SealError::BadChunk), "{method}: sticky");
+        }
+
+        let mut response = Encryptor::response(method, &key, salt(method, 2), salt(method, 1));
+        response.encrypt(b"first", NOW, &mut Vec::new()).unwrap();
+        let failing = crate::cipher::failing_seals::start();
+        let mut slot = vec![0; CHUNK_HEAD + 10 + CHUNK_TAIL];
+        assert_eq!(response.seal_chunk_in_place(&mut slot), Err(SealError::Backend), "{method}");
+        drop(failing);
+        assert_eq!(response.seal_chunk_in_place(&mut slot), Err(SealError::Backend), "{method}: sticky");
     }
 }
