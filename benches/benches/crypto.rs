@@ -13,6 +13,10 @@
 //!   where it lies (it is overwritten by the next iteration anyway); socket copies are I/O, not framing.
 //!   The framing uses ss-crypto's default backend, ring (see `ss_crypto::BACKEND`), except for
 //!   `aes-192-gcm`, which ring lacks and RustCrypto serves in every build.
+//! - `tcp-16KiB/framing-in-place/<method>`: the same 16 KiB as a relay sends it: the payload lies in the
+//!   gaps of chunk slots (as `ss_net::SealingReader` reads it from a socket), each iteration seals every
+//!   slot where it lies (`Encryptor::seal_chunk_in_place`) and `Decryptor::decrypt` opens them again in
+//!   place. No copy of the payload at all: the difference to `framing` is the encryptor's copy.
 //! - `tcp-16KiB/raw-ring/<method>` and `tcp-16KiB/raw-rustcrypto/<method>`: seal 16 KiB in place with a
 //!   12-byte nonce (24 for XChaCha20) and open it again, straight through `ring::aead::LessSafeKey` or the
 //!   `aes-gcm` / `chacha20poly1305` crates: the floor that the framing adds to. It depends only on the
@@ -37,6 +41,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ss_crypto::tcp::{CHUNK_HEAD, CHUNK_TAIL};
 use ss_crypto::udp::{Header2022, Origin, Sender, Udp2022, UdpClassic, XNONCE_LEN};
 use ss_crypto::{Address, Algorithm, Decryptor, Encryptor, Generation, Key, Method, Salt, NONCE_LEN};
 
@@ -64,6 +69,19 @@ fn tcp(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("framing", method), |b| {
             b.iter(|| {
                 stream.send(black_box(&payload), |piece| {
+                    black_box(piece);
+                })
+            })
+        });
+
+        let mut in_place = Stream::new(method);
+        let mut slots = Slots::new(&payload, in_place.encryptor.max_chunk_payload());
+        let mut received = Vec::with_capacity(TCP_PAYLOAD);
+        in_place.send_in_place(&mut slots, |piece| received.extend_from_slice(piece));
+        assert!(received == payload, "{method}: in-place round trip changed the payload");
+        group.bench_function(BenchmarkId::new("framing-in-place", method), |b| {
+            b.iter(|| {
+                in_place.send_in_place(black_box(&mut slots), |piece| {
                     black_box(piece);
                 })
             })
@@ -157,6 +175,49 @@ impl Stream {
         let mut delivered = 0;
         while at < self.wire.len() {
             let input = &mut self.wire[at..];
+            let decoded = self.decryptor.decrypt(input, NOW).expect("records just sealed open");
+            assert!(decoded.consumed > 0, "decryptor stalled on whole records");
+            sink(&input[decoded.payload.clone()]);
+            delivered += decoded.payload.len();
+            at += decoded.consumed;
+        }
+        delivered
+    }
+}
+
+/// A payload laid out in chunk slots, each `CHUNK_HEAD` bytes of room, payload, `CHUNK_TAIL` bytes of room,
+/// end to end: what a sealing reader reads from a socket.
+struct Slots {
+    buf: Vec<u8>,
+    /// Each slot's range in `buf`.
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Slots {
+    fn new(payload: &[u8], max_chunk: usize) -> Slots {
+        let (mut buf, mut ranges) = (Vec::new(), Vec::new());
+        for piece in payload.chunks(max_chunk) {
+            let start = buf.len();
+            buf.extend_from_slice(&[0; CHUNK_HEAD]);
+            buf.extend_from_slice(piece);
+            buf.extend_from_slice(&[0; CHUNK_TAIL]);
+            ranges.push(start..buf.len());
+        }
+        Slots { buf, ranges }
+    }
+}
+
+impl Stream {
+    /// Seals every slot where it lies, opens the records in place again (the slots hold the payload
+    /// once more) and hands each plaintext piece to `sink`; returns the payload bytes delivered.
+    fn send_in_place(&mut self, slots: &mut Slots, mut sink: impl FnMut(&[u8])) -> usize {
+        for range in &slots.ranges {
+            self.encryptor.seal_chunk_in_place(&mut slots.buf[range.clone()]).expect("nonces left");
+        }
+        let mut at = 0;
+        let mut delivered = 0;
+        while at < slots.buf.len() {
+            let input = &mut slots.buf[at..];
             let decoded = self.decryptor.decrypt(input, NOW).expect("records just sealed open");
             assert!(decoded.consumed > 0, "decryptor stalled on whole records");
             sink(&input[decoded.payload.clone()]);

@@ -3,7 +3,7 @@
 //! every protocol decision is made by [`Decryptor`] and [`Encryptor`].
 //!
 //! Ciphertext is read into one buffer per reader and opened there in place; sealed records are built in
-//! one buffer per writer. Both are held only while bytes are in flight: a reader gives its buffer back to
+//! one buffer per writer (a relay seals in the read buffer instead: [`crate::SealingReader`]). Both are held only while bytes are in flight: a reader gives its buffer back to
 //! the per-thread pool ([`crate::buffer`], returned on drop too) when it would wait with nothing buffered, and a writer frees its
 //! output once the socket took all of it, so an idle connection holds no buffer at all. A connection that
 //! stalls inside a record holds exactly one record's buffer.
