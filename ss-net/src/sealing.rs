@@ -47,7 +47,7 @@ pub trait ReadVectored {
     ) -> Poll<io::Result<usize>>;
 }
 
-impl ReadVectored for TcpStream {
+impl ReadVectored for OwnedReadHalf {
     fn poll_read_vectored(
         &mut self,
         cx: &mut Context<'_>,
@@ -57,24 +57,26 @@ impl ReadVectored for TcpStream {
     }
 }
 
-impl ReadVectored for OwnedReadHalf {
-    fn poll_read_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-    ) -> Poll<io::Result<usize>> {
-        poll_readv(self.as_ref(), cx, bufs)
+/// One buffer goes through tokio's `poll_read`, several through `readv`.
+///
+/// tokio's read forgets the socket's readiness when a read returns less than asked (the socket is
+/// drained), so the next poll waits without a system call; readiness polled by hand is only forgotten
+/// when a read fails with `WouldBlock`, one more system call per wait. That would be one more per
+/// message on the small-message path, which reads into one buffer; for the several slots of a bulk
+/// read it is one per 64 KiB at most.
+fn poll_readv<S>(stream: &mut S, cx: &mut Context<'_>, bufs: &mut [IoSliceMut<'_>]) -> Poll<io::Result<usize>>
+where
+    S: AsyncRead + AsRef<TcpStream> + Unpin,
+{
+    if let [only] = bufs {
+        let mut read_buf = ReadBuf::new(only);
+        ready!(Pin::new(stream).poll_read(cx, &mut read_buf))?;
+        return Poll::Ready(Ok(read_buf.filled().len()));
     }
-}
-
-fn poll_readv(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    bufs: &mut [IoSliceMut<'_>],
-) -> Poll<io::Result<usize>> {
+    let socket: &TcpStream = (*stream).as_ref();
     loop {
-        ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read_vectored(bufs) {
+        ready!(socket.poll_read_ready(cx))?;
+        match socket.try_read_vectored(bufs) {
             // The readiness was stale; `try_read_vectored` cleared it, so the next poll registers the waker.
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             read => return Poll::Ready(read),
