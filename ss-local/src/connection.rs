@@ -88,33 +88,15 @@ async fn run_connection(
     _slot: ss_net::Slot,
 ) {
     let started = Instant::now();
-    // Everything before the relay lives in `open`'s future, boxed so that it is freed by the time the relay
-    // (the long part) runs: the handshake, routing, server connect, first payload and padding are not kept
-    // for the connection's life. Inline, the connection's future would be as large as the largest of them.
     // The server list as it is now: a later replacement (online config) does not touch this connection.
     let servers = settings.current_servers();
-    let opened = match start {
-        Start::Request(protocols) => {
-            Box::pin(open(client, &settings, &servers, router.as_deref(), protocols)).await
-        }
-        Start::Fixed(target) => {
-            Box::pin(open_fixed(client, target, &settings, &servers, router.as_deref())).await
-        }
-    };
-    let Established { client, writer, mut reader, server, first_len } = match opened {
-        Ok(Some(Opened::Proxied(established))) => established,
-        Ok(Some(Opened::Direct { client, upstream })) => {
-            return relay_direct(client, upstream, &settings, started).await
-        }
-        Ok(Some(Opened::Forward { client, head })) => {
-            // Boxed: hyper's connection state exists only for HTTP proxy clients.
-            return Box::pin(inbound::forward::serve(client, head, settings, router)).await;
-        }
-        Ok(None) => return,
-        Err(error) => {
-            debug!(%error, "connection ended");
-            return;
-        }
+    // Everything before the relay lives in this boxed future, freed by the time the relay (the long part)
+    // runs: the handshake, routing, server connect, first payload and padding are not kept for the
+    // connection's life. Inline, the connection's future would be as large as the largest of them (and
+    // the compiler kept a place for `open`'s 1.6 KB result beside the relay's state).
+    let opening = open_or_serve(client, &settings, &servers, &router, start, started);
+    let Some(Established { client, writer, mut reader, server, first_len }) = Box::pin(opening).await else {
+        return;
     };
     let (client_read, mut client_write) = client.into_split();
     // The header went out with the first payload; from here the client's bytes are sealed in the
@@ -188,16 +170,66 @@ async fn relay_direct(client: TcpStream, upstream: TcpStream, settings: &Setting
 }
 
 /// What `open` hands to the relay.
-// Not boxed: `open` returned the large `Established` by value before the ACL existed; the direct
+// Not boxed: `open` returned the large `Established` by value before the ACL existed; the other
 // variant only makes the (short-lived) return value no larger.
 #[allow(clippy::large_enum_variant)]
 enum Opened<'a> {
     /// Through a server.
     Proxied(Established<'a>),
+    /// Not through a server.
+    Unproxied(Unproxied),
+}
+
+/// A connection that does not go through a server.
+enum Unproxied {
     /// Bypassed by the ACL: connected directly, the client's early bytes already sent.
     Direct { client: TcpStream, upstream: TcpStream },
     /// A plain HTTP proxy client, its bytes read so far in `head`.
     Forward { client: TcpStream, head: Vec<u8> },
+}
+
+/// Opens the connection ([`open`], [`open_fixed`]): `Some` when it goes through a server, to be relayed;
+/// `None` when it was served here (bypassed by the ACL, a plain HTTP proxy client) or is done.
+async fn open_or_serve<'a>(
+    client: TcpStream,
+    settings: &'a Arc<Settings>,
+    servers: &'a [Server],
+    router: &Option<Arc<Router>>,
+    start: Start,
+    started: Instant,
+) -> Option<Established<'a>> {
+    let opened = match start {
+        Start::Request(protocols) => open(client, settings, servers, router.as_deref(), protocols).await,
+        Start::Fixed(target) => open_fixed(client, target, settings, servers, router.as_deref()).await,
+    };
+    match opened {
+        Ok(Some(Opened::Proxied(established))) => Some(established),
+        Ok(Some(Opened::Unproxied(unproxied))) => {
+            serve_unproxied(unproxied, settings.clone(), router.clone(), started).await;
+            None
+        }
+        Ok(None) => None,
+        Err(error) => {
+            debug!(%error, "connection ended");
+            None
+        }
+    }
+}
+
+/// Relays a bypassed connection or serves a plain HTTP proxy client.
+async fn serve_unproxied(
+    unproxied: Unproxied,
+    settings: Arc<Settings>,
+    router: Option<Arc<Router>>,
+    started: Instant,
+) {
+    match unproxied {
+        Unproxied::Direct { client, upstream } => relay_direct(client, upstream, &settings, started).await,
+        // Boxed: hyper's connection state exists only for HTTP proxy clients.
+        Unproxied::Forward { client, head } => {
+            Box::pin(inbound::forward::serve(client, head, settings, router)).await
+        }
+    }
 }
 
 /// A connection ready to relay: the request has gone out with the first payload.
@@ -251,7 +283,9 @@ async fn open<'a>(
             (target, handshake.early, Answer::Socks5)
         }
         inbound::Request::Connect { target, early, answer } => (target, early, answer),
-        inbound::Request::Forward { head } => return Ok(Some(Opened::Forward { client, head })),
+        inbound::Request::Forward { head } => {
+            return Ok(Some(Opened::Unproxied(Unproxied::Forward { client, head })))
+        }
     };
 
     // Boxed: the ACL's decision may resolve a name (a resolver future of a few KiB) and connect directly;
@@ -269,7 +303,7 @@ async fn open<'a>(
         Some(Ok(mut upstream)) => {
             answer.succeeded(&mut client).await?;
             upstream.write_all(&early).await?;
-            return Ok(Some(Opened::Direct { client, upstream }));
+            return Ok(Some(Opened::Unproxied(Unproxied::Direct { client, upstream })));
         }
     }
 
@@ -307,7 +341,7 @@ async fn open_fixed<'a>(
     };
     if let Some(upstream) = direct {
         let upstream = upstream?;
-        return Ok(Some(Opened::Direct { client, upstream }));
+        return Ok(Some(Opened::Unproxied(Unproxied::Direct { client, upstream })));
     }
     let (upstream, server, watch) = connect_any(servers, settings).await?;
     let first = read_first_payload(&mut client, settings).await?;

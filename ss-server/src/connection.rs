@@ -103,39 +103,18 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             let client = (&mut reader, &mut write_half);
             let upstream = (&mut upstream_read, &mut upstream_write);
             let outcome = ss_net::relay(client, upstream, settings.idle_timeout).await;
+            reset_if_failed(&outcome, write_half, upstream_write);
             RelayOutcome { b_to_a: upstream_read.payload_sent(), ..outcome }
         }
         // Boxed: the counted relay's state is larger than the plain one's, and an async fn's future is as
         // large as its largest await point, so inline it would grow every connection of every server.
-        // Sealed by copying: the meters count payload bytes as the writer takes them.
         Some(user) => {
-            let mut writer = EncryptWriter::new(&mut write_half, encryptor);
-            let mut upstream_read = ss_net::PooledReader::new(upstream_read);
-            let client = (&mut reader, &mut writer);
-            let upstream = (&mut upstream_read, &mut upstream_write);
-            match Box::pin(metered::relay_counted(user, client, upstream, settings.idle_timeout)).await {
-                Ok(outcome) => outcome,
-                Err(Ended::Removed) => {
-                    debug!("user removed by a reload; connection ended");
-                    ss_net::abort(write_half);
-                    ss_net::abort(upstream_write);
-                    return;
-                }
-                Err(Ended::QuotaSpent) => {
-                    // What was written within the quota is delivered, then a FIN: the client sees the
-                    // transfer end rather than lose its last bytes to a reset.
-                    debug!("the user's quota is spent; connection ended");
-                    ss_net::abort(upstream_write);
-                    let _ = timeout(settings.handshake_timeout, writer.shutdown()).await;
-                    return;
-                }
-            }
+            let relay =
+                relay_metered(user, reader, write_half, upstream_read, upstream_write, encryptor, settings);
+            let Some(outcome) = Box::pin(relay).await else { return };
+            outcome
         }
     };
-    if outcome.end.is_failure() {
-        ss_net::abort(write_half);
-        ss_net::abort(upstream_write);
-    }
     debug!(
         up = outcome.a_to_b,
         down = outcome.b_to_a,
@@ -143,6 +122,55 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         end = %outcome.end,
         "connection closed"
     );
+}
+
+/// The relay of a multi-user connection, counted, paced and bounded ([`metered::relay_counted`]), sealed
+/// by copying ([`EncryptWriter`]): the meters count payload bytes as the writer takes them. `None` when
+/// it was ended from outside (the user removed, the quota spent), both sides closed as that asks.
+async fn relay_metered(
+    user: &crate::users::User,
+    mut reader: DecryptReader<OwnedReadHalf>,
+    mut write_half: OwnedWriteHalf,
+    upstream_read: OwnedReadHalf,
+    mut upstream_write: OwnedWriteHalf,
+    encryptor: Encryptor,
+    settings: &crate::Settings,
+) -> Option<RelayOutcome> {
+    let mut writer = EncryptWriter::new(&mut write_half, encryptor);
+    let mut upstream_read = ss_net::PooledReader::new(upstream_read);
+    let client = (&mut reader, &mut writer);
+    let upstream = (&mut upstream_read, &mut upstream_write);
+    match metered::relay_counted(user, client, upstream, settings.idle_timeout).await {
+        Ok(outcome) => {
+            drop(writer);
+            reset_if_failed(&outcome, write_half, upstream_write);
+            Some(outcome)
+        }
+        Err(Ended::Removed) => {
+            debug!("user removed by a reload; connection ended");
+            drop(writer);
+            ss_net::abort(write_half);
+            ss_net::abort(upstream_write);
+            None
+        }
+        Err(Ended::QuotaSpent) => {
+            // What was written within the quota is delivered, then a FIN: the client sees the transfer
+            // end rather than lose its last bytes to a reset.
+            debug!("the user's quota is spent; connection ended");
+            ss_net::abort(upstream_write);
+            let _ = timeout(settings.handshake_timeout, writer.shutdown()).await;
+            None
+        }
+    }
+}
+
+/// Resets both sides of a relay that failed: a peer that reads until EOF must not take a broken
+/// transfer for a complete one.
+fn reset_if_failed(outcome: &RelayOutcome, client: OwnedWriteHalf, upstream: OwnedWriteHalf) {
+    if outcome.end.is_failure() {
+        ss_net::abort(client);
+        ss_net::abort(upstream);
+    }
 }
 
 /// A connection whose request has been read and checked.
