@@ -10,9 +10,8 @@
 //!
 //! Readers that move much data ask for [`LARGE`] buffers (fewer system calls per byte), but at most
 //! [`LARGE_LENT_MAX`] of them are lent out at once in the process: beyond that, [`Buffer::take_preferring`]
-//! gives a [`SMALL`] one. One bulk transfer still moves 64 KiB per system call. (Counting sealed output
-//! waiting for a full socket in the same budget, sealing 16 KiB at a time beyond it, cut the memory of
-//! 1,000 busy connections by another quarter but cost a third of their aggregate: not done.)
+//! gives a [`SMALL`] one. One bulk transfer still moves 64 KiB per system call. A relay seals in its read
+//! buffer ([`crate::sealing`]), so sealed bytes waiting for a full socket count in the same budget.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
