@@ -171,17 +171,7 @@ impl Stream {
     fn send(&mut self, payload: &[u8], mut sink: impl FnMut(&[u8])) -> usize {
         self.wire.clear();
         self.encryptor.encrypt(payload, NOW, &mut self.wire).expect("nonces left");
-        let mut at = 0;
-        let mut delivered = 0;
-        while at < self.wire.len() {
-            let input = &mut self.wire[at..];
-            let decoded = self.decryptor.decrypt(input, NOW).expect("records just sealed open");
-            assert!(decoded.consumed > 0, "decryptor stalled on whole records");
-            sink(&input[decoded.payload.clone()]);
-            delivered += decoded.payload.len();
-            at += decoded.consumed;
-        }
-        delivered
+        open_in_place(&mut self.decryptor, &mut self.wire, &mut sink)
     }
 }
 
@@ -214,18 +204,24 @@ impl Stream {
         for range in &slots.ranges {
             self.encryptor.seal_chunk_in_place(&mut slots.buf[range.clone()]).expect("nonces left");
         }
-        let mut at = 0;
-        let mut delivered = 0;
-        while at < slots.buf.len() {
-            let input = &mut slots.buf[at..];
-            let decoded = self.decryptor.decrypt(input, NOW).expect("records just sealed open");
-            assert!(decoded.consumed > 0, "decryptor stalled on whole records");
-            sink(&input[decoded.payload.clone()]);
-            delivered += decoded.payload.len();
-            at += decoded.consumed;
-        }
-        delivered
+        open_in_place(&mut self.decryptor, &mut slots.buf, &mut sink)
     }
+}
+
+/// Opens the whole records in `wire` where they lie and hands each plaintext piece to `sink`; returns the
+/// payload bytes delivered.
+fn open_in_place(decryptor: &mut Decryptor, wire: &mut [u8], sink: &mut impl FnMut(&[u8])) -> usize {
+    let mut at = 0;
+    let mut delivered = 0;
+    while at < wire.len() {
+        let input = &mut wire[at..];
+        let decoded = decryptor.decrypt(input, NOW).expect("records just sealed open");
+        assert!(decoded.consumed > 0, "decryptor stalled on whole records");
+        sink(&input[decoded.payload.clone()]);
+        delivered += decoded.payload.len();
+        at += decoded.consumed;
+    }
+    delivered
 }
 
 /// Seals a buffer in place and opens it again; false if the tag did not verify.
